@@ -1,0 +1,120 @@
+"""The typed configuration schema.
+
+Every key a user can type lives here, with its type and default. The dataclasses are registered in
+Hydra's ConfigStore, and `conf/config.yaml` starts from them, so a mistyped key, a value of the
+wrong type or a value outside an enum fails at start-up with Hydra's own message, before any work.
+The YAML files in `conf/` only choose values; they never add keys.
+"""
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for (missing files, impossible sizes, ...).
+
+    The command line prints its message as one paragraph, without a traceback; the message says
+    what was wrong and how to fix it.
+    """
+
+
+class Activation(Enum):
+    sigmoid = "sigmoid"
+    relu = "relu"
+    tanh = "tanh"
+
+
+class Device(Enum):
+    auto = "auto"  # the accelerator when there is one, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # mlp | cnn (set by the model group)
+    depth: int = 3  # mlp: hidden layers
+    width: int = 100  # mlp: units per hidden layer; cnn: units of the hidden classifier layer
+    activation: Activation = Activation.sigmoid
+    dropout: float = 0.0  # after every hidden nonlinearity
+    # The linear/conv bias right before a norm layer is redundant (the norm subtracts the mean);
+    # the BN paper drops it. Keep it only to show that.
+    bias_before_norm: bool = False
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn: one conv stage each
+    pool: str = "max"  # cnn: max | avg | none, after every conv stage
+
+
+@dataclass
+class NormConfig:
+    name: str = MISSING  # a key of bnexp.norm.NORMS
+    eps: float = 1e-5
+    momentum: Optional[float] = 0.1  # running statistics; null = cumulative average
+    affine: bool = True  # learnable γ and β
+    groups: int = 8  # gn: channels are split into this many groups
+
+
+@dataclass
+class InitConfig:
+    name: str = MISSING  # default | normal | uniform | xavier | kaiming | orthogonal
+    std: float = 0.01  # normal and uniform: the weights' standard deviation
+    gain: float = 1.0  # xavier, kaiming, orthogonal: multiplies the scheme's own scale
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # digits | mnist1d | mnist | fashion_mnist | cifar10 | synthetic
+    root: str = "${oc.env:BNEXP_DATA,~/.cache/bnexp}"  # where files are found or cached
+    download: bool = False  # torchvision sets may fetch their files; nothing else ever does
+    batch_size: int = 60
+    normalize: bool = True  # standardize inputs with training-split statistics
+    subset: Optional[int] = None  # keep the first N training examples
+    # synthetic only: Gaussian classes, one input feature per scale.
+    feature_scales: list[float] = field(default_factory=lambda: [1.0, 100.0])
+    num_classes: int = 2
+    num_train: int = 2000
+    num_test: int = 1000
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING  # sgd | momentum | adam
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # the `momentum` optimizer only
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # optimizer steps
+    epochs: Optional[int] = None  # if set, replaces `steps` by this many passes over the data
+    eval_every: int = 250  # full train/test evaluation, in steps (and always at the end)
+
+
+@dataclass
+class LogConfig:
+    stats_every: int = 50  # percentiles, mean/std of each probe point and gradient norms
+    hist_every: int = 500  # histograms of each probe point
+    progress_every: int = 0  # a progress line every N steps; 0 = only at evaluations
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    norm: NormConfig = MISSING
+    init: InitConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    seed: int = 0
+    device: Device = Device.auto
+    # Set by experiment configs: which claim a sweep tests (its analysis in bnexp.claims).
+    claim: Optional[str] = None
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="config_schema", node=Config)
