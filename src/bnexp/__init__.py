@@ -1,0 +1,1 @@
+"""bnexp: experiments that test what batch normalization really does."""

@@ -1,0 +1,35 @@
+"""Weight initialization schemes (the `init=` group).
+
+Only the weights of linear and conv maps differ between schemes. Every explicit scheme starts
+biases at 0; norm layers keep their own start (γ = 1, β = 0). `default` leaves PyTorch's own
+initialization of every layer untouched, biases included.
+"""
+import math
+
+from torch import nn
+
+from bnexp.config import UserError
+
+SCHEMES = {
+    "normal": lambda w, cfg: nn.init.normal_(w, std=cfg.std),
+    # U(-a, a) has variance a^2 / 3: a = sqrt(3) std gives init=normal's variance.
+    "uniform": lambda w, cfg: nn.init.uniform_(w, -math.sqrt(3) * cfg.std, math.sqrt(3) * cfg.std),
+    "xavier": lambda w, cfg: nn.init.xavier_normal_(w, gain=cfg.gain),
+    # He et al.: std = sqrt(2 / fan_in), the ReLU gain; init.gain scales it further.
+    "kaiming": lambda w, cfg: nn.init.kaiming_normal_(w, nonlinearity="relu").mul_(cfg.gain),
+    "orthogonal": lambda w, cfg: nn.init.orthogonal_(w, gain=cfg.gain),
+}
+
+
+def initialize(model: nn.Module, cfg) -> nn.Module:
+    """Apply the scheme named by `cfg.name` (an `InitConfig` node) to `model` in place."""
+    if cfg.name == "default":
+        return model
+    if cfg.name not in SCHEMES:
+        raise UserError(f"init={cfg.name!r} is not an initialization; choose one of default, {', '.join(SCHEMES)}.")
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            SCHEMES[cfg.name](m.weight, cfg)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model

@@ -1,0 +1,131 @@
+"""The networks: an MLP (the BN paper's MNIST network) and a small VGG-style CNN.
+
+Both are stacks of the same hidden `Layer`: an affine map, the norm, a probe, the nonlinearity g,
+dropout -- g(BN(Wu)) as in the BN paper. The norm is a constructor argument (a factory from
+`bnexp.norm`), so every model runs with every norm. The probe sits exactly at the input of g: the
+tensor whose distribution the BN paper plots, and the one every analysis reads.
+"""
+from collections import OrderedDict
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bnexp.config import UserError
+from bnexp.norm import make_norm
+
+# (num_features, spatial_dims) -> norm layer; spatial_dims is 0 for (N, C), 1 for (N, C, L), ...
+NormFactory = Callable[[int, int], nn.Module]
+
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class Probe(nn.Identity):
+    """A named point whose input is observed. Free unless someone registers a forward hook on it."""
+
+
+class Layer(nn.Module):
+    """One hidden layer: x -> W x (+ b) -> norm -> probe -> g -> dropout."""
+
+    def __init__(self, linear: Callable[..., nn.Module], fan_in: int, fan_out: int, norm: NormFactory,
+                 spatial_dims: int, activation: str, dropout: float, bias_before_norm: bool):
+        super().__init__()
+        norm = norm(fan_out, spatial_dims)
+        # A bias right before a normalization is removed by its mean subtraction: redundant.
+        self.linear = linear(fan_in, fan_out, bias=bias_before_norm or isinstance(norm, nn.Identity))
+        self.norm = norm
+        self.probe = Probe()
+        self.g = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x):
+        return self.dropout(self.g(self.probe(self.norm(self.linear(x)))))
+
+
+class Network(nn.Module):
+    """A sequence of named hidden `Layer`s (layer1, layer2, ... in depth order) and a linear head."""
+
+    body: nn.Sequential
+    head: nn.Linear
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def layers(self) -> "OrderedDict[str, Layer]":
+        return OrderedDict((name, m) for name, m in self.body.named_children() if isinstance(m, Layer))
+
+    def probes(self) -> "OrderedDict[str, Probe]":
+        """The probe points, by their stable names (`layer1`, `layer2`, ...), in depth order."""
+        return OrderedDict((name, layer.probe) for name, layer in self.layers().items())
+
+
+class MLP(Network):
+    def __init__(self, input_shape, num_classes: int, norm: NormFactory, depth: int = 3, width: int = 100,
+                 activation: str = "sigmoid", dropout: float = 0.0, bias_before_norm: bool = False):
+        super().__init__()
+        layer = partial(Layer, nn.Linear, norm=norm, spatial_dims=0, activation=activation, dropout=dropout,
+                        bias_before_norm=bias_before_norm)
+        modules = OrderedDict(flatten=nn.Flatten())
+        fan_in = _numel(input_shape)
+        for i in range(1, depth + 1):
+            modules[f"layer{i}"] = layer(fan_in, width)
+            fan_in = width
+        self.body = nn.Sequential(modules)
+        self.head = nn.Linear(fan_in, num_classes)
+
+
+class CNN(Network):
+    """Conv stages (3x3 conv, norm, g, pooling by 2), one hidden fully connected layer, the head.
+
+    2-D convolutions for images (C, H, W), 1-D convolutions for sequences (C, L).
+    """
+
+    def __init__(self, input_shape, num_classes: int, norm: NormFactory, channels=(32, 64), width: int = 100,
+                 activation: str = "relu", dropout: float = 0.0, bias_before_norm: bool = False,
+                 pool: str = "max"):
+        super().__init__()
+        spatial_dims = len(input_shape) - 1
+        if spatial_dims not in (1, 2):
+            raise UserError(f"model=cnn needs images (C, H, W) or sequences (C, L), but this dataset's examples "
+                            f"have shape {tuple(input_shape)}. Use model=mlp for flat feature vectors.")
+        conv = {1: nn.Conv1d, 2: nn.Conv2d}[spatial_dims]
+        pools = {"max": {1: nn.MaxPool1d, 2: nn.MaxPool2d}, "avg": {1: nn.AvgPool1d, 2: nn.AvgPool2d}}
+        if pool not in (*pools, "none"):
+            raise UserError(f"model.pool={pool!r} is not a pooling; choose one of max, avg, none.")
+        common = dict(norm=norm, activation=activation, dropout=dropout, bias_before_norm=bias_before_norm)
+        modules = OrderedDict()
+        size, fan_in = list(input_shape[1:]), input_shape[0]
+        for i, c in enumerate(channels, start=1):
+            modules[f"layer{i}"] = Layer(partial(conv, kernel_size=3, padding=1), fan_in, c, spatial_dims=spatial_dims,
+                                         **common)
+            if pool != "none" and min(size) >= 2:  # stop pooling once the feature map is one pixel wide
+                modules[f"pool{i}"] = pools[pool][spatial_dims](2)
+                size = [s // 2 for s in size]
+            fan_in = c
+        modules["flatten"] = nn.Flatten()
+        modules[f"layer{len(channels) + 1}"] = Layer(nn.Linear, fan_in * _numel(size), width, spatial_dims=0, **common)
+        self.body = nn.Sequential(modules)
+        self.head = nn.Linear(width, num_classes)
+
+
+def _numel(shape) -> int:
+    return int(torch.Size(shape).numel())
+
+
+def build_model(cfg, input_shape, num_classes: int) -> Network:
+    """The network named by `cfg.model` with the norm named by `cfg.norm` (both config nodes)."""
+    m = cfg.model
+    norm = partial(make_norm, cfg.norm)
+    common = dict(norm=norm, width=m.width, activation=_name(m.activation), dropout=m.dropout,
+                  bias_before_norm=m.bias_before_norm)
+    if m.name == "mlp":
+        return MLP(input_shape, num_classes, depth=m.depth, **common)
+    if m.name == "cnn":
+        return CNN(input_shape, num_classes, channels=tuple(m.channels), pool=m.pool, **common)
+    raise UserError(f"model.name={m.name!r} is not a model; choose model=mlp or model=cnn.")
+
+
+def _name(value) -> str:
+    """An Enum config value (typed configs) or a plain string (tests) as a string."""
+    return getattr(value, "value", value)

@@ -1,0 +1,104 @@
+"""What a run records in TensorBoard: curves, the distributions at the probe points, gradient norms.
+
+Everything is computed only on the steps it is logged, and each logging step costs one
+host-device sync: statistics are stacked on the device and read back together.
+
+Tags (one run = one event directory, the run folder itself):
+  train/loss, train/acc, test/loss, test/acc   full splits in eval mode, every train.eval_every steps
+  batch/loss, batch/acc, lr                    mean over the mini-batches since the last log
+  act/<layer>/p15|p50|p85|mean|std             the input of the layer's nonlinearity (BN paper, Fig. 1)
+  act/<layer>/unit0/p15|p50|p85                the same for one fixed unit (channel 0) of the layer
+  act/<layer>                                  histograms, every log.hist_every steps
+  grad/<layer>/norm                            L2 norm of the gradient of the layer's parameters
+  hparams (HParams tab)                        the config and final metrics, in this same event file
+"""
+from contextlib import contextmanager
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from bnexp.models import Network
+
+PERCENTILES = (15, 50, 85)
+
+
+def percentiles(x: torch.Tensor) -> torch.Tensor:
+    """The 15th/50th/85th percentiles of all values of `x` (one sort; torch.quantile is far slower)."""
+    v = x.detach().flatten().sort().values
+    idx = torch.tensor([round(p / 100 * (v.numel() - 1)) for p in PERCENTILES], device=v.device)
+    return v[idx]
+
+
+class Monitor:
+    def __init__(self, run_dir: str, model: Network, cfg):
+        self.writer = SummaryWriter(run_dir)
+        self.model, self.cfg = model, cfg
+        self.loss_sum = self.correct = self.seen = 0
+        self.batches = 0
+
+    def wants_stats(self, step: int) -> bool:
+        return step % self.cfg.stats_every == 0
+
+    @contextmanager
+    def probes(self, step: int):
+        """Collects the probe points' values during the forward pass of a logging step, else nothing."""
+        values = {}
+        hist = step % self.cfg.hist_every == 0
+        if not (self.wants_stats(step) or hist):
+            yield values
+            return
+        hooks = [probe.register_forward_hook(lambda m, inp, out, name=name: values.__setitem__(name, out.detach()))
+                 for name, probe in self.model.probes().items()]
+        try:
+            yield values
+        finally:
+            for h in hooks:
+                h.remove()
+        if hist:
+            for name, v in values.items():
+                self.writer.add_histogram(f"act/{name}", v.float().cpu(), step)
+
+    def batch(self, step: int, loss, logits, y, lr: float, acts: dict):
+        """Accumulate this mini-batch (on the device); on logging steps write the statistics."""
+        self.loss_sum = self.loss_sum + loss.detach()
+        self.correct = self.correct + (logits.detach().argmax(1) == y).sum()
+        self.seen += y.numel()
+        self.batches += 1
+        if not self.wants_stats(step):
+            return
+        names, rows = [], []
+        for name, v in acts.items():
+            unit0 = v.select(1, 0)  # channel 0: one fixed unit, as the BN paper plots
+            rows.append(torch.cat([percentiles(v), v.mean()[None], v.std()[None], percentiles(unit0)]).float())
+            names.append(name)
+        grads = [torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in layer.parameters() if p.grad is not None]))
+                 for layer in self.model.layers().values()]
+        summary = torch.stack([self.loss_sum / self.batches, self.correct / self.seen]).float()
+        # The single sync of this step.
+        summary, rows, grads = summary.tolist(), torch.stack(rows).tolist() if rows else [], \
+            torch.stack(grads).tolist() if grads else []
+        w = self.writer
+        w.add_scalar("batch/loss", summary[0], step)
+        w.add_scalar("batch/acc", summary[1], step)
+        w.add_scalar("lr", lr, step)
+        for name, row in zip(names, rows):
+            for key, value in zip(("p15", "p50", "p85", "mean", "std", "unit0/p15", "unit0/p50", "unit0/p85"), row):
+                w.add_scalar(f"act/{name}/{key}", value, step)
+        for name, g in zip(self.model.layers(), grads):
+            w.add_scalar(f"grad/{name}/norm", g, step)
+        self.loss_sum = self.correct = self.seen = self.batches = 0
+
+    def evaluation(self, step: int, result: dict):
+        for key, value in result.items():  # e.g. {"train/loss": 0.3, "test/acc": 0.9}
+            self.writer.add_scalar(key, value, step)
+
+    def close(self, hparam_dict: dict, final: dict, step: int):
+        """The HParams tab: written into this run's own event file (add_hparams would make a sub-run)."""
+        hparam_dict = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparam_dict.items()}
+        metrics = {f"final/{k}": v for k, v in final.items()}
+        for summary in hparams(hparam_dict, metrics):
+            self.writer.file_writer.add_summary(summary)
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.close()

@@ -1,0 +1,258 @@
+"""Normalization layers: our own BatchNorm, and the registry the models build their norms from.
+
+BatchNorm follows Ioffe & Szegedy (2015), Algorithm 1: per channel, over the mini-batch B,
+
+    μ_B = mean(x),   σ²_B = mean((x − μ_B)²),   x̂ = (x − μ_B) / √(σ²_B + ε),   y = γ·x̂ + β,
+
+and at inference the same affine map with running averages in place of μ_B and σ²_B. It is a
+drop-in for torch.nn.BatchNorm1d/2d/3d: same constructor, parameters, buffers and state_dict keys.
+"""
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from bnexp.config import NormConfig, UserError
+
+
+def _reduce_dims(x: Tensor) -> list[int]:
+    """Every dim except the channel dim 1: a channel's statistics pool the batch and all positions."""
+    return [0, *range(2, x.dim())]
+
+
+def _per_channel(t: Tensor, x: Tensor) -> Tensor:
+    """Shape a per-channel vector (C,) to broadcast against x of shape (N, C, *)."""
+    return t.view(-1, *[1] * (x.dim() - 2))
+
+
+def _normalize(
+    deviation: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+) -> Tensor:
+    """y = γ·(x − μ)/√(σ² + ε) + β from the deviations x − μ, computed in place on them.
+
+    Works for both the batch statistics (training) and the running ones (eval). μ is subtracted
+    before scaling because the shorter x·scale + (β − μ·scale) loses digits when |μ| ≫ σ.
+    """
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    y = deviation.mul_(_per_channel(scale, deviation))
+    return y if bias is None else y.add_(_per_channel(bias, deviation))
+
+
+class _BatchNormFunction(torch.autograd.Function):
+    """Training-mode batch normalization with a hand-written backward.
+
+    Returns y and the batch statistics μ_B and σ²_B (the module folds them into its running
+    averages). Everything backward needs is an input or an output, and backward uses only
+    differentiable torch ops: that is what lets torch.func transform it (vmap, grad) and what makes
+    double backward work, because autograd can then differentiate backward itself.
+    """
+
+    generate_vmap_rule = True  # torch.func derives the batching rule from forward and backward
+
+    @staticmethod
+    def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+        dims = _reduce_dims(x)
+        n = x.numel() // x.shape[1]  # values per channel
+        mean = x.sum(dims) / n
+        # Two passes (mean, then mean of squared deviations): exact even when |μ| ≫ σ, where
+        # E[x²] − μ² would cancel catastrophically.
+        deviation = x - _per_channel(mean, x)
+        var = (deviation * deviation).sum(dims) / n  # biased: the batch's own spread
+        return _normalize(deviation, var, weight, bias, eps), mean, var
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, eps = inputs
+        _, mean, var = output
+        # backward recomputes x̂ from x, μ and σ² (one multiply-add per element) rather than
+        # forward keeping an x̂ tensor: x̂ would have to be an extra output for torch.func.
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.eps = eps
+        # Gradients w.r.t. μ_B and σ²_B arrive as None (not zero tensors) unless something used
+        # them, so the usual backward skips their terms.
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, dy: Optional[Tensor], dmean: Optional[Tensor], dvar: Optional[Tensor]):
+        x, weight, mean, var = ctx.saved_tensors
+        dims = _reduce_dims(x)
+        n = x.numel() // x.shape[1]  # values per channel
+        if dy is None:  # only in double backward, where y itself is unused
+            dy = torch.zeros_like(x)
+
+        invstd = torch.rsqrt(var + ctx.eps)
+        x_hat = (x - _per_channel(mean, x)).mul_(_per_channel(invstd, x))
+        dbeta = dy.sum(dims)  # Σ dy
+        dgamma = (dy * x_hat).sum(dims)  # Σ dy·x̂
+
+        # dx = (γ·invstd / n)·(n·dy − Σdy − x̂·Σ(dy·x̂)): the gradient through x̂ minus its
+        # projections onto the two directions the normalization removes (shifts and scalings).
+        # Evaluated as k·dy + c·Σdy + x̂·c·Σ(dy·x̂) with k = γ·invstd and c = −k/n. x̂ is not
+        # overwritten (double backward still needs it) and there is no addcmul_ (vmap has no
+        # batching rule for it).
+        k = invstd if weight is None else weight * invstd
+        c = -k / n
+        dx = (x_hat * _per_channel(c * dgamma, x)).add_(_per_channel(c * dbeta, x))
+        dx = torch.addcmul(dx, dy, _per_channel(k, x))
+        # Gradients that reach μ_B or σ²_B directly (∂μ/∂x = 1/n, ∂σ²/∂x = 2(x − μ)/n, with
+        # x − μ = x̂/invstd); only double backward sends any, through the μ and σ² used above.
+        if dmean is not None:
+            dx = dx + _per_channel(dmean / n, x)
+        if dvar is not None:
+            dx = dx + x_hat * _per_channel(2 * dvar / (n * invstd), x)
+
+        return (
+            dx if ctx.needs_input_grad[0] else None,
+            dgamma if ctx.needs_input_grad[1] else None,
+            dbeta if ctx.needs_input_grad[2] else None,
+            None,  # eps
+        )
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization over dim 1 of (N, C) or (N, C, *) input; a drop-in for
+    torch.nn.BatchNorm1d/2d/3d.
+
+    Training: normalize with the mini-batch mean and biased variance of each channel, and (if
+    track_running_stats) move running_mean/running_var a fraction `momentum` toward the batch's
+    mean and unbiased variance; momentum=None gives the plain average of all batches so far.
+    Eval: normalize with the running statistics, or with batch statistics when they are not tracked.
+
+    The running-statistics update is in place, uses tensor ops only and no Python branch on tensor
+    values, so K stacked copies of the parameters and buffers can be trained at once under
+    torch.func.vmap + torch.func.functional_call.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        # Registered as None when absent, exactly like torch, so state_dicts carry the same keys.
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_features, **factory_kwargs))  # γ
+            self.bias = nn.Parameter(torch.empty(num_features, **factory_kwargs))  # β
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
+            self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+            )
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """γ = 1 and β = 0: at initialization the layer outputs x̂ itself."""
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            raise ValueError(
+                f"expected input of shape (N, {self.num_features}) or (N, {self.num_features}, *) "
+                f"(channels in dim 1), got input of shape {tuple(x.shape)}"
+            )
+
+        if not self.training and self.track_running_stats:
+            # Inference: a fixed affine map with the running statistics; plain autograd
+            # differentiates it.
+            deviation = x - _per_channel(self.running_mean, x)
+            return _normalize(deviation, self.running_var, self.weight, self.bias, self.eps)
+
+        n = x.numel() // self.num_features  # values per channel
+        if n == 1:  # a single value has variance 0 and x̂ = 0: there is nothing to normalize
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {x.size()}"
+            )
+        y, mean, var = _BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+
+        if self.training and self.track_running_stats:
+            # Running statistics are bookkeeping, not part of the model's gradient.
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                if self.momentum is None:
+                    # Cumulative average: the k-th batch gets weight 1/k. A tensor, so the factor
+                    # differs per copy when num_batches_tracked is stacked under vmap.
+                    factor = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
+                else:
+                    factor = self.momentum
+                # running ← (1 − factor)·running + factor·batch. The variance is the unbiased one,
+                # an estimate of the population's, as the paper uses at inference. (mul_/add_
+                # rather than lerp_: vmap has batching rules for them, not for lerp_.)
+                self.running_mean.mul_(1 - factor).add_(factor * mean)
+                self.running_var.mul_(1 - factor).add_(factor * (n / (n - 1)) * var)
+        return y
+
+
+_TORCH_BATCHNORM = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+def _group_norm(num_features: int, spatial_dims: int, cfg: NormConfig) -> nn.Module:
+    if cfg.groups <= 0 or num_features % cfg.groups:
+        divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
+        raise UserError(
+            f"norm.groups={cfg.groups} does not divide the {num_features} channels of a layer; "
+            f"choose norm.groups from the divisors of {num_features} "
+            f"({', '.join(map(str, divisors))}) that also divide every other layer's width, "
+            f"or change the model's widths."
+        )
+    return nn.GroupNorm(cfg.groups, num_features, eps=cfg.eps, affine=cfg.affine)
+
+
+# name -> factory (num_features, spatial_dims, cfg) -> module, where spatial_dims is 0 for (N, C)
+# input, 1 for (N, C, L), 2 for (N, C, H, W), 3 for (N, C, D, H, W). A new variant is one entry.
+NORMS: dict[str, Callable[[int, int, NormConfig], nn.Module]] = {
+    "none": lambda c, spatial_dims, cfg: nn.Identity(),
+    "bn": lambda c, spatial_dims, cfg: BatchNorm(
+        c, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine
+    ),
+    "torch_bn": lambda c, spatial_dims, cfg: _TORCH_BATCHNORM[spatial_dims](
+        c, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine
+    ),
+    # LayerNorm over each example's channels and positions, with per-channel γ and β.
+    "ln": lambda c, spatial_dims, cfg: nn.GroupNorm(1, c, eps=cfg.eps, affine=cfg.affine),
+    "gn": _group_norm,
+}
+
+
+def make_norm(cfg: NormConfig, num_features: int, spatial_dims: int = 0) -> nn.Module:
+    """The norm layer cfg.name names, for num_features channels and spatial_dims spatial dims."""
+    if cfg.name not in NORMS:
+        raise UserError(
+            f"norm.name={cfg.name!r} is not a known normalization; choose one of: {', '.join(NORMS)}."
+        )
+    return NORMS[cfg.name](num_features, spatial_dims, cfg)

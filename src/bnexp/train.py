@@ -1,0 +1,140 @@
+"""One training run: data, model, optimizer, the loop, evaluation, and the run folder's records.
+
+The run folder holds the TensorBoard events and `metrics.json` (config, final and best metrics, the
+evaluation history, divergence), which is all any later analysis reads.
+"""
+import json
+import logging
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from bnexp.config import UserError
+from bnexp.data import InMemoryData, load_data
+from bnexp.init import initialize
+from bnexp.models import build_model
+from bnexp.monitor import Monitor
+
+log = logging.getLogger("bnexp")
+
+
+def resolve_device(name) -> torch.device:
+    name = getattr(name, "value", name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[name]:
+        raise UserError(f"device={name} was asked for, but PyTorch sees no {name} device here. "
+                        f"Use device=auto (the accelerator when there is one) or device=cpu.")
+    return torch.device(name)
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "momentum":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise UserError(f"optim={cfg.name!r} is not an optimizer; choose optim=sgd, optim=momentum or optim=adam.")
+
+
+@torch.no_grad()
+def evaluate(model, data: InMemoryData, split: str) -> tuple[float, float]:
+    """Loss and accuracy on a whole split, in eval mode (BN uses its running statistics)."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for x, y in data.eval_batches(split):
+        logits = model(x)
+        loss = loss + F.cross_entropy(logits, y, reduction="sum")
+        correct = correct + (logits.argmax(1) == y).sum()
+    n = len(data.train_y if split == "train" else data.test_y)
+    return float(loss) / n, int(correct) / n
+
+
+def flat_config(cfg) -> dict:
+    """The run's resolved settings as flat `group.key: value` pairs (metrics.json, HParams)."""
+    out = {}
+    for group in ("model", "norm", "init", "data", "optim", "train"):
+        for key, value in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items():
+            out[f"{group}.{key}"] = value
+    out.update(seed=cfg.seed, device=str(getattr(cfg.device, "value", cfg.device)), claim=cfg.get("claim"))
+    return out
+
+
+def _finite(x):
+    return x if x is not None and math.isfinite(x) else None
+
+
+def write_json(path: str, obj) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def train(cfg, run_dir: str) -> dict:
+    """Train the run described by `cfg` (a composed Config), recording into `run_dir`; return its metrics."""
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data, device)
+    model = initialize(build_model(cfg, data.input_shape, data.num_classes), cfg.init).to(device)
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    batch_size = cfg.data.batch_size
+    steps = cfg.train.steps if cfg.train.epochs is None else cfg.train.epochs * data.steps_per_epoch(batch_size)
+    # Batches come from their own CPU generator: the same order on every device, for every model.
+    batches = data.train_batches(batch_size, torch.Generator().manual_seed(cfg.seed))
+    monitor = Monitor(run_dir, model, cfg.log)
+    lr = optimizer.param_groups[0]["lr"]
+
+    history, diverged_step = [], None
+    # Divergence is flagged on the device (no per-step sync); the host looks at each logging step.
+    first_bad = torch.zeros((), dtype=torch.long, device=device)
+    step = 0
+    for step in range(1, steps + 1):
+        x, y = next(batches)
+        model.train()
+        with monitor.probes(step) as acts:
+            logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+        monitor.batch(step, loss, logits, y, lr, acts)
+        optimizer.step()
+
+        evaluating = step % cfg.train.eval_every == 0 or step == steps
+        if (evaluating or monitor.wants_stats(step)) and first_bad.item():
+            diverged_step = int(first_bad)
+            log.info(f"diverged: the loss became non-finite at step {diverged_step}; stopping this run")
+        if evaluating or diverged_step:
+            (train_loss, train_acc), (test_loss, test_acc) = evaluate(model, data, "train"), evaluate(model, data, "test")
+            point = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
+            history.append({k: _finite(v) for k, v in point.items()})
+            monitor.evaluation(step, {"train/loss": train_loss, "train/acc": train_acc,
+                                      "test/loss": test_loss, "test/acc": test_acc})
+            log.info(f"step {step:>6}/{steps}  train loss {train_loss:.4f}  test acc {test_acc:.4f}")
+        elif cfg.log.progress_every and step % cfg.log.progress_every == 0:
+            log.info(f"step {step:>6}/{steps}")
+        if diverged_step:
+            break
+
+    last = history[-1]
+    metrics = dict(
+        final_test_acc=last["test_acc"], best_test_acc=max((h["test_acc"] or 0.0) for h in history),
+        final_train_acc=last["train_acc"], final_train_loss=last["train_loss"], final_test_loss=last["test_loss"],
+        diverged=diverged_step is not None, diverged_step=diverged_step, steps=step, steps_planned=steps,
+        wall_time_s=time.perf_counter() - start,
+    )
+    config = flat_config(cfg)
+    monitor.close(config, {k: float("nan") if v is None else float(v) for k, v in metrics.items()}, step)
+    write_json(os.path.join(run_dir, "metrics.json"), dict(config=config, **metrics, history=history))
+    return metrics

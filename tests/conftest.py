@@ -1,0 +1,23 @@
+import pytest
+from hydra import compose, initialize_config_module
+
+from bnexp.config import register
+
+register()
+
+
+@pytest.fixture(autouse=True)
+def data_root(tmp_path_factory, monkeypatch):
+    """Datasets generated or cached by a test go to a temporary folder, never the home directory."""
+    root = tmp_path_factory.getbasetemp() / "data"
+    monkeypatch.setenv("BNEXP_DATA", str(root))
+    return root
+
+
+@pytest.fixture
+def make_cfg():
+    """Compose the real config (conf/ through Hydra, typed schema included) with overrides."""
+    def make(*overrides: str):
+        with initialize_config_module(config_module="bnexp.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    return make

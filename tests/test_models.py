@@ -1,0 +1,112 @@
+"""Every model runs with every norm on every kind of input, and names its probe points."""
+import pytest
+import torch
+from torch import nn
+
+from bnexp.init import SCHEMES, initialize
+from bnexp.models import MLP, build_model
+
+NORMS = ["none", "bn", "torch_bn", "ln", "gn"]
+# (C, H, W) images: digits, MNIST, CIFAR-10; (C, L) sequences: MNIST-1D; (F,) features: synthetic.
+SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32), "mnist1d": (1, 40), "synthetic": (3,)}
+
+
+def model(make_cfg, name, norm, shape, *overrides):
+    cfg = make_cfg(f"model={name}", f"norm={norm}", "norm.groups=4", "model.width=16", "model.channels=[8,16]",
+                   *overrides)
+    return build_model(cfg, shape, num_classes=10)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("data", SHAPES)
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_every_model_trains_with_every_norm_on_every_input_kind(make_cfg, name, norm, data):
+    if name == "cnn" and data == "synthetic":
+        pytest.skip("a CNN needs spatial inputs (covered by test_cnn_rejects_flat_features)")
+    torch.manual_seed(0)
+    net = model(make_cfg, name, norm, SHAPES[data])
+    x, y = torch.randn(6, *SHAPES[data]), torch.randint(0, 10, (6,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(3):
+        logits = net(x)
+        assert logits.shape == (6, 10)
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+    # mlp: 3 hidden layers; cnn: 2 conv stages and the hidden fully connected layer.
+    assert list(net.probes()) == ["layer1", "layer2", "layer3"]
+
+
+def test_probes_see_the_input_of_each_nonlinearity(make_cfg):
+    net = model(make_cfg, "mlp", "bn", (1, 8, 8), "model.dropout=0.0")
+    seen = {}
+    for name, probe in net.probes().items():
+        probe.register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out))
+    net.train()
+    net(torch.randn(32, 1, 8, 8))
+    # After BN (γ=1, β=0) in training mode each unit is standardized over the batch.
+    for out in seen.values():
+        torch.testing.assert_close(out.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.var(0, unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+
+
+def test_mlp_puts_the_norm_between_the_linear_map_and_the_nonlinearity(make_cfg):
+    layer = model(make_cfg, "mlp", "bn", (1, 8, 8)).layers()["layer1"]
+    assert [n for n, _ in layer.named_children()][:4] == ["linear", "norm", "probe", "g"]
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(layer(x), torch.sigmoid(layer.norm(layer.linear(x))))
+
+
+@pytest.mark.parametrize("norm,keep,has_bias", [("bn", False, False), ("bn", True, True), ("none", False, True)])
+def test_the_bias_before_a_norm_is_dropped_unless_asked_for(make_cfg, norm, keep, has_bias):
+    net = model(make_cfg, "mlp", norm, (1, 8, 8), f"model.bias_before_norm={keep}")
+    assert all((layer.linear.bias is not None) == has_bias for layer in net.layers().values())
+
+
+def test_cnn_uses_1d_convolutions_for_sequences_and_2d_for_images(make_cfg):
+    assert isinstance(model(make_cfg, "cnn", "bn", (1, 40)).layers()["layer1"].linear, nn.Conv1d)
+    assert isinstance(model(make_cfg, "cnn", "bn", (3, 32, 32)).layers()["layer1"].linear, nn.Conv2d)
+
+
+def test_cnn_rejects_flat_features(make_cfg):
+    from bnexp.config import UserError
+    with pytest.raises(UserError, match="model=mlp"):
+        model(make_cfg, "cnn", "bn", (3,))
+
+
+def test_mlp_depth_width_and_dropout_follow_the_config(make_cfg):
+    net = model(make_cfg, "mlp", "none", (1, 8, 8), "model.depth=5", "model.width=7", "model.dropout=0.5")
+    assert isinstance(net, MLP) and len(net.layers()) == 5
+    assert all(layer.linear.out_features == 7 for layer in net.layers().values())
+    assert all(isinstance(layer.dropout, nn.Dropout) and layer.dropout.p == 0.5 for layer in net.layers().values())
+
+
+@pytest.mark.parametrize("scheme", ["normal", "uniform"])
+def test_init_std_sets_the_weights_standard_deviation(make_cfg, scheme):
+    cfg = make_cfg(f"init={scheme}", "init.std=0.05", "model.width=400")
+    net = initialize(build_model(cfg, (1, 8, 8), 10), cfg.init)
+    w = net.layers()["layer2"].linear.weight
+    assert abs(w.std().item() - 0.05) < 0.002
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_explicit_schemes_start_biases_at_zero_and_leave_gamma_beta_alone(make_cfg, scheme):
+    cfg = make_cfg(f"init={scheme}", "model=cnn", "model.bias_before_norm=true", "norm=bn")
+    net = initialize(build_model(cfg, (1, 8, 8), 10), cfg.init)
+    for layer in net.layers().values():
+        assert torch.all(layer.linear.bias == 0)
+        assert torch.all(layer.norm.weight == 1) and torch.all(layer.norm.bias == 0)
+    assert torch.all(net.head.bias == 0)
+
+
+def test_gain_scales_xavier_kaiming_and_orthogonal(make_cfg):
+    for scheme in ("xavier", "kaiming", "orthogonal"):
+        stds = []
+        for gain in (1.0, 3.0):
+            torch.manual_seed(0)
+            cfg = make_cfg(f"init={scheme}", f"init.gain={gain}", "model.width=300")
+            stds.append(initialize(build_model(cfg, (1, 8, 8), 10), cfg.init).layers()["layer2"].linear.weight.std())
+        assert abs(stds[1] / stds[0] - 3.0) < 0.05, scheme
+
