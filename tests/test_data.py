@@ -1,0 +1,348 @@
+"""The in-memory datasets, offline, through the real code paths.
+
+The torchvision datasets are tested with tiny files written in their real on-disk formats (idx-ubyte
+for MNIST and Fashion-MNIST, Python 2 pickles for CIFAR-10) and read by torchvision itself.
+Every test points data.root at tmp_path (and conftest.py points BNEXP_DATA at a temporary folder),
+so nothing is written to the home folder or the repository.
+"""
+import io
+import os
+import pickle
+import random
+import struct
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bnexp.config import DataConfig, UserError
+from bnexp.data import InMemoryData, load_data
+
+
+# ---- the real on-disk formats -------------------------------------------------------------------
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """An idx-ubyte file: big-endian magic (0, 0, type 0x08 = unsigned byte, ndim), the sizes, data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_mnist_files(root, folder: str, n_train=5, n_test=3, seed=0):
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    arrays = {
+        "train": (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train)),
+        "t10k": (rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test)),
+    }
+    for prefix, (images, labels) in arrays.items():
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return arrays
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 `str` (opcode BINSTRING), as cPickle wrote the CIFAR-10 files:
+    read with encoding="bytes" the keys are b"data", b"labels"; torchvision reads them with
+    encoding="latin1", which turns them into "data", "labels"."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def write_py2_pickle(path, obj) -> None:
+    buffer = io.BytesIO()
+    Py2Pickler(buffer, protocol=2).dump(obj)
+    path.write_bytes(buffer.getvalue())
+
+
+def make_cifar_files(root, per_batch=2, n_test=3, seed=0):
+    """data_batch_1..5, test_batch and batches.meta; each image a row of 3072 bytes, the red plane
+    (1024 bytes, row-major), then green, then blue."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {f"data_batch_{i}": per_batch for i in range(1, 6)} | {"test_batch": n_test}
+    written = {}
+    for name, n in batches.items():
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, n)]
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+        }
+        write_py2_pickle(folder / name, batch)
+        written[name] = (data, labels)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer"]
+    names += [b"dog", b"frog", b"horse", b"ship", b"truck"]
+    write_py2_pickle(
+        folder / "batches.meta",
+        {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072},
+    )
+    return written
+
+
+# ---- the torchvision datasets -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_formats_round_trip(tmp_path, name, folder):
+    arrays = make_mnist_files(tmp_path, folder)
+    data = load_data(DataConfig(name=name, root=str(tmp_path), normalize=False))
+
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert data.scale == pytest.approx(1 / 255)
+    for x, y, prefix in [(data.train_x, data.train_y, "train"), (data.test_x, data.test_y, "t10k")]:
+        images, labels = arrays[prefix]
+        assert x.dtype == torch.uint8 and y.dtype == torch.int64
+        assert torch.equal(x, torch.from_numpy(images.astype(np.uint8))[:, None])
+        assert y.tolist() == labels.tolist()
+    x, _ = next(data.eval_batches("test"))
+    assert x.dtype == torch.float32 and torch.allclose(x, data.test_x.float() / 255)
+
+
+def test_cifar10_format_round_trip(tmp_path):
+    written = make_cifar_files(tmp_path)
+    data = load_data(DataConfig(name="cifar10", root=str(tmp_path), normalize=True))
+
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 10
+    assert data.train_x.dtype == torch.uint8 and data.train_y.dtype == torch.int64
+    # Training batches in order 1..5, and each row's colour planes become channels (CHW).
+    rows = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)])
+    labels = sum((written[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+    assert torch.equal(data.train_x, torch.from_numpy(rows).reshape(-1, 3, 32, 32))
+    assert data.train_y.tolist() == labels
+    assert torch.equal(data.test_x, torch.from_numpy(written["test_batch"][0]).reshape(-1, 3, 32, 32))
+    assert data.test_y.tolist() == written["test_batch"][1]
+    # Per-channel statistics: one (mean, std) per colour plane, of the pixels scaled to [0, 1].
+    planes = torch.from_numpy(rows).reshape(-1, 3, 1024).double() / 255
+    assert data.mean.shape == data.std.shape == (1, 3, 1, 1)
+    assert torch.allclose(data.mean.flatten().double(), planes.mean((0, 2)), atol=1e-6)
+    assert torch.allclose(data.std.flatten().double(), planes.std((0, 2), correction=0), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, folder, files",
+    [
+        ("mnist", "MNIST/raw", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+        ("fashion_mnist", "FashionMNIST/raw", ["train-labels-idx1-ubyte"]),
+        ("cifar10", "cifar-10-batches-py", ["data_batch_1", "data_batch_5", "test_batch", "batches.meta"]),
+    ],
+)
+def test_missing_files_name_what_to_get(tmp_path, name, folder, files):
+    with pytest.raises(UserError) as e:
+        load_data(DataConfig(name=name, root=str(tmp_path), download=False))
+    message = str(e.value)
+    assert str(tmp_path / folder) in message
+    assert all(f in message for f in files)
+    assert "data.download=true" in message and "BNEXP_DATA" in message
+    assert "\n" not in message  # one paragraph
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_one_missing_file_is_named(tmp_path):
+    make_mnist_files(tmp_path, "MNIST")
+    (tmp_path / "MNIST/raw/t10k-images-idx3-ubyte").unlink()
+    with pytest.raises(UserError, match="but t10k-images-idx3-ubyte is missing"):
+        load_data(DataConfig(name="mnist", root=str(tmp_path)))
+
+
+def test_failed_download_says_so_in_one_paragraph(tmp_path, monkeypatch):
+    import torchvision.datasets.mnist
+    from urllib.error import URLError
+
+    def offline(url, *args, **kwargs):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    with pytest.raises(UserError) as e:
+        load_data(DataConfig(name="mnist", root=str(tmp_path), download=True))
+    message = str(e.value)
+    assert "Downloading them failed" in message and "no route to host" in message
+    assert "train-images-idx3-ubyte" in message and "\n" not in message
+
+
+def test_root_from_omegaconf_env_and_home(tmp_path, monkeypatch):
+    # The schema's default root reads BNEXP_DATA, in an OmegaConf node or a plain dataclass.
+    monkeypatch.setenv("BNEXP_DATA", str(tmp_path / "env_root"))
+    for cfg in (DataConfig(name="mnist"), OmegaConf.structured(DataConfig(name="mnist"))):
+        with pytest.raises(UserError, match=str(tmp_path / "env_root" / "MNIST" / "raw")):
+            load_data(cfg)
+    # A leading ~ is the home folder; so is the schema's fallback ~/.cache/bnexp.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(UserError, match=str(tmp_path / "home" / "data" / "MNIST" / "raw")):
+        load_data(OmegaConf.structured(DataConfig(name="mnist", root="~/data")))
+    monkeypatch.delenv("BNEXP_DATA")
+    with pytest.raises(UserError, match=str(tmp_path / "home" / ".cache" / "bnexp" / "MNIST")):
+        load_data(DataConfig(name="mnist"))
+    assert not any(tmp_path.iterdir())
+
+
+def test_loads_the_composed_config(make_cfg):
+    cfg = make_cfg("data=synthetic", "data.num_train=100", "data.feature_scales=[1,10,100]")
+    data = load_data(cfg.data)
+    assert data.input_shape == (3,) and len(data.train_y) == 100
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(UserError, match="digits, mnist1d, mnist, fashion_mnist, cifar10, synthetic"):
+        load_data(DataConfig(name="imagenet"))
+
+
+# ---- the offline datasets -----------------------------------------------------------------------
+
+
+def test_digits():
+    data = load_data(DataConfig(name="digits", normalize=False))
+    assert data.input_shape == (1, 8, 8) and data.train_x.dtype == torch.uint8
+    assert (len(data.train_y), len(data.test_y)) == (1347, 450)
+    assert data.train_x.max() == 16 and data.scale == 1 / 16
+    # Stratified: a quarter of every class is in the test split.
+    per_class = torch.bincount(data.train_y) + torch.bincount(data.test_y)
+    assert (torch.bincount(data.test_y) - per_class / 4).abs().max() <= 1
+    again = load_data(DataConfig(name="digits"))
+    assert torch.equal(again.test_x, data.test_x)  # a fixed split
+
+
+def test_mnist1d_is_generated_once_and_cached(tmp_path, monkeypatch):
+    import mnist1d.data
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    np.random.seed(123)
+    random.seed(123)
+    np_state, py_state = np.random.get_state()[1].copy(), random.getstate()
+
+    cfg = DataConfig(name="mnist1d", root=str(tmp_path / "root"))
+    data = load_data(cfg)
+    assert data.input_shape == (1, 40) and data.train_x.dtype == torch.float32
+    assert (len(data.train_y), len(data.test_y), data.num_classes) == (4000, 1000, 10)
+    assert set(data.train_y.unique().tolist()) == set(range(10))
+    assert os.listdir(tmp_path / "root" / "mnist1d") == ["mnist1d.npz"]  # no temporary file left
+    assert not any(cwd.iterdir())  # mnist1d's own get_dataset would write a pickle here
+    # make_dataset seeds the global generators; load_data puts them back.
+    assert np.array_equal(np.random.get_state()[1], np_state) and random.getstate() == py_state
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the cached mnist1d arrays should have been used")
+
+    monkeypatch.setattr(mnist1d.data, "make_dataset", no_generation)
+    cached = load_data(cfg)
+    for field in ("train_x", "train_y", "test_x", "test_y", "mean", "std"):
+        assert torch.equal(getattr(cached, field), getattr(data, field))
+
+
+def synthetic(**overrides) -> InMemoryData:
+    return load_data(DataConfig(name="synthetic", **overrides))
+
+
+def test_synthetic_features_differ_in_scale_and_normalize():
+    raw = synthetic(feature_scales=[1.0, 100.0], normalize=False)
+    assert raw.input_shape == (2,) and raw.train_x.dtype == torch.float32
+    assert (len(raw.train_y), len(raw.test_y)) == (2000, 1000)
+    assert torch.bincount(raw.train_y).tolist() == [1000, 1000]  # balanced
+    # Within a class the noise is unit noise times the feature's scale.
+    within = raw.train_x[raw.train_y == 0].std(0)
+    assert within[1] / within[0] == pytest.approx(100, rel=0.1)
+    assert raw.train_x.std(0)[1] / raw.train_x.std(0)[0] > 10
+    # normalize=False: prepare() leaves the raw values alone.
+    x, _ = next(raw.eval_batches("train", batch_size=2000))
+    assert torch.equal(x, raw.train_x)
+
+    norm = synthetic(feature_scales=[1.0, 100.0], normalize=True)
+    assert torch.equal(norm.train_x, raw.train_x)  # the same dataset in every run
+    assert norm.mean.shape == (1, 2)
+    x, _ = next(norm.eval_batches("train", batch_size=2000))
+    assert torch.allclose(x.mean(0), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(x.std(0, correction=0), torch.ones(2), atol=1e-5)
+
+
+def test_synthetic_classes_overlap_a_little():
+    data = synthetic(feature_scales=[1.0, 100.0, 1e4], num_classes=3, normalize=True)
+    x, _ = next(data.eval_batches("train", batch_size=10_000))
+    means = torch.stack([x[data.train_y == c].mean(0) for c in range(3)])
+    x, _ = next(data.eval_batches("test", batch_size=10_000))
+    accuracy = (torch.cdist(x, means).argmin(1) == data.test_y).float().mean()
+    assert 0.8 < accuracy < 0.995
+
+
+def test_subset_keeps_the_first_examples_and_their_statistics():
+    full = synthetic(normalize=False)
+    part = synthetic(subset=50, normalize=True)
+    assert torch.equal(part.train_x, full.train_x[:50])
+    assert torch.equal(part.test_x, full.test_x)  # the test split is never cut
+    expected = full.train_x[:50].double().mean(0)
+    assert torch.allclose(part.mean.flatten().double(), expected, atol=1e-4)
+    with pytest.raises(UserError, match="data.subset=5000"):
+        synthetic(subset=5000)
+
+
+# ---- batching -----------------------------------------------------------------------------------
+
+
+def tiny(n=10) -> InMemoryData:
+    """Example i has the input value i, so a batch says which examples it holds."""
+    zero, one = torch.zeros(1, 1), torch.ones(1, 1)
+    x = torch.arange(n, dtype=torch.uint8)[:, None]
+    return InMemoryData(x, torch.arange(n), x, torch.arange(n), n, 1.0, zero, one)
+
+
+def take(stream, count):
+    return [next(stream) for _ in range(count)]
+
+
+def test_train_batches_are_a_seeded_permutation_per_epoch():
+    data = tiny(10)
+    assert data.steps_per_epoch(3) == 3
+    batches = take(data.train_batches(3, torch.Generator().manual_seed(7)), 6)  # two epochs
+    again = take(data.train_batches(3, torch.Generator().manual_seed(7)), 6)
+    other = take(data.train_batches(3, torch.Generator().manual_seed(8)), 6)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, again))
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(batches, other))
+
+    gen = torch.Generator().manual_seed(7)
+    for epoch in range(2):
+        # Each epoch is a fresh randperm from the generator, the 10th example (partial batch) dropped.
+        order = torch.randperm(10, generator=gen)
+        ys = torch.cat([y for _, y in batches[3 * epoch : 3 * epoch + 3]])
+        assert torch.equal(ys, order[:9])
+        assert len(set(ys.tolist())) == 9
+    for x, y in batches:
+        assert x.shape == (3, 1) and x.dtype == torch.float32
+        assert torch.equal(x[:, 0], y.float())  # inputs and labels stay paired
+
+
+def test_every_example_once_per_epoch_when_batches_fit():
+    data = tiny(12)
+    batches = take(data.train_batches(4, torch.Generator().manual_seed(0)), 3)
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(12))
+
+
+def test_eval_batches_cover_the_split_in_order():
+    data = tiny(10)
+    batches = list(data.eval_batches("test", batch_size=4))
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    assert torch.cat([y for _, y in batches]).tolist() == list(range(10))
+    assert torch.cat([x for x, _ in batches])[:, 0].tolist() == list(range(10))
+
+
+@pytest.mark.parametrize("batch_size", [0, 11])
+def test_impossible_batch_size_fails_at_the_call(batch_size):
+    data = tiny(10)
+    with pytest.raises(UserError, match="between 1 and the number of training examples, 10"):
+        data.train_batches(batch_size, torch.Generator())
+    with pytest.raises(UserError):
+        data.steps_per_epoch(batch_size)
