@@ -17,12 +17,13 @@ def model(make_cfg, name, norm, shape, *overrides):
     return build_model(cfg, shape, num_classes=10)
 
 
+# A CNN needs spatial inputs: flat features are covered by test_cnn_rejects_flat_features.
+COMBOS = [(m, d) for m in ("mlp", "cnn") for d in SHAPES if (m, d) != ("cnn", "synthetic")]
+
+
 @pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("data", SHAPES)
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name,data", COMBOS)
 def test_every_model_trains_with_every_norm_on_every_input_kind(make_cfg, name, norm, data):
-    if name == "cnn" and data == "synthetic":
-        pytest.skip("a CNN needs spatial inputs (covered by test_cnn_rejects_flat_features)")
     torch.manual_seed(0)
     net = model(make_cfg, name, norm, SHAPES[data])
     x, y = torch.randn(6, *SHAPES[data]), torch.randint(0, 10, (6,))
@@ -46,10 +47,11 @@ def test_probes_see_the_input_of_each_nonlinearity(make_cfg):
         probe.register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out))
     net.train()
     net(torch.randn(32, 1, 8, 8))
-    # After BN (γ=1, β=0) in training mode each unit is standardized over the batch.
+    # After BN (γ=1, β=0) in training mode each unit is standardized over the batch (its variance is
+    # var / (var + eps), a little under 1 where the layer's input varies little).
     for out in seen.values():
         torch.testing.assert_close(out.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
-        torch.testing.assert_close(out.var(0, unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+        torch.testing.assert_close(out.var(0, unbiased=False), torch.ones(16), atol=1e-2, rtol=0)
 
 
 def test_mlp_puts_the_norm_between_the_linear_map_and_the_nonlinearity(make_cfg):

@@ -67,7 +67,7 @@ class InitConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING  # digits | mnist1d | mnist | fashion_mnist | cifar10 | synthetic
-    root: str = "${oc.env:BNEXP_DATA,~/.cache/bnexp}"  # where files are found or cached
+    root: str = "${oc.env:BNEXP_DATA,'~/.cache/bnexp'}"  # where files are found or cached
     download: bool = False  # torchvision sets may fetch their files; nothing else ever does
     batch_size: int = 60
     normalize: bool = True  # standardize inputs with training-split statistics

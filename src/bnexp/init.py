@@ -6,6 +6,7 @@ initialization of every layer untouched, biases included.
 """
 import math
 
+import torch
 from torch import nn
 
 from bnexp.config import UserError
@@ -27,9 +28,14 @@ def initialize(model: nn.Module, cfg) -> nn.Module:
         return model
     if cfg.name not in SCHEMES:
         raise UserError(f"init={cfg.name!r} is not an initialization; choose one of default, {', '.join(SCHEMES)}.")
+    with torch.no_grad():
+        _apply(model, cfg)
+    return model
+
+
+def _apply(model: nn.Module, cfg) -> None:
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             SCHEMES[cfg.name](m.weight, cfg)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    return model
