@@ -96,7 +96,7 @@ class Monitor:
     def close(self, hparam_dict: dict, final: dict, step: int):
         """The HParams tab: written into this run's own event file (add_hparams would make a sub-run)."""
         hparam_dict = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparam_dict.items()}
-        metrics = {f"final/{k}": v for k, v in final.items()}
+        metrics = {f"hparam/{k}": v for k, v in final.items()}
         for summary in hparams(hparam_dict, metrics):
             self.writer.file_writer.add_summary(summary)
         for k, v in metrics.items():

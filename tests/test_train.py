@@ -1,0 +1,83 @@
+"""The training runner: what a run records, divergence as a result, repeatability."""
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bnexp.train import train
+
+TINY = ["optim.lr=0.5", "train.steps=40", "train.eval_every=20", "log.stats_every=10", "log.hist_every=20", "device=cpu"]
+
+
+def events(run_dir):
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_a_run_records_metrics_json_and_tensorboard_curves(make_cfg, tmp_path):
+    metrics = train(make_cfg(*TINY), str(tmp_path))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["final_test_acc"] == metrics["final_test_acc"] > 0.5  # 10 classes: chance is 0.1
+    assert saved["steps"] == 40 and saved["diverged"] is False and saved["diverged_step"] is None
+    assert saved["config"]["norm.name"] == "bn" and saved["config"]["optim.lr"] == 0.5
+    assert [h["step"] for h in saved["history"]] == [20, 40]
+    assert saved["best_test_acc"] == max(h["test_acc"] for h in saved["history"])
+
+    ev = events(tmp_path)
+    scalars = set(ev.Tags()["scalars"])
+    for tag in ["train/loss", "train/acc", "test/loss", "test/acc", "lr", "batch/loss"]:
+        assert tag in scalars
+    for layer in ["layer1", "layer2", "layer3"]:
+        for stat in ["p15", "p50", "p85", "mean", "std", "unit0/p50"]:
+            assert [e.step for e in ev.Scalars(f"act/{layer}/{stat}")] == [10, 20, 30, 40]
+        assert f"grad/{layer}/norm" in scalars
+        assert [e.step for e in ev.Histograms(f"act/{layer}")] == [20, 40]
+    assert ev.Scalars("test/acc")[-1].value == pytest.approx(metrics["final_test_acc"])
+    assert [e.value for e in ev.Scalars("lr")] == pytest.approx([0.5] * 4)
+
+
+def test_percentiles_in_tensorboard_are_ordered_and_bn_keeps_units_standardized(make_cfg, tmp_path):
+    train(make_cfg(*TINY, "optim.lr=0.01"), str(tmp_path))
+    ev = events(tmp_path)
+    for layer in ["layer1", "layer3"]:
+        p15, p50, p85 = (ev.Scalars(f"act/{layer}/{p}")[-1].value for p in ("p15", "p50", "p85"))
+        assert p15 < p50 < p85
+        # BN's output in training mode has mean 0 and std 1 per unit (γ, β barely move at this learning rate).
+        assert abs(ev.Scalars(f"act/{layer}/mean")[-1].value) < 0.1
+        assert abs(ev.Scalars(f"act/{layer}/std")[-1].value - 1) < 0.1
+
+
+def test_hparams_go_into_the_runs_own_event_file(make_cfg, tmp_path):
+    train(make_cfg(*TINY), str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no stray sub-run folder
+    ev = events(tmp_path)
+    plugins = ev.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(plugins)
+    assert "hparam/final_test_acc" in ev.Tags()["scalars"]
+
+
+def test_a_diverging_run_is_a_result_not_a_crash(make_cfg, tmp_path):
+    metrics = train(make_cfg(*TINY, "norm=none", "model.activation=relu", "optim.lr=1e3",
+                          "log.stats_every=1"),
+                    str(tmp_path))
+    assert metrics["diverged"] and 1 <= metrics["diverged_step"] <= 10
+    assert metrics["steps"] == metrics["diverged_step"] < metrics["steps_planned"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: NaN becomes null
+    assert saved["diverged"] and saved["final_test_loss"] is None
+
+
+def test_a_seed_makes_a_run_repeatable_bit_for_bit(make_cfg, tmp_path):
+    cfg = make_cfg(*TINY, "model.dropout=0.1", "seed=7")
+    a, b = train(cfg, str(tmp_path / "a")), train(cfg, str(tmp_path / "b"))
+    ha = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
+    hb = json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]
+    assert ha == hb and a["final_test_acc"] == b["final_test_acc"]
+    c = train(make_cfg(*TINY, "model.dropout=0.1", "seed=8"), str(tmp_path / "c"))
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["history"] != ha
+
+
+def test_epochs_replace_steps(make_cfg, tmp_path):
+    # digits: 1347 training images, batch 60 -> 22 full batches per epoch.
+    metrics = train(make_cfg(*TINY, "train.epochs=1"), str(tmp_path))
+    assert metrics["steps"] == 22
