@@ -81,3 +81,21 @@ def test_epochs_replace_steps(make_cfg, tmp_path):
     # digits: 1347 training images, batch 60 -> 22 full batches per epoch.
     metrics = train(make_cfg(*TINY, "train.epochs=1"), str(tmp_path))
     assert metrics["steps"] == 22
+
+
+def test_bn_runs_also_record_test_accuracy_with_batch_statistics(make_cfg, tmp_path):
+    bn = train(make_cfg(*TINY), str(tmp_path / "bn"))
+    assert 0 <= bn["final_test_acc_batch_stats"] <= 1
+    assert "final_test_acc_batch_stats" not in train(make_cfg(*TINY, "norm=gn"), str(tmp_path / "gn"))
+
+
+def test_lr_batch_size_scales_the_learning_rate_linearly(make_cfg, tmp_path):
+    train(make_cfg(*TINY, "optim.lr=0.1", "optim.lr_batch_size=30", "data.batch_size=60"), str(tmp_path))
+    ev = events(tmp_path)
+    assert ev.Scalars("lr")[0].value == pytest.approx(0.2)
+
+
+def test_bad_step_counts_are_a_users_mistake(make_cfg, tmp_path):
+    from bnexp.config import UserError
+    with pytest.raises(UserError, match="at least 1"):
+        train(make_cfg(*TINY, "train.eval_every=0"), str(tmp_path))

@@ -54,7 +54,7 @@ class NormConfig:
     eps: float = 1e-5
     momentum: Optional[float] = 0.1  # running statistics; null = cumulative average
     affine: bool = True  # learnable γ and β
-    groups: int = 8  # gn: channels are split into this many groups
+    groups: int = 4  # gn: channels are split into this many groups (4 divides every default width)
 
 
 @dataclass
@@ -85,6 +85,9 @@ class OptimConfig:
     lr: float = 0.1
     weight_decay: float = 0.0
     momentum: float = 0.9  # the `momentum` optimizer only
+    # If set, optim.lr is the rate for this batch size and scales linearly with data.batch_size
+    # (Goyal et al. 2017), so batch-size sweeps compare like with like.
+    lr_batch_size: Optional[int] = None
 
 
 @dataclass

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import time
+from copy import deepcopy
 
 import torch
 import torch.nn.functional as F
@@ -35,26 +36,50 @@ def resolve_device(name) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+def learning_rate(cfg) -> float:
+    """optim.lr, scaled linearly with the batch size when optim.lr_batch_size is set."""
+    if cfg.optim.lr_batch_size is None:
+        return cfg.optim.lr
+    return cfg.optim.lr * cfg.data.batch_size / cfg.optim.lr_batch_size
+
+
+def make_optimizer(params, cfg, lr: float) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.name == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
     raise UserError(f"optim={cfg.name!r} is not an optimizer; choose optim=sgd, optim=momentum or optim=adam.")
 
 
+def has_running_statistics(model) -> bool:
+    return any(getattr(m, "track_running_stats", False) for m in model.modules())
+
+
 @torch.no_grad()
-def evaluate(model, data: InMemoryData, split: str) -> tuple[float, float]:
-    """Loss and accuracy on a whole split, in eval mode (BN uses its running statistics)."""
+def evaluate(model, data: InMemoryData, split: str, batch_size: int = 1000,
+             batch_statistics: bool = False) -> tuple[float, float]:
+    """Loss and accuracy on a whole split, in eval mode: BN uses its running statistics.
+
+    With `batch_statistics`, BN layers instead normalize each batch (of `batch_size`) by its own
+    statistics, as in training. The gap between the two shows how far the running averages are
+    from what the network was trained with, which grows as batches shrink (Wu & He 2018).
+    """
+    if batch_statistics:
+        model = deepcopy(model)  # in train mode BN updates running statistics: not the real model's
     model.eval()
-    loss, correct = 0.0, 0
-    for x, y in data.eval_batches(split):
+    for m in model.modules():
+        if batch_statistics and getattr(m, "track_running_stats", False):
+            m.train()
+    loss, correct, n = 0.0, 0, 0
+    for x, y in data.eval_batches(split, batch_size):
+        if batch_statistics and len(y) < 2:  # a last batch of one example has no statistics
+            continue
         logits = model(x)
         loss = loss + F.cross_entropy(logits, y, reduction="sum")
         correct = correct + (logits.argmax(1) == y).sum()
-    n = len(data.train_y if split == "train" else data.test_y)
+        n += len(y)
     return float(loss) / n, int(correct) / n
 
 
@@ -87,13 +112,17 @@ def train(cfg, run_dir: str) -> dict:
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
     model = initialize(build_model(cfg, data.input_shape, data.num_classes), cfg.init).to(device)
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    lr = learning_rate(cfg)
+    optimizer = make_optimizer(model.parameters(), cfg.optim, lr)
     batch_size = cfg.data.batch_size
     steps = cfg.train.steps if cfg.train.epochs is None else cfg.train.epochs * data.steps_per_epoch(batch_size)
+    if steps < 1 or cfg.train.eval_every < 1 or cfg.log.stats_every < 1 or cfg.log.hist_every < 1:
+        raise UserError(f"train.steps (or train.epochs), train.eval_every, log.stats_every and log.hist_every must "
+                        f"be at least 1; got {steps} steps, eval_every={cfg.train.eval_every}, "
+                        f"stats_every={cfg.log.stats_every}, hist_every={cfg.log.hist_every}.")
     # Batches come from their own CPU generator: the same order on every device, for every model.
     batches = data.train_batches(batch_size, torch.Generator().manual_seed(cfg.seed))
     monitor = Monitor(run_dir, model, cfg.log)
-    lr = optimizer.param_groups[0]["lr"]
 
     history, diverged_step = [], None
     # Divergence is flagged on the device (no per-step sync); the host looks at each logging step.
@@ -132,8 +161,10 @@ def train(cfg, run_dir: str) -> dict:
         final_test_acc=last["test_acc"], best_test_acc=max((h["test_acc"] or 0.0) for h in history),
         final_train_acc=last["train_acc"], final_train_loss=last["train_loss"], final_test_loss=last["test_loss"],
         diverged=diverged_step is not None, diverged_step=diverged_step, steps=step, steps_planned=steps,
-        wall_time_s=time.perf_counter() - start,
     )
+    if has_running_statistics(model):
+        metrics["final_test_acc_batch_stats"] = evaluate(model, data, "test", batch_size, batch_statistics=True)[1]
+    metrics["wall_time_s"] = time.perf_counter() - start
     config = flat_config(cfg)
     monitor.close(config, {k: float("nan") if v is None else float(v) for k, v in metrics.items()}, step)
     write_json(os.path.join(run_dir, "metrics.json"), dict(config=config, **metrics, history=history))
