@@ -1,0 +1,92 @@
+"""`bnexp-report SWEEP_DIR`: turn a finished claim sweep into a verdict, a figure and report.md.
+
+Reads only the run folders, so it can be re-run at any time (it also runs by itself at the end of
+every claim sweep). Writes into the sweep folder: `report.md`, `<claim>.png`, `finding.json` (what
+`bnexp-reproduce` collects) and the figure as a TensorBoard image under `report/`.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+from bnexp.claims import CLAIMS, Run, load_runs
+from bnexp.config import UserError
+from bnexp.train import write_json
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def setup(runs: list[Run]) -> dict:
+    """What produced the result: data, steps, models, norms, seeds (the values the runs used)."""
+    def values(key):
+        return sorted({r[key] for r in runs}, key=str)
+    return {"runs": len(runs), "failed runs": sum(r.metrics is None for r in runs),
+            "diverged runs": sum(r.diverged for r in runs), "seeds": values("seed"), "data": values("data.name"),
+            "steps": values("train.steps"), "epochs": values("train.epochs"), "models": values("model.name"),
+            "norms": values("norm.name")}
+
+
+def render(result: dict, figure: str, level: int = 1) -> str:
+    """A claim's result (finding.json's content) as markdown; `figure` is the image's path from the page."""
+    held = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["passed"].items())
+    setup = "; ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in result["setup"].items())
+    parts = [f"{'#' * level} {result['title']}", f"**Verdict: {result['verdict']}.** {result['summary']}",
+             f"![{result['claim']}]({figure})",
+             f"**Hypothesis.** {result['hypothesis']}", f"**Criterion (fixed before the runs).** {result['criterion']}",
+             f"**Criterion held:** {held}.", markdown_table(result["table"])]
+    parts += [f"*Note.* {note}" for note in result["notes"]]
+    parts.append(f"**Setup.** {setup}")
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def report(sweep_dir) -> dict:
+    """Analyse the claim sweep in `sweep_dir`; write its report files and return finding.json's content."""
+    sweep_dir = Path(sweep_dir)
+    runs = load_runs(sweep_dir)
+    if not runs:
+        raise UserError(f"{sweep_dir} holds no runs (no */.hydra/config.yaml below it). Give the folder of a "
+                        f"finished sweep, e.g. multirun/lr_tolerance/<date_time>, as made by "
+                        f"`bnexp -m experiment=<claim>`.")
+    names = {r["claim"] for r in runs}
+    if len(names) != 1 or None in names or next(iter(names)) not in CLAIMS:
+        raise UserError(f"The runs in {sweep_dir} belong to claims {sorted(map(str, names))}, but a report needs "
+                        f"one sweep of one claim ({', '.join(CLAIMS)}): run `bnexp -m experiment=<claim>`.")
+    claim = CLAIMS[names.pop()]
+    finding = claim.analyze(runs)
+    figure = f"{claim.name}.png"
+    finding.figure.savefig(sweep_dir / figure, dpi=110)
+    with SummaryWriter(str(sweep_dir / "report")) as tb:
+        tb.add_figure(f"claims/{claim.name}", finding.figure)
+        tb.add_text(f"claims/{claim.name}/verdict", f"{finding.verdict}: {finding.summary}")
+    result = dict(claim=claim.name, title=claim.title, verdict=finding.verdict, summary=finding.summary,
+                  hypothesis=claim.hypothesis, criterion=claim.criterion, passed=finding.passed,
+                  table=finding.table, notes=finding.notes, figure=figure, setup=setup(runs))
+    (sweep_dir / "report.md.tmp").write_text(render(result, figure))
+    (sweep_dir / "report.md.tmp").replace(sweep_dir / "report.md")
+    write_json(str(sweep_dir / "finding.json"), result)
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="bnexp-report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="the folder of a finished `bnexp -m experiment=<claim>` sweep")
+    args = parser.parse_args(argv)
+    try:
+        result = report(args.sweep_dir)
+    except UserError as e:
+        sys.exit(f"bnexp-report: {e}")
+    print(f"{result['claim']}: {result['verdict']}. {result['summary']}\n"
+          f"  report: {Path(args.sweep_dir) / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""`bnexp-reproduce`: run every claim's sweep and write one REPORT.md with all the verdicts.
+
+    bnexp-reproduce                          # quick profile: offline data, ~15 min on 2 CPU cores
+    bnexp-reproduce --profile paper          # the papers' setups (MNIST, CIFAR-10): for a GPU
+    bnexp-reproduce --claims lr_tolerance,batch_size --out my_results
+    bnexp-reproduce --update-experiments     # also refresh experiments/<claim>/README.md
+
+Each claim runs as `bnexp -m experiment=<claim>` (the exact command is in the report), so every
+number in REPORT.md can be re-derived from its sweep folder with `bnexp-report`.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from bnexp.claims import CLAIMS
+from bnexp.report import markdown_table, render
+
+PROFILES = {
+    "quick": "the offline datasets (digits, MNIST-1D, synthetic), sized for a 2-core laptop",
+    "paper": "the papers' setups (MNIST, CIFAR-10), more steps and seeds: meant for a GPU",
+}
+
+
+def sweep_command(claim, profile: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:
+    cmd = ["bnexp", "-m", f"experiment={claim.name}", f"hydra.sweep.dir={sweep_dir}"]
+    if profile == "paper":
+        cmd += claim.paper
+    if jobs > 1:
+        cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    return cmd + extra
+
+
+def run_claim(claim, cmd: list[str], sweep_dir: Path) -> dict:
+    """Run one claim's sweep; its finding.json, or an error entry if the sweep produced none."""
+    print(f"\n=== {claim.name}\n+ {shlex.join(cmd)}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "bnexp", *cmd[1:]])
+    finding = sweep_dir / "finding.json"
+    if finding.exists():
+        return json.loads(finding.read_text())
+    return dict(claim=claim.name, title=claim.title, verdict="error",
+                summary=f"The sweep ended with exit code {proc.returncode} and no report; see {sweep_dir}.")
+
+
+def write_report(out: Path, profile: str, results: list[dict], commands: dict, seconds: float) -> Path:
+    head = [f"# bnexp reproduction: {profile} profile",
+            f"{datetime.now():%Y-%m-%d %H:%M}, {PROFILES[profile]}; {platform.platform()}, "
+            f"torch {torch.__version__}, {seconds / 60:.1f} min in all.",
+            markdown_table([{"claim": f"[{r['title']}](#{r['claim']})", "verdict": f"**{r['verdict']}**",
+                             "summary": r["summary"]} for r in results])]
+    sections = []
+    for r in results:
+        body = render(r, f"{r['claim']}/{r['figure']}", level=2) if "figure" in r else f"## {r['title']}\n\n{r['summary']}\n"
+        sections.append(f'<a id="{r["claim"]}"></a>\n\n{body}\n**Command.** `{shlex.join(commands[r["claim"]])}`\n')
+    path = out / "REPORT.md"
+    path.write_text("\n\n".join(head) + "\n\n" + "\n".join(sections))
+    return path
+
+
+def update_experiments(folder: Path, out: Path, profile: str, results: list[dict], commands: dict) -> None:
+    """The lab notebook: experiments/<claim>/README.md with the latest result and its figure."""
+    for r in results:
+        if "figure" not in r:
+            continue
+        target = folder / r["claim"]
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / r["claim"] / r["figure"], target / r["figure"])
+        stamp = f"*Latest result: {datetime.now():%Y-%m-%d}, {profile} profile ({PROFILES[profile]}).*"
+        (target / "README.md").write_text(
+            f"{render(r, r['figure'])}\n{stamp}\n\n**Command.** `{shlex.join(commands[r['claim']])}`\n")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="bnexp-reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=PROFILES, default="quick")
+    parser.add_argument("--claims", default=",".join(CLAIMS), help="comma-separated claims (default: all)")
+    parser.add_argument("--out", type=Path, help="output folder (default: reproduce/<profile>_<date_time>)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="runs trained in parallel through hydra/launcher=joblib (default: one per core)")
+    parser.add_argument("--update-experiments", nargs="?", const=Path("experiments"), type=Path, metavar="DIR",
+                        help="also rewrite DIR/<claim>/README.md (default DIR: experiments)")
+    parser.add_argument("overrides", nargs="*", help="extra overrides for every sweep, e.g. device=cuda")
+    args = parser.parse_args(argv)
+
+    claims = [c.strip() for c in args.claims.split(",") if c.strip()]
+    unknown = [c for c in claims if c not in CLAIMS]
+    if unknown:
+        parser.error(f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}")
+    jobs = args.jobs
+    if jobs > 1 and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
+        print("bnexp-reproduce: the joblib launcher is not installed (pip install 'bnexp[joblib]'), so the runs "
+              "go one at a time.", file=sys.stderr)
+        jobs = 1
+    out = args.out or Path("reproduce") / f"{args.profile}_{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    start, results, commands = time.perf_counter(), [], {}
+    for name in claims:
+        claim = CLAIMS[name]
+        commands[name] = sweep_command(claim, args.profile, out / name, jobs, args.overrides)
+        results.append(run_claim(claim, commands[name], out / name))
+    report = write_report(out, args.profile, results, commands, time.perf_counter() - start)
+    if args.update_experiments:
+        update_experiments(args.update_experiments, out, args.profile, results, commands)
+    print("\n" + "\n".join(f"{r['claim']:>18}: {r['verdict']}" for r in results) + f"\n\nreport: {report}")
+
+
+if __name__ == "__main__":
+    main()
