@@ -1,0 +1,146 @@
+"""The claims' verdict logic on hand-made results, and each claim's pipeline end to end."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Run, verdict
+from bnexp.report import report
+
+
+def run(acc, diverged=False, train_acc=1.0, batch_stats=None, **config):
+    config = {"claim": None, "seed": 0, "model.name": "mlp", "norm.name": "bn", **config}
+    history = [{"step": 100, "test_acc": acc / 2}, {"step": 200, "test_acc": acc}]
+    metrics = dict(final_test_acc=acc, final_train_acc=train_acc, diverged=diverged, history=history,
+                   final_test_acc_batch_stats=acc if batch_stats is None else batch_stats)
+    return Run(pathlib.Path("."), config, metrics)
+
+
+def test_verdict_pools_the_seeds():
+    assert verdict({"seed 0": True, "seed 1": True, "seed 2": True}) == SUPPORTED
+    assert verdict({"seed 0": False, "seed 1": False, "seed 2": False}) == NOT_SUPPORTED
+    assert verdict({"seed 0": True, "seed 1": False, "seed 2": True}) == INCONCLUSIVE
+
+
+def test_a_failed_run_counts_as_no_classifier():
+    failed = Run(pathlib.Path("."), {"seed": 0}, None)
+    assert failed.diverged and failed.test_acc == 0.0
+
+
+# ---- lr_tolerance --------------------------------------------------------------------------------
+LRS = [0.01, 0.1, 1, 10, 100]
+
+
+def lr_sweep(bn_good, plain_good, seeds=(0, 1, 2)):
+    """BN and the plain MLP, good (acc 0.95) at the given learning rates, else diverged (acc 0.1)."""
+    return [run(0.95 if lr in good else 0.1, diverged=lr not in good, seed=s, **{"norm.name": norm, "optim.lr": lr})
+            for s in seeds for norm, good in (("bn", bn_good(s)), ("none", plain_good(s))) for lr in LRS]
+
+
+def test_lr_tolerance_is_supported_when_bn_trains_over_a_10x_wider_and_higher_range():
+    finding = CLAIMS["lr_tolerance"].analyze(lr_sweep(lambda s: [0.1, 1, 10, 100], lambda s: [0.1]))
+    assert finding.verdict == SUPPORTED
+
+
+def test_lr_tolerance_is_not_supported_when_both_tolerate_the_same_range():
+    finding = CLAIMS["lr_tolerance"].analyze(lr_sweep(lambda s: [0.1, 1], lambda s: [0.1, 1]))
+    assert finding.verdict == NOT_SUPPORTED
+
+
+def test_lr_tolerance_is_inconclusive_when_seeds_disagree():
+    finding = CLAIMS["lr_tolerance"].analyze(
+        lr_sweep(lambda s: [0.1, 1, 10] if s else [0.1], lambda s: [0.1]))
+    assert finding.verdict == INCONCLUSIVE
+
+
+# ---- init_sensitivity ----------------------------------------------------------------------------
+def init_sweep(bn_accs, plain_accs):
+    """Per seed, BN's and the plain net's accuracies across initializations (std 0.01, 1, 10)."""
+    return [run(acc, seed=s, **{"norm.name": norm, "model.activation": "relu", "init.name": "normal",
+                                "init.std": std})
+            for s in range(len(bn_accs)) for norm, accs in (("bn", bn_accs[s]), ("none", plain_accs[s]))
+            for std, acc in zip((0.01, 1, 10), accs)]
+
+
+def test_init_sensitivity_is_supported_when_bn_is_flat_and_plain_is_not():
+    f = CLAIMS["init_sensitivity"].analyze(init_sweep([[0.95, 0.94, 0.95]] * 3, [[0.9, 0.5, 0.1]] * 3))
+    assert f.verdict == SUPPORTED
+
+
+def test_init_sensitivity_is_not_supported_when_bn_varies_too():
+    f = CLAIMS["init_sensitivity"].analyze(init_sweep([[0.95, 0.6, 0.3]] * 3, [[0.9, 0.5, 0.1]] * 3))
+    assert f.verdict == NOT_SUPPORTED
+
+
+def test_init_sensitivity_is_inconclusive_when_seeds_disagree():
+    f = CLAIMS["init_sensitivity"].analyze(
+        init_sweep([[0.95, 0.94, 0.95], [0.95, 0.5, 0.5]], [[0.9, 0.5, 0.1]] * 2))
+    assert f.verdict == INCONCLUSIVE
+
+
+# ---- regularization ------------------------------------------------------------------------------
+def reg_sweep(per_seed):
+    """per_seed: [(plain, dropout, bn, bn + dropout) test accuracies] for each seed."""
+    return [run(acc, seed=s, **{"norm.name": norm, "model.dropout": p})
+            for s, accs in enumerate(per_seed)
+            for (norm, p), acc in zip((("none", 0.0), ("none", 0.5), ("bn", 0.0), ("bn", 0.5)), accs)]
+
+
+def test_regularization_is_supported_when_bn_alone_matches_dropout():
+    assert CLAIMS["regularization"].analyze(reg_sweep([(0.85, 0.9, 0.91, 0.91)] * 3)).verdict == SUPPORTED
+
+
+def test_regularization_is_not_supported_when_dropout_still_helps_bn():
+    assert CLAIMS["regularization"].analyze(reg_sweep([(0.85, 0.9, 0.86, 0.92)] * 3)).verdict == NOT_SUPPORTED
+
+
+def test_regularization_is_inconclusive_when_seeds_disagree():
+    f = CLAIMS["regularization"].analyze(reg_sweep([(0.85, 0.9, 0.91, 0.91), (0.85, 0.9, 0.86, 0.92)]))
+    assert f.verdict == INCONCLUSIVE
+
+
+# ---- batch_size ----------------------------------------------------------------------------------
+def bs_sweep(bn_at_2, gn_at_2, seeds=3):
+    return [run(acc if bs == 2 else 0.95, seed=s, batch_stats=0.9, **{"norm.name": norm, "data.batch_size": bs})
+            for s in range(seeds) for norm, acc in (("bn", bn_at_2[s]), ("gn", gn_at_2[s])) for bs in (2, 32)]
+
+
+def test_batch_size_is_supported_when_bn_degrades_at_batch_2_and_gn_does_not():
+    assert CLAIMS["batch_size"].analyze(bs_sweep([0.7] * 3, [0.94] * 3)).verdict == SUPPORTED
+
+
+def test_batch_size_is_not_supported_when_both_degrade_alike():
+    assert CLAIMS["batch_size"].analyze(bs_sweep([0.7] * 3, [0.72] * 3)).verdict == NOT_SUPPORTED
+
+
+def test_batch_size_is_inconclusive_when_seeds_disagree():
+    assert CLAIMS["batch_size"].analyze(bs_sweep([0.7, 0.7, 0.93], [0.94] * 3)).verdict == INCONCLUSIVE
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+TINY_SWEEPS = {
+    "lr_tolerance": ["train.steps=8", "train.eval_every=4", "optim.lr=0.1,10"],
+    "init_sensitivity": ["train.steps=8", "init=normal", "init.std=0.01,1", "model.activation=relu"],
+    "regularization": ["train.steps=8", "data.subset=120"],
+    "batch_size": ["train.epochs=null", "train.steps=8", "norm=bn,gn", "data.batch_size=2,32"],
+}
+
+
+@pytest.mark.parametrize("claim", sorted(TINY_SWEEPS))
+def test_each_claims_sweep_runs_end_to_end_into_a_report(claim, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bnexp", "-m", f"experiment={claim}", "seed=0", "device=cpu",
+                          f"hydra.sweep.dir={tmp_path}", *TINY_SWEEPS[claim]],
+                         capture_output=True, text=True, timeout=600, env=os.environ)
+    assert out.returncode == 0, out.stderr
+    finding = json.loads((tmp_path / "finding.json").read_text())  # written by the end-of-sweep callback
+    assert finding["claim"] == claim and finding["verdict"] in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
+    assert (tmp_path / f"{claim}.png").stat().st_size > 10_000
+    text = (tmp_path / "report.md").read_text()
+    assert f"**Verdict: {finding['verdict']}.**" in text and CLAIMS[claim].criterion in text
+    assert list((tmp_path / "report").glob("events.out.tfevents.*"))  # the figure, in TensorBoard too
+    # The report is rebuilt from the run folders alone, with the same verdict.
+    (tmp_path / "finding.json").unlink()
+    assert report(tmp_path)["verdict"] == finding["verdict"]
