@@ -13,8 +13,8 @@ from bnexp.report import report
 
 def run(acc, diverged=False, train_acc=1.0, batch_stats=None, **config):
     config = {"claim": None, "seed": 0, "model.name": "mlp", "norm.name": "bn", **config}
-    history = [{"step": 100, "test_acc": acc / 2}, {"step": 200, "test_acc": acc}]
-    metrics = dict(final_test_acc=acc, final_train_acc=train_acc, diverged=diverged, history=history,
+    series = {"test/acc": [[100, acc / 2], [200, acc]]}
+    metrics = dict(final_test_acc=acc, final_train_acc=train_acc, diverged=diverged, series=series,
                    final_test_acc_batch_stats=acc if batch_stats is None else batch_stats)
     return Run(pathlib.Path("."), config, metrics)
 

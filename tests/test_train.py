@@ -21,15 +21,19 @@ def test_a_run_records_metrics_json_and_tensorboard_curves(make_cfg, tmp_path):
     assert saved["final_test_acc"] == metrics["final_test_acc"] > 0.5  # 10 classes: chance is 0.1
     assert saved["steps"] == 40 and saved["diverged"] is False and saved["diverged_step"] is None
     assert saved["config"]["norm.name"] == "bn" and saved["config"]["optim.lr"] == 0.5
-    assert [h["step"] for h in saved["history"]] == [20, 40]
-    assert saved["best_test_acc"] == max(h["test_acc"] for h in saved["history"])
+    assert [step for step, _ in saved["series"]["test/acc"]] == [20, 40]
+    assert saved["best_test_acc"] == max(acc for _, acc in saved["series"]["test/acc"])
+    # Every TensorBoard scalar is in metrics.json too, for analyses that do not parse event files.
+    for tag in ("act/layer2/p50", "grad/layer1/norm", "test/loss"):
+        logged = [[e.step, pytest.approx(e.value, rel=1e-6)] for e in events(tmp_path).Scalars(tag)]
+        assert saved["series"][tag] == logged
 
     ev = events(tmp_path)
     scalars = set(ev.Tags()["scalars"])
     for tag in ["train/loss", "train/acc", "test/loss", "test/acc", "lr", "batch/loss"]:
         assert tag in scalars
     for layer in ["layer1", "layer2", "layer3"]:
-        for stat in ["p15", "p50", "p85", "mean", "std", "unit0/p50"]:
+        for stat in ["p15", "p50", "p85", "mean", "std", "linear_frac", "unit0/p50"]:
             assert [e.step for e in ev.Scalars(f"act/{layer}/{stat}")] == [10, 20, 30, 40]
         assert f"grad/{layer}/norm" in scalars
         assert [e.step for e in ev.Histograms(f"act/{layer}")] == [20, 40]
@@ -70,11 +74,11 @@ def test_a_diverging_run_is_a_result_not_a_crash(make_cfg, tmp_path):
 def test_a_seed_makes_a_run_repeatable_bit_for_bit(make_cfg, tmp_path):
     cfg = make_cfg(*TINY, "model.dropout=0.1", "seed=7")
     a, b = train(cfg, str(tmp_path / "a")), train(cfg, str(tmp_path / "b"))
-    ha = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
-    hb = json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]
+    ha = json.loads((tmp_path / "a" / "metrics.json").read_text())["series"]
+    hb = json.loads((tmp_path / "b" / "metrics.json").read_text())["series"]
     assert ha == hb and a["final_test_acc"] == b["final_test_acc"]
     c = train(make_cfg(*TINY, "model.dropout=0.1", "seed=8"), str(tmp_path / "c"))
-    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["history"] != ha
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["series"] != ha
 
 
 def test_epochs_replace_steps(make_cfg, tmp_path):

@@ -1,15 +1,20 @@
-"""What a run records in TensorBoard: curves, the distributions at the probe points, gradient norms.
+"""What a run records: curves, the distributions at the probe points, gradient norms.
 
-Everything is computed only on the steps it is logged, and each logging step costs one
-host-device sync: statistics are stacked on the device and read back together.
+Every scalar goes to TensorBoard and into `series` (tag -> [[step, value], ...]), which the runner
+saves in metrics.json so that analyses read runs without parsing event files. Everything is
+computed only on the steps it is logged, and each logging step costs one host-device sync:
+statistics are stacked on the device and read back together.
 
 Tags (one run = one event directory, the run folder itself):
   train/loss, train/acc, test/loss, test/acc   full splits in eval mode, every train.eval_every steps
   batch/loss, batch/acc, lr                    mean over the mini-batches since the last log
   act/<layer>/p15|p50|p85|mean|std             the input of the layer's nonlinearity (BN paper, Fig. 1)
   act/<layer>/unit0/p15|p50|p85                the same for one fixed unit (channel 0) of the layer
+  act/<layer>/linear_frac                      fraction of those inputs with |x| < 1, where the sigmoid
+                                               is near-linear (sigmoid(x) within 0.02 of 1/2 + x/4)
   act/<layer>                                  histograms, every log.hist_every steps
   grad/<layer>/norm                            L2 norm of the gradient of the layer's parameters
+  grad/<layer>/bias                            L2 norm of the gradient of the bias before the norm, if kept
   hparams (HParams tab)                        the config and final metrics, in this same event file
 """
 from contextlib import contextmanager
@@ -21,6 +26,8 @@ from torch.utils.tensorboard.summary import hparams
 from bnexp.models import Network
 
 PERCENTILES = (15, 50, 85)
+LINEAR_BOUND = 1.0  # |x| below this: the near-linear region of the sigmoid
+STATS = ("p15", "p50", "p85", "mean", "std", "linear_frac", "unit0/p15", "unit0/p50", "unit0/p85")
 
 
 def percentiles(x: torch.Tensor) -> torch.Tensor:
@@ -34,6 +41,7 @@ class Monitor:
     def __init__(self, run_dir: str, model: Network, cfg):
         self.writer = SummaryWriter(run_dir)
         self.model, self.cfg = model, cfg
+        self.series: dict[str, list] = {}
         self.loss_sum = self.correct = self.seen = 0
         self.batches = 0
 
@@ -67,31 +75,27 @@ class Monitor:
         self.batches += 1
         if not self.wants_stats(step):
             return
-        names, rows = [], []
+        stats = {"batch/loss": self.loss_sum / self.batches, "batch/acc": self.correct / self.seen}
         for name, v in acts.items():
             unit0 = v.select(1, 0)  # channel 0: one fixed unit, as the BN paper plots
-            rows.append(torch.cat([percentiles(v), v.mean()[None], v.std()[None], percentiles(unit0)]).float())
-            names.append(name)
-        grads = [torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in layer.parameters() if p.grad is not None]))
-                 for layer in self.model.layers().values()]
-        summary = torch.stack([self.loss_sum / self.batches, self.correct / self.seen]).float()
-        # The single sync of this step.
-        summary, rows, grads = summary.tolist(), torch.stack(rows).tolist() if rows else [], \
-            torch.stack(grads).tolist() if grads else []
-        w = self.writer
-        w.add_scalar("batch/loss", summary[0], step)
-        w.add_scalar("batch/acc", summary[1], step)
-        w.add_scalar("lr", lr, step)
-        for name, row in zip(names, rows):
-            for key, value in zip(("p15", "p50", "p85", "mean", "std", "unit0/p15", "unit0/p50", "unit0/p85"), row):
-                w.add_scalar(f"act/{name}/{key}", value, step)
-        for name, g in zip(self.model.layers(), grads):
-            w.add_scalar(f"grad/{name}/norm", g, step)
+            linear = (v.abs() < LINEAR_BOUND).float().mean()
+            values = torch.cat([percentiles(v), v.mean()[None], v.std()[None], linear[None], percentiles(unit0)])
+            stats.update({f"act/{name}/{key}": value for key, value in zip(STATS, values)})
+        for name, layer in self.model.layers().items():
+            grads = [p.grad.norm() for p in layer.parameters() if p.grad is not None]
+            if grads:
+                stats[f"grad/{name}/norm"] = torch.linalg.vector_norm(torch.stack(grads))
+            if layer.linear.bias is not None and layer.linear.bias.grad is not None:
+                stats[f"grad/{name}/bias"] = layer.linear.bias.grad.norm()
+        values = torch.stack([v.float() for v in stats.values()]).tolist()  # the single sync of this step
+        self.scalars(step, {"lr": lr, **dict(zip(stats, values))})
         self.loss_sum = self.correct = self.seen = self.batches = 0
 
-    def evaluation(self, step: int, result: dict):
-        for key, value in result.items():  # e.g. {"train/loss": 0.3, "test/acc": 0.9}
-            self.writer.add_scalar(key, value, step)
+    def scalars(self, step: int, values: dict):
+        """Record {tag: value} at this step, e.g. {"test/acc": 0.9}."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+            self.series.setdefault(tag, []).append([step, value])
 
     def close(self, hparam_dict: dict, final: dict, step: int):
         """The HParams tab: written into this run's own event file (add_hparams would make a sub-run)."""

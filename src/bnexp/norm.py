@@ -22,7 +22,8 @@ def _reduce_dims(x: Tensor) -> list[int]:
 
 def _per_channel(t: Tensor, x: Tensor) -> Tensor:
     """Shape a per-channel vector (C,) to broadcast against x of shape (N, C, *)."""
-    return t.view(-1, *[1] * (x.dim() - 2))
+    # For (N, C) input, (C,) already broadcasts; skipping the view saves a call per use.
+    return t if x.dim() == 2 else t.view(-1, *[1] * (x.dim() - 2))
 
 
 def _normalize(
@@ -40,75 +41,170 @@ def _normalize(
     return y if bias is None else y.add_(_per_channel(bias, deviation))
 
 
+# ---- training mode: the forward and backward passes, written out -----------------------------
+#
+# Forward, per channel over the n = N·(positions) values of the batch:
+#
+#     μ = mean(x),   σ² = mean((x − μ)²),   x̂ = (x − μ)·invstd with invstd = 1/√(σ² + ε),
+#     y = γ·x̂ + β.
+#
+# Backward, from the upstream gradient dy:
+#
+#     dβ = Σ dy,   dγ = Σ dy·x̂,   dx = γ·invstd·(dy − (Σdy + x̂·Σ(dy·x̂))/n),
+#
+# the gradient through x̂ minus its projections onto the two directions the normalization removes
+# (shifts and scalings). The same formulas appear twice below: `_backward` with plain,
+# differentiable tensor ops (what torch.func and double backward use), and `_backward_in_place`,
+# which reuses one buffer for every full-size intermediate (what ordinary training runs).
+
+
+def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    """Training-mode batch norm: y, μ_B and σ²_B, plus x̂ and invstd for the backward pass."""
+    dims = _reduce_dims(x)
+    mean = x.mean(dims)
+    x_hat = x - _per_channel(mean, x)  # x − μ for now; scaled into x̂ below
+    # Two passes (mean, then mean of squared deviations): exact even when |μ| ≫ σ, where
+    # E[x²] − μ² would cancel catastrophically.
+    var = (x_hat * x_hat).mean(dims)  # biased: the batch's own spread
+    invstd = (var + eps).rsqrt_()
+    x_hat.mul_(_per_channel(invstd, x))
+    if weight is None:
+        y = x_hat.clone()  # never x̂ itself: an in-place op on y would corrupt the saved x̂
+    else:
+        y = (x_hat * _per_channel(weight, x)).add_(_per_channel(bias, x))
+    return y, mean, var, x_hat, invstd
+
+
+def _backward(dy, x, weight, mean, var, eps, dmean, dvar):
+    """dx, dγ, dβ from the inputs and outputs alone, with differentiable, vmap-able ops only.
+
+    x̂ is recomputed from x, μ and σ² so that autograd can differentiate this function itself
+    (double backward) and torch.func can batch it; there is no addcmul_ or out= (vmap has no
+    batching rule for them).
+    """
+    dims = _reduce_dims(x)
+    n = x.numel() // x.shape[1]  # values per channel
+    if dy is None:  # only in double backward, where y itself is unused
+        dy = torch.zeros_like(x)
+    invstd = torch.rsqrt(var + eps)
+    x_hat = (x - _per_channel(mean, x)).mul_(_per_channel(invstd, x))
+    dbeta = dy.sum(dims)  # Σ dy
+    dgamma = (dy * x_hat).sum(dims)  # Σ dy·x̂
+    # dx as k·dy + c·Σdy + x̂·c·Σ(dy·x̂) with k = γ·invstd and c = −k/n.
+    k = invstd if weight is None else weight * invstd
+    c = -k / n
+    dx = (x_hat * _per_channel(c * dgamma, x)).add_(_per_channel(c * dbeta, x))
+    dx = torch.addcmul(dx, dy, _per_channel(k, x))
+    # Gradients that reach μ_B or σ²_B directly (∂μ/∂x = 1/n, ∂σ²/∂x = 2(x − μ)/n, with
+    # x − μ = x̂/invstd); only double backward sends any, through the μ and σ² used above.
+    if dmean is not None:
+        dx = dx + _per_channel(dmean / n, x)
+    if dvar is not None:
+        dx = dx + x_hat * _per_channel(2 * dvar / (n * invstd), x)
+    return dx, dgamma, dbeta
+
+
+def _backward_in_place(dy: Tensor, x_hat: Tensor, invstd: Tensor, weight: Optional[Tensor]):
+    """The same dx, dγ, dβ from the saved x̂, with one new full-size tensor for everything.
+
+    Not differentiable (out= and in-place ops), so only for a first-order backward outside
+    torch.func. Reads x̂ but never writes it: a retained graph can run backward again.
+    """
+    dims = _reduce_dims(dy)
+    n = dy.numel() // dy.shape[1]
+    dbeta = dy.sum(dims)  # Σ dy
+    dx = dy * x_hat  # the one new tensor: dy·x̂ first, then dx
+    dgamma = dx.sum(dims)  # Σ dy·x̂
+    torch.mul(x_hat, _per_channel(dgamma, dy), out=dx).add_(_per_channel(dbeta, dy))
+    torch.sub(dy, dx, alpha=1 / n, out=dx)  # dy − (Σdy + x̂·Σ(dy·x̂))/n
+    k = invstd if weight is None else weight * invstd  # γ·invstd
+    return dx.mul_(_per_channel(k, dy)), dgamma, dbeta
+
+
 class _BatchNormFunction(torch.autograd.Function):
-    """Training-mode batch normalization with a hand-written backward.
+    """Training-mode batch normalization with a hand-written backward, for eager mode.
 
     Returns y and the batch statistics μ_B and σ²_B (the module folds them into its running
-    averages). Everything backward needs is an input or an output, and backward uses only
-    differentiable torch ops: that is what lets torch.func transform it (vmap, grad) and what makes
-    double backward work, because autograd can then differentiate backward itself.
+    averages). Written in the old style, forward(ctx, ...), because it is faster to call: the
+    setup_context style costs an inspect.signature per call, which dominates small layers.
+    torch.func cannot transform this style; under torch.func `_TransformableBatchNorm` runs instead.
     """
 
-    generate_vmap_rule = True  # torch.func derives the batching rule from forward and backward
-
     @staticmethod
-    def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
-        dims = _reduce_dims(x)
-        n = x.numel() // x.shape[1]  # values per channel
-        mean = x.sum(dims) / n
-        # Two passes (mean, then mean of squared deviations): exact even when |μ| ≫ σ, where
-        # E[x²] − μ² would cancel catastrophically.
-        deviation = x - _per_channel(mean, x)
-        var = (deviation * deviation).sum(dims) / n  # biased: the batch's own spread
-        return _normalize(deviation, var, weight, bias, eps), mean, var
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, _, eps = inputs
-        _, mean, var = output
-        # backward recomputes x̂ from x, μ and σ² (one multiply-add per element) rather than
-        # forward keeping an x̂ tensor: x̂ would have to be an extra output for torch.func.
-        ctx.save_for_backward(x, weight, mean, var)
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+        y, mean, var, x_hat, invstd = _forward(x, weight, bias, eps)
+        # x, μ and σ² (an input and outputs) for a differentiable backward, x̂ and invstd for the
+        # fast one.
+        ctx.save_for_backward(x, weight, mean, var, x_hat, invstd)
         ctx.eps = eps
         # Gradients w.r.t. μ_B and σ²_B arrive as None (not zero tensors) unless something used
         # them, so the usual backward skips their terms.
         ctx.set_materialize_grads(False)
+        return y, mean, var
 
     @staticmethod
     def backward(ctx, dy: Optional[Tensor], dmean: Optional[Tensor], dvar: Optional[Tensor]):
-        x, weight, mean, var = ctx.saved_tensors
-        dims = _reduce_dims(x)
-        n = x.numel() // x.shape[1]  # values per channel
-        if dy is None:  # only in double backward, where y itself is unused
-            dy = torch.zeros_like(x)
-
-        invstd = torch.rsqrt(var + ctx.eps)
-        x_hat = (x - _per_channel(mean, x)).mul_(_per_channel(invstd, x))
-        dbeta = dy.sum(dims)  # Σ dy
-        dgamma = (dy * x_hat).sum(dims)  # Σ dy·x̂
-
-        # dx = (γ·invstd / n)·(n·dy − Σdy − x̂·Σ(dy·x̂)): the gradient through x̂ minus its
-        # projections onto the two directions the normalization removes (shifts and scalings).
-        # Evaluated as k·dy + c·Σdy + x̂·c·Σ(dy·x̂) with k = γ·invstd and c = −k/n. x̂ is not
-        # overwritten (double backward still needs it) and there is no addcmul_ (vmap has no
-        # batching rule for it).
-        k = invstd if weight is None else weight * invstd
-        c = -k / n
-        dx = (x_hat * _per_channel(c * dgamma, x)).add_(_per_channel(c * dbeta, x))
-        dx = torch.addcmul(dx, dy, _per_channel(k, x))
-        # Gradients that reach μ_B or σ²_B directly (∂μ/∂x = 1/n, ∂σ²/∂x = 2(x − μ)/n, with
-        # x − μ = x̂/invstd); only double backward sends any, through the μ and σ² used above.
-        if dmean is not None:
-            dx = dx + _per_channel(dmean / n, x)
-        if dvar is not None:
-            dx = dx + x_hat * _per_channel(2 * dvar / (n * invstd), x)
-
+        x, weight, mean, var, x_hat, invstd = ctx.saved_tensors
+        # Grad mode is on inside backward only when its result is to be differentiated again
+        # (create_graph=True): then autograd must see the computation from x, μ and σ².
+        if torch.is_grad_enabled() or dy is None or dmean is not None or dvar is not None:
+            dx, dgamma, dbeta = _backward(dy, x, weight, mean, var, ctx.eps, dmean, dvar)
+        else:
+            dx, dgamma, dbeta = _backward_in_place(dy, x_hat, invstd, weight)
         return (
             dx if ctx.needs_input_grad[0] else None,
             dgamma if ctx.needs_input_grad[1] else None,
             dbeta if ctx.needs_input_grad[2] else None,
             None,  # eps
         )
+
+
+class _TransformableBatchNorm(torch.autograd.Function):
+    """The same function in the setup_context style that torch.func (vmap, grad) can transform.
+
+    Everything backward needs is an input or an output, and backward uses only differentiable
+    torch ops: that is what lets torch.func derive the batching rule and what makes double
+    backward work.
+    """
+
+    generate_vmap_rule = True  # torch.func derives the batching rule from forward and backward
+
+    @staticmethod
+    def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+        y, mean, var, _, _ = _forward(x, weight, bias, eps)
+        return y, mean, var
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, eps = inputs
+        _, mean, var = output
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.eps = eps
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, dy: Optional[Tensor], dmean: Optional[Tensor], dvar: Optional[Tensor]):
+        x, weight, mean, var = ctx.saved_tensors
+        dx, dgamma, dbeta = _backward(dy, x, weight, mean, var, ctx.eps, dmean, dvar)
+        return (
+            dx if ctx.needs_input_grad[0] else None,
+            dgamma if ctx.needs_input_grad[1] else None,
+            dbeta if ctx.needs_input_grad[2] else None,
+            None,  # eps
+        )
+
+
+# Whether a torch.func transform (vmap, grad, ...) is running. A private torch function (the one
+# torch's own autograd.Function dispatch asks); should it ever go away, every call takes the
+# transformable path, which is correct, only slower.
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+
+
+def batch_norm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    """y, μ_B, σ²_B of training-mode batch norm over dim 1, differentiable (also twice, and
+    under torch.func)."""
+    function = _TransformableBatchNorm if _functorch_active() else _BatchNormFunction
+    return function.apply(x, weight, bias, eps)
 
 
 class BatchNorm(nn.Module):
@@ -198,23 +294,26 @@ class BatchNorm(nn.Module):
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"
             )
-        y, mean, var = _BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+        y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps)
 
         if self.training and self.track_running_stats:
             # Running statistics are bookkeeping, not part of the model's gradient.
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
+                # running ← (1 − factor)·running + factor·batch. The variance is the unbiased one,
+                # n/(n − 1)·σ²_B, an estimate of the population's, as the paper uses at inference.
+                # (mul_/add_ rather than lerp_: vmap has batching rules for them, not for lerp_.)
                 if self.momentum is None:
                     # Cumulative average: the k-th batch gets weight 1/k. A tensor, so the factor
                     # differs per copy when num_batches_tracked is stacked under vmap.
                     factor = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
+                    self.running_mean.mul_(1 - factor).add_(factor * mean)
+                    self.running_var.mul_(1 - factor).add_(factor * (n / (n - 1)) * var)
                 else:
+                    # A number: add_'s alpha takes it without creating a tensor (cheaper).
                     factor = self.momentum
-                # running ← (1 − factor)·running + factor·batch. The variance is the unbiased one,
-                # an estimate of the population's, as the paper uses at inference. (mul_/add_
-                # rather than lerp_: vmap has batching rules for them, not for lerp_.)
-                self.running_mean.mul_(1 - factor).add_(factor * mean)
-                self.running_var.mul_(1 - factor).add_(factor * (n / (n - 1)) * var)
+                    self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+                    self.running_var.mul_(1 - factor).add_(var, alpha=factor * n / (n - 1))
         return y
 
 

@@ -1,7 +1,7 @@
 """One training run: data, model, optimizer, the loop, evaluation, and the run folder's records.
 
 The run folder holds the TensorBoard events and `metrics.json` (config, final and best metrics, the
-evaluation history, divergence), which is all any later analysis reads.
+every logged curve, divergence), which is all any later analysis reads.
 """
 import json
 import logging
@@ -111,7 +111,11 @@ def train(cfg, run_dir: str) -> dict:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
-    model = initialize(build_model(cfg, data.input_shape, data.num_classes), cfg.init).to(device)
+    model = build_model(cfg, data.input_shape, data.num_classes)
+    # Seeded again so an explicit init draws the same weights whatever else the model holds: networks
+    # with and without the (redundant) bias before BN then start, and train, identically.
+    torch.manual_seed(cfg.seed)
+    model = initialize(model, cfg.init).to(device)
     lr = learning_rate(cfg)
     optimizer = make_optimizer(model.parameters(), cfg.optim, lr)
     batch_size = cfg.data.batch_size
@@ -124,7 +128,7 @@ def train(cfg, run_dir: str) -> dict:
     batches = data.train_batches(batch_size, torch.Generator().manual_seed(cfg.seed))
     monitor = Monitor(run_dir, model, cfg.log)
 
-    history, diverged_step = [], None
+    diverged_step = None
     # Divergence is flagged on the device (no per-step sync); the host looks at each logging step.
     first_bad = torch.zeros((), dtype=torch.long, device=device)
     step = 0
@@ -146,20 +150,19 @@ def train(cfg, run_dir: str) -> dict:
             log.info(f"diverged: the loss became non-finite at step {diverged_step}; stopping this run")
         if evaluating or diverged_step:
             (train_loss, train_acc), (test_loss, test_acc) = evaluate(model, data, "train"), evaluate(model, data, "test")
-            point = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
-            history.append({k: _finite(v) for k, v in point.items()})
-            monitor.evaluation(step, {"train/loss": train_loss, "train/acc": train_acc,
-                                      "test/loss": test_loss, "test/acc": test_acc})
+            monitor.scalars(step, {"train/loss": train_loss, "train/acc": train_acc,
+                                   "test/loss": test_loss, "test/acc": test_acc})
             log.info(f"step {step:>6}/{steps}  train loss {train_loss:.4f}  test acc {test_acc:.4f}")
         elif cfg.log.progress_every and step % cfg.log.progress_every == 0:
             log.info(f"step {step:>6}/{steps}")
         if diverged_step:
             break
 
-    last = history[-1]
+    last = {tag: points[-1][1] for tag, points in monitor.series.items()}
     metrics = dict(
-        final_test_acc=last["test_acc"], best_test_acc=max((h["test_acc"] or 0.0) for h in history),
-        final_train_acc=last["train_acc"], final_train_loss=last["train_loss"], final_test_loss=last["test_loss"],
+        final_test_acc=last["test/acc"], best_test_acc=max(acc for _, acc in monitor.series["test/acc"]),
+        final_train_acc=last["train/acc"], final_train_loss=_finite(last["train/loss"]),
+        final_test_loss=_finite(last["test/loss"]),
         diverged=diverged_step is not None, diverged_step=diverged_step, steps=step, steps_planned=steps,
     )
     if has_running_statistics(model):
@@ -167,5 +170,6 @@ def train(cfg, run_dir: str) -> dict:
     metrics["wall_time_s"] = time.perf_counter() - start
     config = flat_config(cfg)
     monitor.close(config, {k: float("nan") if v is None else float(v) for k, v in metrics.items()}, step)
-    write_json(os.path.join(run_dir, "metrics.json"), dict(config=config, **metrics, history=history))
+    series = {tag: [[s, _finite(v)] for s, v in points] for tag, points in monitor.series.items()}
+    write_json(os.path.join(run_dir, "metrics.json"), dict(config=config, **metrics, series=series))
     return metrics

@@ -34,7 +34,7 @@ def common_min(values: list[float]) -> str:
 
 def steps_to(run, target: float):
     """The first evaluated step at which the run's test accuracy reached `target` (None: never)."""
-    return next((h["step"] for h in run.metrics["history"] if (h["test_acc"] or 0) >= target), None) \
+    return next((step for step, acc in run.metrics["series"]["test/acc"] if acc >= target), None) \
         if run.metrics else None
 
 
