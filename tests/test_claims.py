@@ -126,6 +126,7 @@ TINY_SWEEPS = {
     "init_sensitivity": ["train.steps=8", "init=normal", "init.std=0.01,1", "model.activation=relu"],
     "regularization": ["train.steps=8", "data.subset=120"],
     "batch_size": ["train.epochs=null", "train.steps=8", "norm=bn,gn", "data.batch_size=2,32"],
+    "affine": ["train.steps=8", "train.eval_every=4", "log.stats_every=4", "model.depth=1"],
 }
 
 
@@ -144,3 +145,31 @@ def test_each_claims_sweep_runs_end_to_end_into_a_report(claim, tmp_path):
     # The report is rebuilt from the run folders alone, with the same verdict.
     (tmp_path / "finding.json").unlink()
     assert report(tmp_path)["verdict"] == finding["verdict"]
+
+
+# ---- affine --------------------------------------------------------------------------------------
+def affine_sweep(learned_fraction, bias_grad, bias_acc_shift=0.0, seeds=3):
+    """Per seed: the four runs (γ/β learnable or fixed × bias before BN or not)."""
+    def one(seed, affine, bias):
+        fraction = learned_fraction[seed] if affine else 0.68
+        series = {"act/layer1/linear_frac": [[10, 0.68], [20, fraction]], "grad/layer1/norm": [[10, 0.1], [20, 0.1]],
+                  "test/acc": [[10, 0.9], [20, 0.95 + (bias_acc_shift if bias else 0)]]}
+        if bias:
+            series["grad/layer1/bias"] = [[10, bias_grad], [20, bias_grad]]
+        r = run(0.95, seed=seed, **{"norm.affine": affine, "model.bias_before_norm": bias, "model.depth": 1})
+        r.metrics["series"] = series
+        return r
+    return [one(s, a, b) for s in range(seeds) for a in (True, False) for b in (False, True)]
+
+
+def test_affine_is_supported_when_gamma_beta_leave_the_linear_region_and_the_bias_is_inert():
+    assert CLAIMS["affine"].analyze(affine_sweep([0.5] * 3, bias_grad=1e-9)).verdict == SUPPORTED
+
+
+def test_affine_is_not_supported_when_gamma_beta_stay_linear_and_the_bias_matters():
+    f = CLAIMS["affine"].analyze(affine_sweep([0.67] * 3, bias_grad=1e-2, bias_acc_shift=0.03))
+    assert f.verdict == NOT_SUPPORTED
+
+
+def test_affine_is_inconclusive_when_seeds_disagree():
+    assert CLAIMS["affine"].analyze(affine_sweep([0.5, 0.5, 0.67], bias_grad=1e-9)).verdict == INCONCLUSIVE

@@ -104,9 +104,9 @@ class Claim:
 
 
 def _registry() -> dict[str, Claim]:
-    from bnexp.claims import batch_size, init_sensitivity, lr_tolerance, regularization
+    from bnexp.claims import affine, batch_size, init_sensitivity, lr_tolerance, regularization
 
-    return {m.CLAIM.name: m.CLAIM for m in (lr_tolerance, init_sensitivity, regularization, batch_size)}
+    return {m.CLAIM.name: m.CLAIM for m in (lr_tolerance, init_sensitivity, regularization, batch_size, affine)}
 
 
 CLAIMS = _registry()
