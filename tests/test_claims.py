@@ -173,3 +173,21 @@ def test_affine_is_not_supported_when_gamma_beta_stay_linear_and_the_bias_matter
 
 def test_affine_is_inconclusive_when_seeds_disagree():
     assert CLAIMS["affine"].analyze(affine_sweep([0.5, 0.5, 0.67], bias_grad=1e-9)).verdict == INCONCLUSIVE
+
+
+def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path):
+    (tmp_path / "README.md").write_text("intro\n<!-- findings:start -->\nold\n<!-- findings:end -->\nrest\n")
+    out = subprocess.run([sys.executable, "-m", "bnexp.reproduce", "--claims", "regularization", "--jobs", "1",
+                          "--out", str(tmp_path / "repro"), "--update-experiments", str(tmp_path / "experiments"),
+                          "seed=0", "train.steps=8", "data.subset=120", "device=cpu"],
+                         capture_output=True, text=True, timeout=600, env=os.environ)
+    assert out.returncode == 0, out.stderr
+    report_md = (tmp_path / "repro" / "REPORT.md").read_text()
+    finding = json.loads((tmp_path / "repro" / "regularization" / "finding.json").read_text())
+    assert f"**{finding['verdict']}**" in report_md and "`bnexp -m experiment=regularization" in report_md
+    notebook = (tmp_path / "experiments" / "regularization")
+    assert (notebook / "regularization.png").exists()
+    assert CLAIMS["regularization"].criterion in (notebook / "README.md").read_text()
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
+    assert "experiments/regularization/README.md" in readme

@@ -29,9 +29,10 @@ def setup(runs: list[Run]) -> dict:
     """What produced the result: data, steps, models, norms, seeds (the values the runs used)."""
     def values(key):
         return sorted({r[key] for r in runs}, key=str)
+    steps = sorted({r.metrics["steps_planned"] for r in runs if r.metrics})
     return {"runs": len(runs), "failed runs": sum(r.metrics is None for r in runs),
             "diverged runs": sum(r.diverged for r in runs), "seeds": values("seed"), "data": values("data.name"),
-            "steps": values("train.steps"), "epochs": values("train.epochs"), "models": values("model.name"),
+            "steps": steps if len(steps) <= 3 else [f"{steps[0]}–{steps[-1]}"], "models": values("model.name"),
             "norms": values("norm.name")}
 
 

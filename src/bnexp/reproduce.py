@@ -68,16 +68,42 @@ def write_report(out: Path, profile: str, results: list[dict], commands: dict, s
 
 
 def update_experiments(folder: Path, out: Path, profile: str, results: list[dict], commands: dict) -> None:
-    """The lab notebook: experiments/<claim>/README.md with the latest result and its figure."""
+    """The lab notebook: experiments/<claim>/README.md with the latest result and its figure, and the
+    "What the suite found" section of the README beside the folder."""
+    stamp = f"{datetime.now():%Y-%m-%d}, {profile} profile ({PROFILES[profile]})"
     for r in results:
         if "figure" not in r:
             continue
         target = folder / r["claim"]
         target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / r["claim"] / r["figure"], target / r["figure"])
-        stamp = f"*Latest result: {datetime.now():%Y-%m-%d}, {profile} profile ({PROFILES[profile]}).*"
         (target / "README.md").write_text(
-            f"{render(r, r['figure'])}\n{stamp}\n\n**Command.** `{shlex.join(commands[r['claim']])}`\n")
+            f"{render(r, r['figure'])}\n*Latest result: {stamp}.*\n\n**Command.** `{shlex.join(commands[r['claim']])}`\n")
+    readme = folder.resolve().parent / "README.md"
+    if readme.exists():
+        update_findings(readme, folder, results, stamp)
+
+
+FINDINGS = ("<!-- findings:start -->", "<!-- findings:end -->")
+KEY_FIGURES = ("lr_tolerance", "batch_size", "ics")
+
+
+def update_findings(readme: Path, folder: Path, results: list[dict], stamp: str) -> None:
+    """Rewrite the README's section between the FINDINGS markers from this reproduction."""
+    text = readme.read_text()
+    if FINDINGS[0] not in text or FINDINGS[1] not in text:
+        return
+    rel = os.path.relpath(folder, readme.parent)
+    rows = [{"claim": f"[{r['title']}]({rel}/{r['claim']}/README.md)", "verdict": f"**{r['verdict']}**",
+             "setup": "; ".join(f"{k} {', '.join(map(str, r['setup'][k]))}" for k in ("data", "steps", "seeds"))
+             if "setup" in r else ""}
+            for r in results]
+    figures = [f"![{r['claim']}]({rel}/{r['claim']}/{r['figure']})" for r in results
+               if r["claim"] in KEY_FIGURES and "figure" in r]
+    section = "\n\n".join([FINDINGS[0], f"*From the last reproduction: {stamp}.*", markdown_table(rows),
+                            *figures, FINDINGS[1]])
+    start, end = text.index(FINDINGS[0]), text.index(FINDINGS[1]) + len(FINDINGS[1])
+    readme.write_text(text[:start] + section + text[end:])
 
 
 def main(argv=None) -> None:
