@@ -49,3 +49,11 @@ def test_a_users_mistake_gets_one_paragraph_not_a_traceback(tmp_path):
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert "data.download=true" in out.stderr
+
+
+def test_a_failing_run_does_not_stop_the_sweep(tmp_path):
+    out = bnexp("-m", *TINY, "data.batch_size=30,5000", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "sweep" / "data.batch_size=30,train.eval_every=5,train.steps=10" / "metrics.json").exists()
+    assert "data.batch_size" in out.stderr and "Traceback" not in out.stderr  # the mistake, in one paragraph
+    assert "1 of 2 runs failed" in out.stdout + out.stderr

@@ -7,8 +7,11 @@
 import logging
 import sys
 
+from typing import Optional
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from bnexp.config import UserError, register
 from bnexp.train import train
@@ -18,19 +21,27 @@ register()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://bnexp.conf", config_name="config")
-def main(cfg) -> float:
+def main(cfg) -> Optional[float]:
     hc = HydraConfig.get()
-    run_dir = hc.runtime.output_dir
+    run_dir, sweeping = hc.runtime.output_dir, hc.mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg, run_dir)
     except UserError as e:
         # A user's mistake: one clear paragraph, no traceback.
         print(f"bnexp: {e}", file=sys.stderr)
-        sys.exit(2)
-    if hc.mode.name == "RUN":
+        if not sweeping:
+            sys.exit(2)
+        return None  # in a sweep this run failed (no metrics.json); the rest go on and the report counts it
+    except Exception:
+        if not sweeping:
+            raise
+        # Hydra would skip the end-of-sweep report if a job raised: record the failure, go on.
+        log.exception(f"this run failed; the sweep goes on and its report counts the run as failed ({run_dir})")
+        return None
+    if not sweeping:
         log.info(f"outputs in {run_dir}\n  view them with: tensorboard --logdir {run_dir}")
     # Sweepers (e.g. Optuna) maximize what the job returns.
-    return metrics["final_test_acc"] if metrics["final_test_acc"] is not None else 0.0
+    return metrics["final_test_acc"]
 
 
 if __name__ == "__main__":

@@ -57,6 +57,9 @@ def report(sweep_dir) -> dict:
         raise UserError(f"{sweep_dir} holds no runs (no */.hydra/config.yaml below it). Give the folder of a "
                         f"finished sweep, e.g. multirun/lr_tolerance/<date_time>, as made by "
                         f"`bnexp -m experiment=<claim>`.")
+    if all(r.metrics is None for r in runs):
+        raise UserError(f"Every run in {sweep_dir} failed before finishing (no metrics.json); their logs in the run "
+                        f"folders say why. Fix the cause and run the sweep again.")
     names = {r["claim"] for r in runs}
     if len(names) != 1 or None in names or next(iter(names)) not in CLAIMS:
         raise UserError(f"The runs in {sweep_dir} belong to claims {sorted(map(str, names))}, but a report needs "

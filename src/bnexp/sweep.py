@@ -1,7 +1,10 @@
 """Hydra callbacks for sweeps (`bnexp -m ...`)."""
 import logging
+from pathlib import Path
 
 from hydra.experimental.callback import Callback
+
+from bnexp.claims import load_runs
 
 log = logging.getLogger("bnexp")
 
@@ -10,12 +13,16 @@ class SweepEnd(Callback):
     """At the end of a sweep: the claim's report if it tests one, and where to look."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = config.hydra.sweep.dir
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = load_runs(sweep_dir)
+        failed = [r.path.name for r in runs if r.metrics is None]
+        if failed:
+            log.warning(f"{len(failed)} of {len(runs)} runs failed (their folders hold the log): {', '.join(failed)}")
         if config.get("claim"):
             from bnexp.report import report
 
             result = report(sweep_dir)
             log.info(f"{result['claim']}: {result['verdict']}. {result['summary']}\n"
-                     f"  report: {sweep_dir}/report.md")
+                     f"  report: {sweep_dir / 'report.md'}")
         log.info(f"sweep outputs in {sweep_dir} (one folder per run)\n"
                  f"  compare the runs with: tensorboard --logdir {sweep_dir}")

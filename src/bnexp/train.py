@@ -1,7 +1,9 @@
 """One training run: data, model, optimizer, the loop, evaluation, and the run folder's records.
 
-The run folder holds the TensorBoard events and `metrics.json` (config, final and best metrics, the
-every logged curve, divergence), which is all any later analysis reads.
+The run folder holds the TensorBoard events and `metrics.json` (config, final and best metrics,
+divergence, every logged curve), which is all any later analysis reads. Divergence is detected on
+the device and looked at every log.stats_every steps, so a diverged run stops within that many steps
+(recording the exact step it diverged at).
 """
 import json
 import logging
