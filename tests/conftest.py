@@ -14,6 +14,15 @@ def data_root(tmp_path_factory, monkeypatch):
     return root
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Analyses called directly (not through a report) leave their figures open."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture
 def make_cfg():
     """Compose the real config (conf/ through Hydra, typed schema included) with overrides."""

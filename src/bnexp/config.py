@@ -36,9 +36,9 @@ class Device(Enum):
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # mlp | cnn (set by the model group)
-    depth: int = 3  # mlp: hidden layers
-    width: int = 100  # mlp: units per hidden layer; cnn: units of the hidden classifier layer
+    name: str = MISSING  # mlp | cnn | rnn (set by the model group)
+    depth: int = 3  # mlp: hidden layers (0: a linear classifier); rnn: stacked recurrent layers
+    width: int = 100  # mlp: units per hidden layer; cnn: units of the hidden classifier layer; rnn: hidden state
     activation: Activation = Activation.sigmoid
     dropout: float = 0.0  # after every hidden nonlinearity
     # The linear/conv bias right before a norm layer is redundant (the norm subtracts the mean);
@@ -46,6 +46,9 @@ class ModelConfig:
     bias_before_norm: bool = False
     channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn: one conv stage each
     pool: str = "max"  # cnn: max | avg | none, after every conv stage
+    # rnn: separate norm statistics for each time step (Cooijmans et al. 2016); steps beyond the
+    # training length reuse the last step's. False: one set shared by all steps.
+    per_step_stats: bool = False
 
 
 @dataclass
@@ -95,6 +98,10 @@ class TrainConfig:
     steps: int = 2000  # optimizer steps
     epochs: Optional[int] = None  # if set, replaces `steps` by this many passes over the data
     eval_every: int = 250  # full train/test evaluation, in steps (and always at the end)
+    # At the end, also test with the test sequences made this many steps long, aligned at their end
+    # (first steps dropped, or blank steps put before); models that read any length: rnn.
+    # metrics.json gets final_test_acc_length_<n> for each.
+    eval_lengths: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -102,6 +109,14 @@ class LogConfig:
     stats_every: int = 50  # percentiles, mean/std of each probe point and gradient norms
     hist_every: int = 500  # histograms of each probe point
     progress_every: int = 0  # a progress line every N steps; 0 = only at evaluations
+
+
+@dataclass
+class MeasureConfig:
+    """Extra measurements on the training batch (bnexp.ics), every N steps; 0 = off."""
+
+    ics_every: int = 0  # gradient-based internal covariate shift per layer (Santurkar et al. 2018)
+    landscape_every: int = 0  # loss and gradient along the gradient direction (Santurkar et al. 2018)
 
 
 @dataclass
@@ -113,6 +128,7 @@ class Config:
     optim: OptimConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
     seed: int = 0
     device: Device = Device.auto
     # Set by experiment configs: which claim a sweep tests (its analysis in bnexp.claims).

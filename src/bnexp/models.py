@@ -1,9 +1,10 @@
-"""The networks: an MLP (the BN paper's MNIST network) and a small VGG-style CNN.
+"""The networks: an MLP (the BN paper's MNIST network), a small VGG-style CNN and an Elman RNN.
 
-Both are stacks of the same hidden `Layer`: an affine map, the norm, a probe, the nonlinearity g,
-dropout -- g(BN(Wu)) as in the BN paper. The norm is a constructor argument (a factory from
-`bnexp.norm`), so every model runs with every norm. The probe sits exactly at the input of g: the
-tensor whose distribution the BN paper plots, and the one every analysis reads.
+All are stacks of the same hidden `Layer` (the RNN applies its layers at every time step): an
+affine map, the norm, a probe, the nonlinearity g, dropout -- g(BN(Wu)) as in the BN paper. The
+norm is a constructor argument (a factory from `bnexp.norm`), so every model runs with every norm.
+The probe sits exactly at the input of g: the tensor whose distribution the BN paper plots, and the
+one every analysis reads.
 """
 from collections import OrderedDict
 from functools import partial
@@ -109,6 +110,97 @@ class CNN(Network):
         self.head = nn.Linear(width, num_classes)
 
 
+class PerStepNorm(nn.Module):
+    """A norm with separate statistics for each time step t < `steps`; later steps reuse the last
+    step's (Cooijmans et al. 2016, Sec. 4). All steps share one set of affine parameters γ, β."""
+
+    def __init__(self, make: Callable[[], nn.Module], steps: int):
+        super().__init__()
+        self.steps = nn.ModuleList(make() for _ in range(steps))
+        for norm in self.steps[1:]:
+            for name, p in self.steps[0].named_parameters(recurse=False):
+                setattr(norm, name, p)  # tied: one γ and β, however many steps
+
+    def forward(self, x, t: int):
+        return self.steps[min(t, len(self.steps) - 1)](x)
+
+
+class Recurrent(Layer):
+    """One Elman layer over a sequence (N, C, L) -> (N, width, L): at each step t
+    h_t = g(norm(W [x_t; h_{t-1}] (+ b))), h_0 = 0, and the layer's output is dropout(h_t).
+
+    The norm acts on the summed input, as in Ba et al. (2016) for LayerNorm (Cooijmans et al.
+    normalize the input and recurrent terms separately). A plain norm module is one set of
+    statistics shared by all time steps: BN normalizes each step's batch by its own statistics in
+    training and updates its one set of running averages at every step. A `PerStepNorm` keeps them
+    per step. The probe sees the inputs of g at all steps at once, as (N, width, L).
+    """
+
+    def __init__(self, fan_in: int, width: int, norm: NormFactory, activation: str, dropout: float,
+                 bias_before_norm: bool, steps: int = 0):
+        super().__init__(nn.Linear, fan_in + width, width, norm, spatial_dims=0, activation=activation,
+                         dropout=dropout, bias_before_norm=bias_before_norm)
+        self.fan_in = fan_in
+        if steps > 0:
+            self.norm = PerStepNorm(partial(norm, width, 0), steps)
+
+    def forward(self, x):
+        w_in, w_rec = self.linear.weight.split([self.fan_in, self.linear.out_features], dim=1)
+        # The input term of every step in one matrix product, outside the loop: (N, L, width).
+        inputs = nn.functional.linear(x.transpose(1, 2), w_in, self.linear.bias)
+        per_step = isinstance(self.norm, PerStepNorm)
+        h = x.new_zeros(x.shape[0], self.linear.out_features)
+        pre, out = [], []
+        for t in range(x.shape[2]):
+            a = torch.addmm(inputs[:, t], h, w_rec.t())
+            a = self.norm(a, t) if per_step else self.norm(a)
+            h = self.g(a)
+            pre.append(a)
+            out.append(self.dropout(h))
+        self.probe(torch.stack(pre, 2))  # for observers only: the output is not used
+        return torch.stack(out, 2)
+
+
+class Steps(nn.Module):
+    """A sequence (N, C, L) as it is; an image (N, C, H, W) as H steps (its rows) of C·W features."""
+
+    def forward(self, x):
+        return x if x.dim() == 3 else x.permute(0, 1, 3, 2).flatten(1, 2)
+
+
+class LastStep(nn.Module):
+    def forward(self, x):
+        return x[:, :, -1]
+
+
+class RNN(Network):
+    """Stacked Elman layers (`Recurrent`) that read a sequence step by step; the head classifies the
+    last step's hidden state. Sequences (C, L) are L steps of C features, images (C, H, W) H steps
+    (rows) of C·W features. Any length runs: with `per_step_stats`, steps beyond the training
+    length (input_shape's) reuse the statistics of its last step."""
+
+    reads_any_length = True  # the step axis (dim 2) may differ from the training length
+
+    def __init__(self, input_shape, num_classes: int, norm: NormFactory, depth: int = 1, width: int = 64,
+                 activation: str = "tanh", dropout: float = 0.0, bias_before_norm: bool = False,
+                 per_step_stats: bool = False):
+        super().__init__()
+        if len(input_shape) not in (2, 3):
+            raise UserError(f"model=rnn needs sequences (C, L) or images (C, H, W), but this dataset's examples "
+                            f"have shape {tuple(input_shape)}. Use model=mlp for flat feature vectors.")
+        if depth < 1:
+            raise UserError(f"model=rnn needs at least one recurrent layer; got model.depth={depth}.")
+        fan_in = input_shape[0] * (input_shape[2] if len(input_shape) == 3 else 1)
+        steps = input_shape[1] if per_step_stats else 0
+        modules = OrderedDict(steps=Steps())
+        for i in range(1, depth + 1):
+            modules[f"layer{i}"] = Recurrent(fan_in, width, norm, activation, dropout, bias_before_norm, steps)
+            fan_in = width
+        modules["last"] = LastStep()
+        self.body = nn.Sequential(modules)
+        self.head = nn.Linear(width, num_classes)
+
+
 def _numel(shape) -> int:
     return int(torch.Size(shape).numel())
 
@@ -123,7 +215,9 @@ def build_model(cfg, input_shape, num_classes: int) -> Network:
         return MLP(input_shape, num_classes, depth=m.depth, **common)
     if m.name == "cnn":
         return CNN(input_shape, num_classes, channels=tuple(m.channels), pool=m.pool, **common)
-    raise UserError(f"model.name={m.name!r} is not a model; choose model=mlp or model=cnn.")
+    if m.name == "rnn":
+        return RNN(input_shape, num_classes, depth=m.depth, per_step_stats=m.per_step_stats, **common)
+    raise UserError(f"model.name={m.name!r} is not a model; choose model=mlp, model=cnn or model=rnn.")
 
 
 def _name(value) -> str:

@@ -69,7 +69,7 @@ def report(sweep_dir) -> dict:
     figure = f"{claim.name}.png"
     finding.figure.savefig(sweep_dir / figure, dpi=110)
     with SummaryWriter(str(sweep_dir / "report")) as tb:
-        tb.add_figure(f"claims/{claim.name}", finding.figure)
+        tb.add_figure(f"claims/{claim.name}", finding.figure)  # add_figure closes the figure
         tb.add_text(f"claims/{claim.name}/verdict", f"{finding.verdict}: {finding.summary}")
     result = dict(claim=claim.name, title=claim.title, verdict=finding.verdict, summary=finding.summary,
                   hypothesis=claim.hypothesis, criterion=claim.criterion, passed=finding.passed,

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from bnexp.config import UserError
 from bnexp.data import InMemoryData, load_data
+from bnexp.ics import gradient_ics, landscape
 from bnexp.init import initialize
 from bnexp.models import build_model
 from bnexp.monitor import Monitor
@@ -59,14 +60,26 @@ def has_running_statistics(model) -> bool:
     return any(getattr(m, "track_running_stats", False) for m in model.modules())
 
 
+def change_length(data: InMemoryData, x: torch.Tensor, length: int) -> torch.Tensor:
+    """Prepared sequences x (steps along dim 2: L of (N, C, L), the rows H of (N, C, H, W)) made
+    `length` steps long, aligned at their end: the first steps dropped, or blank steps (a raw 0: no
+    signal, an image's background) put before the first. The steps a classifier reads last stay."""
+    extra = length - x.shape[2]
+    if extra <= 0:
+        return x[:, :, -length:]
+    blank = data.prepare(x.new_zeros(x.shape[0], x.shape[1], extra, *x.shape[3:]))
+    return torch.cat([blank, x], 2)
+
+
 @torch.no_grad()
 def evaluate(model, data: InMemoryData, split: str, batch_size: int = 1000,
-             batch_statistics: bool = False) -> tuple[float, float]:
+             batch_statistics: bool = False, length: int | None = None) -> tuple[float, float]:
     """Loss and accuracy on a whole split, in eval mode: BN uses its running statistics.
 
     With `batch_statistics`, BN layers instead normalize each batch (of `batch_size`) by its own
     statistics, as in training. The gap between the two shows how far the running averages are
     from what the network was trained with, which grows as batches shrink (Wu & He 2018).
+    With `length`, every sequence is first made that many steps long (`change_length`).
     """
     if batch_statistics:
         model = deepcopy(model)  # in train mode BN updates running statistics: not the real model's
@@ -78,7 +91,7 @@ def evaluate(model, data: InMemoryData, split: str, batch_size: int = 1000,
     for x, y in data.eval_batches(split, batch_size):
         if batch_statistics and len(y) < 2:  # a last batch of one example has no statistics
             continue
-        logits = model(x)
+        logits = model(x if length is None else change_length(data, x, length))
         loss = loss + F.cross_entropy(logits, y, reduction="sum")
         correct = correct + (logits.argmax(1) == y).sum()
         n += len(y)
@@ -126,9 +139,19 @@ def train(cfg, run_dir: str) -> dict:
         raise UserError(f"train.steps (or train.epochs), train.eval_every, log.stats_every and log.hist_every must "
                         f"be at least 1; got {steps} steps, eval_every={cfg.train.eval_every}, "
                         f"stats_every={cfg.log.stats_every}, hist_every={cfg.log.hist_every}.")
+    lengths = list(cfg.train.eval_lengths)
+    if lengths and not (getattr(model, "reads_any_length", False) and min(lengths) > 0):
+        raise UserError(f"train.eval_lengths={lengths} tests on sequences of other lengths, which needs a model "
+                        f"that reads any length (model=rnn) and lengths of at least 1.")
+    if cfg.measure.ics_every < 0 or cfg.measure.landscape_every < 0:
+        raise UserError(f"measure.ics_every and measure.landscape_every are steps between measurements (0: off); "
+                        f"got {cfg.measure.ics_every} and {cfg.measure.landscape_every}.")
     # Batches come from their own CPU generator: the same order on every device, for every model.
     batches = data.train_batches(batch_size, torch.Generator().manual_seed(cfg.seed))
     monitor = Monitor(run_dir, model, cfg.log)
+    # bnexp.ics measurements on the step's batch, after backward and before the update.
+    measures = [(every, fn) for every, fn in ((cfg.measure.ics_every, gradient_ics),
+                                             (cfg.measure.landscape_every, landscape)) if every]
 
     diverged_step = None
     # Divergence is flagged on the device (no per-step sync); the host looks at each logging step.
@@ -144,6 +167,9 @@ def train(cfg, run_dir: str) -> dict:
         loss.backward()
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         monitor.batch(step, loss, logits, y, lr, acts)
+        for every, measure in measures:
+            if step % every == 0:
+                monitor.scalars(step, measure(model, x, y, lr))
         optimizer.step()
 
         evaluating = step % cfg.train.eval_every == 0 or step == steps
@@ -169,6 +195,10 @@ def train(cfg, run_dir: str) -> dict:
     )
     if has_running_statistics(model):
         metrics["final_test_acc_batch_stats"] = evaluate(model, data, "test", batch_size, batch_statistics=True)[1]
+    if lengths:  # the step axis's length in training, then the test accuracy at each other length
+        metrics["train_length"] = data.input_shape[1]
+    for length in lengths:
+        metrics[f"final_test_acc_length_{length}"] = evaluate(model, data, "test", length=length)[1]
     metrics["wall_time_s"] = time.perf_counter() - start
     config = flat_config(cfg)
     monitor.close(config, {k: float("nan") if v is None else float(v) for k, v in metrics.items()}, step)

@@ -104,9 +104,11 @@ class Claim:
 
 
 def _registry() -> dict[str, Claim]:
-    from bnexp.claims import affine, batch_size, init_sensitivity, lr_tolerance, regularization
+    from bnexp.claims import affine, batch_size, ics, ics_gradient, init_sensitivity, lr_tolerance, regularization
+    from bnexp.claims import input_norm, rnn
 
-    return {m.CLAIM.name: m.CLAIM for m in (lr_tolerance, init_sensitivity, regularization, batch_size, affine)}
+    return {m.CLAIM.name: m.CLAIM for m in (lr_tolerance, init_sensitivity, regularization, batch_size, affine,
+                                            ics, ics_gradient, input_norm, rnn)}
 
 
 CLAIMS = _registry()
