@@ -216,6 +216,30 @@ def test_digits():
     assert torch.equal(again.test_x, data.test_x)  # a fixed split
 
 
+
+def test_digits_are_split_once_and_cached(tmp_path, monkeypatch):
+    import sklearn.model_selection
+
+    cfg = DataConfig(name="digits", root=str(tmp_path / "root"))
+    data = load_data(cfg)
+    assert os.listdir(tmp_path / "root" / "digits") == ["digits.npz"]  # no temporary file left
+
+    def no_split(*args, **kwargs):
+        raise AssertionError("the cached digits split should have been used")
+
+    monkeypatch.setattr(sklearn.model_selection, "train_test_split", no_split)
+    cached = load_data(cfg)
+    for field in ("train_x", "train_y", "test_x", "test_y", "mean", "std"):
+        assert torch.equal(getattr(cached, field), getattr(data, field))
+        assert getattr(cached, field).dtype == getattr(data, field).dtype
+
+
+def test_digits_load_even_where_the_cache_cannot_be_written(tmp_path):
+    (tmp_path / "a_file").write_text("")  # a data.root that is a file, not a folder
+    data = load_data(DataConfig(name="digits", root=str(tmp_path / "a_file")))
+    assert (len(data.train_y), len(data.test_y)) == (1347, 450)
+
+
 def test_mnist1d_is_generated_once_and_cached(tmp_path, monkeypatch):
     import mnist1d.data
 

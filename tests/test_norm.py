@@ -9,6 +9,7 @@ from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from bnexp.config import NormConfig, UserError
+from bnexp import norm as norm_module
 from bnexp.norm import NORMS, BatchNorm, make_norm
 
 TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
@@ -201,6 +202,75 @@ def test_vmap_over_stacked_copies_equals_running_them_one_by_one(shape, momentum
         for name, stacked in buffers.items():  # updated in place, per copy
             torch.testing.assert_close(stacked, torch.stack([bn.get_buffer(name) for bn in copies]), msg=name)
     assert buffers["num_batches_tracked"].tolist() == [2, 3, 4]
+
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(6, 4), (5, 4, 3), (3, 4, 2, 5)])
+def test_in_place_backward_equals_the_differentiable_one(shape, affine):
+    """The two written-out backward passes are one formula: the buffer-reusing one that training
+    runs and the differentiable one that double backward and torch.func run."""
+    torch.manual_seed(0)
+    x = 2.0 + 3.0 * torch.randn(shape, dtype=torch.float64)
+    weight = torch.randn(shape[1], dtype=torch.float64) if affine else None
+    bias = torch.randn(shape[1], dtype=torch.float64) if affine else None
+    dy = torch.randn(shape, dtype=torch.float64)
+    _, mean, var, centered, invstd, scale = norm_module._forward(x, weight, bias, 1e-5)
+    fast = norm_module._backward_in_place(dy, centered, invstd, scale)
+    reference = norm_module._backward(dy, x, weight, mean, var, 1e-5, None, None)
+    torch.testing.assert_close(fast, reference)
+
+
+def test_plain_training_takes_the_fast_path_and_torch_func_the_transformable_one():
+    bn = BatchNorm(3, track_running_stats=False)  # no buffers for grad() to refuse to mutate
+    assert type(bn(torch.randn(4, 3, requires_grad=True)).grad_fn).__name__ == "_BatchNormFunctionBackward"
+    seen = []
+
+    def f(x):
+        y = bn(x)
+        seen.append(type(y.grad_fn).__name__ if y.grad_fn is not None else None)
+        return y.sum()
+
+    grad(f)(torch.randn(4, 3))
+    assert seen[0].startswith("_TransformableBatchNorm")
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_backward_twice_through_a_retained_graph_and_in_place_ops_on_the_output(affine):
+    """The saved x − μ is read, never written, by backward, and y is never that tensor itself."""
+    torch.manual_seed(0)
+    ours, ref = randomized_pair((8, C, 3), affine=affine)
+    x = torch.randn(8, C, 3)
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_ref = ours(x_ours).relu_(), ref(x_ref).relu_()  # in place on the output
+    dy = torch.randn_like(y_ref)
+    for _ in range(2):
+        g_ours = torch.autograd.grad(y_ours, [x_ours, *ours.parameters()], dy, retain_graph=True)
+        g_ref = torch.autograd.grad(y_ref, [x_ref, *ref.parameters()], dy, retain_graph=True)
+        torch.testing.assert_close(g_ours, g_ref)
+
+
+@pytest.mark.parametrize("dy_kind", ["channels_last", "expanded"])
+def test_channels_last_input_and_unusual_gradient_layouts_match_torch(dy_kind):
+    torch.manual_seed(0)
+    ours, ref = randomized_pair((4, C, 3, 6))
+    x = (2.0 + 3.0 * torch.randn(4, C, 3, 6)).to(memory_format=torch.channels_last)
+    dy = torch.randn(4, C, 3, 6).to(memory_format=torch.channels_last)
+    if dy_kind == "expanded":  # what y.sum().backward() sends: one value, stride 0 everywhere
+        dy = torch.tensor(0.7).expand(4, C, 3, 6)
+    assert_same_step_with(ours, ref, x, dy)
+
+
+def assert_same_step_with(ours, ref, x, dy):
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_ref = ours(x_ours), ref(x_ref)
+    torch.testing.assert_close(y_ours, y_ref)
+    y_ours.backward(dy)
+    y_ref.backward(dy)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad)
+    for p_ours, p_ref in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p_ours.grad, p_ref.grad)
+    torch.testing.assert_close(ours.state_dict(), ref.state_dict())
 
 
 CONFIG_KINDS = {

@@ -173,7 +173,26 @@ def _channel_stats(x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
 
 
 def _load_digits(cfg: DataConfig, root: str) -> _Arrays:
-    """scikit-learn's bundled 8x8 digits (values 0..16) with a fixed stratified 75/25 split."""
+    """scikit-learn's bundled 8x8 digits (values 0..16) with a fixed stratified 75/25 split.
+
+    The split arrays are cached under <root>/digits/ after the first load: importing scikit-learn
+    takes about 2 s, as long as the default run's training itself on two CPU cores.
+    """
+    path = os.path.join(root, "digits", "digits.npz")
+    if not os.path.exists(path):
+        arrays = _split_digits()
+        try:
+            _write_atomically(path, arrays)
+        except UserError:
+            pass  # an unwritable data.root only costs later runs the scikit-learn import
+    else:
+        with np.load(path) as f:
+            arrays = {key: f[key] for key in ("x", "y", "x_test", "y_test")}
+    tensors = _tensors(arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"])
+    return _Arrays(*tensors, num_classes=10, scale=1 / 16)
+
+
+def _split_digits() -> dict[str, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -182,8 +201,7 @@ def _load_digits(cfg: DataConfig, root: str) -> _Arrays:
     x_tr, x_te, y_tr, y_te = train_test_split(
         images, digits.target, test_size=0.25, random_state=0, stratify=digits.target
     )
-    y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
-    return _Arrays(*_tensors(x_tr, y_tr, x_te, y_te), num_classes=10, scale=1 / 16)
+    return {"x": x_tr, "y": y_tr.astype(np.int64), "x_test": x_te, "y_test": y_te.astype(np.int64)}
 
 
 def _load_mnist1d(cfg: DataConfig, root: str) -> _Arrays:

@@ -7,6 +7,7 @@ BatchNorm follows Ioffe & Szegedy (2015), Algorithm 1: per channel, over the min
 and at inference the same affine map with running averages in place of μ_B and σ²_B. It is a
 drop-in for torch.nn.BatchNorm1d/2d/3d: same constructor, parameters, buffers and state_dict keys.
 """
+from contextlib import contextmanager
 from typing import Callable, Optional
 
 import torch
@@ -31,8 +32,9 @@ def _normalize(
 ) -> Tensor:
     """y = γ·(x − μ)/√(σ² + ε) + β from the deviations x − μ, computed in place on them.
 
-    Works for both the batch statistics (training) and the running ones (eval). μ is subtracted
-    before scaling because the shorter x·scale + (β − μ·scale) loses digits when |μ| ≫ σ.
+    The inference map, with the running statistics; plain autograd differentiates it. μ is
+    subtracted before scaling because the shorter x·scale + (β − μ·scale) loses digits when
+    |μ| ≫ σ.
     """
     scale = torch.rsqrt(var + eps)
     if weight is not None:
@@ -45,41 +47,53 @@ def _normalize(
 #
 # Forward, per channel over the n = N·(positions) values of the batch:
 #
-#     μ = mean(x),   σ² = mean((x − μ)²),   x̂ = (x − μ)·invstd with invstd = 1/√(σ² + ε),
-#     y = γ·x̂ + β.
+#     μ = mean(x),   σ² = mean((x − μ)²),   invstd = 1/√(σ² + ε),   x̂ = (x − μ)·invstd,
+#     y = γ·x̂ + β = (x − μ)·(γ·invstd) + β.
 #
 # Backward, from the upstream gradient dy:
 #
-#     dβ = Σ dy,   dγ = Σ dy·x̂,   dx = γ·invstd·(dy − (Σdy + x̂·Σ(dy·x̂))/n),
+#     dβ = Σ dy,   dγ = Σ dy·x̂ = invstd·Σ dy·(x − μ),   dx = γ·invstd·(dy − (dβ + x̂·dγ)/n),
 #
 # the gradient through x̂ minus its projections onto the two directions the normalization removes
-# (shifts and scalings). The same formulas appear twice below: `_backward` with plain,
-# differentiable tensor ops (what torch.func and double backward use), and `_backward_in_place`,
-# which reuses one buffer for every full-size intermediate (what ordinary training runs).
+# (shifts and scalings). Both passes work from x − μ rather than x̂: one multiply fewer over the
+# whole tensor, the scaling folded into per-channel numbers. The backward appears twice below:
+# `_backward` with plain, differentiable tensor ops (what torch.func and double backward use), and
+# `_backward_in_place`, which writes every full-size intermediate into one buffer (what ordinary
+# training runs).
 
 
 def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
-    """Training-mode batch norm: y, μ_B and σ²_B, plus x̂ and invstd for the backward pass."""
+    """Training-mode batch norm: y, μ_B and σ²_B, plus for the backward pass x − μ_B, invstd and
+    the scale γ·invstd (invstd when there is no γ)."""
     dims = _reduce_dims(x)
     mean = x.mean(dims)
-    x_hat = x - _per_channel(mean, x)  # x − μ for now; scaled into x̂ below
+    centered = x - _per_channel(mean, x)  # x − μ
     # Two passes (mean, then mean of squared deviations): exact even when |μ| ≫ σ, where
     # E[x²] − μ² would cancel catastrophically.
-    var = (x_hat * x_hat).mean(dims)  # biased: the batch's own spread
+    var = (centered * centered).mean(dims)  # biased: the batch's own spread
     invstd = (var + eps).rsqrt_()
-    x_hat.mul_(_per_channel(invstd, x))
     if weight is None:
-        y = x_hat.clone()  # never x̂ itself: an in-place op on y would corrupt the saved x̂
+        scale = invstd
+        y = centered * _per_channel(scale, x)
     else:
-        y = (x_hat * _per_channel(weight, x)).add_(_per_channel(bias, x))
-    return y, mean, var, x_hat, invstd
+        scale = weight * invstd
+        y = _scale_shift(centered, scale, bias)
+    return y, mean, var, centered, invstd, scale
+
+
+def _scale_shift(t: Tensor, scale: Tensor, shift: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """scale·t + shift with per-channel scale and shift, into `out` if given."""
+    if t.dim() == 2:
+        return torch.addcmul(shift, t, scale, out=out)  # one pass over t
+    # With two (C, 1, ...) operands addcmul takes a slow path on the CPU (3-5x slower than this).
+    return torch.mul(t, _per_channel(scale, t), out=out).add_(_per_channel(shift, t))
 
 
 def _backward(dy, x, weight, mean, var, eps, dmean, dvar):
     """dx, dγ, dβ from the inputs and outputs alone, with differentiable, vmap-able ops only.
 
-    x̂ is recomputed from x, μ and σ² so that autograd can differentiate this function itself
-    (double backward) and torch.func can batch it; there is no addcmul_ or out= (vmap has no
+    x − μ is recomputed from x and μ so that autograd can differentiate this function itself
+    (double backward) and torch.func can batch it; there is no out= or addcmul_ (vmap has no
     batching rule for them).
     """
     dims = _reduce_dims(x)
@@ -87,55 +101,56 @@ def _backward(dy, x, weight, mean, var, eps, dmean, dvar):
     if dy is None:  # only in double backward, where y itself is unused
         dy = torch.zeros_like(x)
     invstd = torch.rsqrt(var + eps)
-    x_hat = (x - _per_channel(mean, x)).mul_(_per_channel(invstd, x))
+    centered = x - _per_channel(mean, x)
     dbeta = dy.sum(dims)  # Σ dy
-    dgamma = (dy * x_hat).sum(dims)  # Σ dy·x̂
-    # dx as k·dy + c·Σdy + x̂·c·Σ(dy·x̂) with k = γ·invstd and c = −k/n.
-    k = invstd if weight is None else weight * invstd
-    c = -k / n
-    dx = (x_hat * _per_channel(c * dgamma, x)).add_(_per_channel(c * dbeta, x))
-    dx = torch.addcmul(dx, dy, _per_channel(k, x))
-    # Gradients that reach μ_B or σ²_B directly (∂μ/∂x = 1/n, ∂σ²/∂x = 2(x − μ)/n, with
-    # x − μ = x̂/invstd); only double backward sends any, through the μ and σ² used above.
+    dgamma = (dy * centered).sum(dims) * invstd  # Σ dy·x̂
+    k = invstd if weight is None else weight * invstd  # γ·invstd
+    # dx = γ·invstd·(dy − (Σdy + x̂·Σ(dy·x̂))/n), with x̂·dγ = (x − μ)·(invstd·dγ)
+    dx = torch.sub(dy, _scale_shift(centered, invstd * dgamma, dbeta), alpha=1 / n)
+    dx = dx.mul_(_per_channel(k, x))
+    # Gradients that reach μ_B or σ²_B directly (∂μ/∂x = 1/n, ∂σ²/∂x = 2(x − μ)/n); only double
+    # backward sends any, through the μ and σ² used above.
     if dmean is not None:
         dx = dx + _per_channel(dmean / n, x)
     if dvar is not None:
-        dx = dx + x_hat * _per_channel(2 * dvar / (n * invstd), x)
+        dx = dx + centered * _per_channel(2 * dvar / n, x)
     return dx, dgamma, dbeta
 
 
-def _backward_in_place(dy: Tensor, x_hat: Tensor, invstd: Tensor, weight: Optional[Tensor]):
-    """The same dx, dγ, dβ from the saved x̂, with one new full-size tensor for everything.
+def _backward_in_place(dy: Tensor, centered: Tensor, invstd: Tensor, scale: Tensor):
+    """The same dx, dγ, dβ from the saved x − μ and scale = γ·invstd, with one new full-size
+    tensor for everything.
 
     Not differentiable (out= and in-place ops), so only for a first-order backward outside
-    torch.func. Reads x̂ but never writes it: a retained graph can run backward again.
+    torch.func. Reads x − μ but never writes it: a retained graph can run backward again.
     """
     dims = _reduce_dims(dy)
     n = dy.numel() // dy.shape[1]
     dbeta = dy.sum(dims)  # Σ dy
-    dx = dy * x_hat  # the one new tensor: dy·x̂ first, then dx
-    dgamma = dx.sum(dims)  # Σ dy·x̂
-    torch.mul(x_hat, _per_channel(dgamma, dy), out=dx).add_(_per_channel(dbeta, dy))
-    torch.sub(dy, dx, alpha=1 / n, out=dx)  # dy − (Σdy + x̂·Σ(dy·x̂))/n
-    k = invstd if weight is None else weight * invstd  # γ·invstd
-    return dx.mul_(_per_channel(k, dy)), dgamma, dbeta
+    dx = dy * centered  # the one new tensor: dy·(x − μ) first, then dx
+    dgamma = dx.sum(dims).mul_(invstd)  # Σ dy·x̂
+    # dx = γ·invstd·(dy − (Σdy + x̂·Σ(dy·x̂))/n), each step written over the previous one
+    _scale_shift(centered, invstd * dgamma, dbeta, out=dx)
+    torch.sub(dy, dx, alpha=1 / n, out=dx).mul_(_per_channel(scale, dy))
+    return dx, dgamma, dbeta
 
 
 class _BatchNormFunction(torch.autograd.Function):
     """Training-mode batch normalization with a hand-written backward, for eager mode.
 
     Returns y and the batch statistics μ_B and σ²_B (the module folds them into its running
-    averages). Written in the old style, forward(ctx, ...), because it is faster to call: the
-    setup_context style costs an inspect.signature per call, which dominates small layers.
-    torch.func cannot transform this style; under torch.func `_TransformableBatchNorm` runs instead.
+    averages). Written in the old style, forward(ctx, ...), because it is cheaper to call: torch
+    binds the arguments of a setup_context-style forward with inspect.signature on every call,
+    about 60 µs here, as much as the rest of a small layer's forward. torch.func cannot transform
+    this style; under torch.func `_TransformableBatchNorm` runs instead.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
-        y, mean, var, x_hat, invstd = _forward(x, weight, bias, eps)
-        # x, μ and σ² (an input and outputs) for a differentiable backward, x̂ and invstd for the
-        # fast one.
-        ctx.save_for_backward(x, weight, mean, var, x_hat, invstd)
+        y, mean, var, centered, invstd, scale = _forward(x, weight, bias, eps)
+        # x, μ and σ² (an input and outputs) for a differentiable backward, x − μ, invstd and
+        # γ·invstd for the fast one.
+        ctx.save_for_backward(x, weight, mean, var, centered, invstd, scale)
         ctx.eps = eps
         # Gradients w.r.t. μ_B and σ²_B arrive as None (not zero tensors) unless something used
         # them, so the usual backward skips their terms.
@@ -144,13 +159,13 @@ class _BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: Optional[Tensor], dmean: Optional[Tensor], dvar: Optional[Tensor]):
-        x, weight, mean, var, x_hat, invstd = ctx.saved_tensors
+        x, weight, mean, var, centered, invstd, scale = ctx.saved_tensors
         # Grad mode is on inside backward only when its result is to be differentiated again
         # (create_graph=True): then autograd must see the computation from x, μ and σ².
         if torch.is_grad_enabled() or dy is None or dmean is not None or dvar is not None:
             dx, dgamma, dbeta = _backward(dy, x, weight, mean, var, ctx.eps, dmean, dvar)
         else:
-            dx, dgamma, dbeta = _backward_in_place(dy, x_hat, invstd, weight)
+            dx, dgamma, dbeta = _backward_in_place(dy, centered, invstd, scale)
         return (
             dx if ctx.needs_input_grad[0] else None,
             dgamma if ctx.needs_input_grad[1] else None,
@@ -171,7 +186,7 @@ class _TransformableBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
-        y, mean, var, _, _ = _forward(x, weight, bias, eps)
+        y, mean, var, _, _, _ = _forward(x, weight, bias, eps)
         return y, mean, var
 
     @staticmethod
@@ -298,6 +313,7 @@ class BatchNorm(nn.Module):
 
         if self.training and self.track_running_stats:
             # Running statistics are bookkeeping, not part of the model's gradient.
+            running_mean, running_var = self.running_mean, self.running_var
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 # running ← (1 − factor)·running + factor·batch. The variance is the unbiased one,
@@ -306,15 +322,77 @@ class BatchNorm(nn.Module):
                 if self.momentum is None:
                     # Cumulative average: the k-th batch gets weight 1/k. A tensor, so the factor
                     # differs per copy when num_batches_tracked is stacked under vmap.
-                    factor = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
-                    self.running_mean.mul_(1 - factor).add_(factor * mean)
-                    self.running_var.mul_(1 - factor).add_(factor * (n / (n - 1)) * var)
+                    factor = 1.0 / self.num_batches_tracked.to(running_mean.dtype)
+                    running_mean.mul_(1 - factor).add_(factor * mean)
+                    running_var.mul_(1 - factor).add_(factor * (n / (n - 1)) * var)
                 else:
                     # A number: add_'s alpha takes it without creating a tensor (cheaper).
                     factor = self.momentum
-                    self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-                    self.running_var.mul_(1 - factor).add_(var, alpha=factor * n / (n - 1))
+                    running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+                    running_var.mul_(1 - factor).add_(var, alpha=factor * n / (n - 1))
         return y
+
+
+class NoisyBatchNorm(BatchNorm):
+    """BatchNorm followed, in training mode only, by a per-unit scale and shift that change at every
+    step: the "noisy BatchNorm" of Santurkar et al. (2018, Sec. 2.1), a BN network whose layer inputs
+    are made deliberately unstable (more internal covariate shift than even the plain network).
+
+    Per layer and training forward:  μ ~ U(−0.5, 0.5),  σ ~ U(1, 1.25);  per unit (channel) c:
+    m_c ~ U(μ − 0.1, μ + 0.1),  s_c ~ N(σ, 0.1²);  output s_c·BN(x)_c + m_c (the same m_c, s_c for
+    every example and position of the batch). Eval mode: plain BatchNorm, no noise.
+
+    The noise is drawn from torch's global RNG (on the input's device), so a seed makes runs
+    repeatable; one draw per training forward. The module holds the last draw in `noise` (s, m).
+    Inside `held_noise(model)` training forwards reuse the held noise and draw nothing: that is how
+    the measurements of `bnexp.ics`, which re-run the step's batch after loss.backward(), see the
+    very noise the step was trained with, and leave the RNG stream alone. Under torch.func.vmap the
+    draw needs vmap's `randomness` argument (the default, "error", refuses it).
+    """
+
+    SHIFT = 0.5  # μ ~ U(−SHIFT, SHIFT)
+    SCALE = (1.0, 1.25)  # σ ~ U(SCALE)
+    UNIT_SHIFT = 0.1  # m_c ~ U(μ − UNIT_SHIFT, μ + UNIT_SHIFT)
+    UNIT_SCALE = 0.1  # s_c ~ N(σ, UNIT_SCALE²)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.noise: Optional[tuple[Tensor, Tensor]] = None  # (s, m), each (C,): the last draw
+        self.hold_noise = False  # set by held_noise(): reuse `noise` instead of drawing
+
+    def draw_noise(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """A fresh (s, m) for this layer, on like's device and dtype: two RNG calls, no host sync."""
+        c = self.num_features
+        u = torch.rand(2 + c, device=like.device, dtype=like.dtype)
+        z = torch.randn(c, device=like.device, dtype=like.dtype)
+        mu = (2 * u[0] - 1) * self.SHIFT
+        sigma = self.SCALE[0] + (self.SCALE[1] - self.SCALE[0]) * u[1]
+        m = (2 * u[2:] - 1) * self.UNIT_SHIFT + mu
+        s = z * self.UNIT_SCALE + sigma
+        return s, m
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(x)
+        if not self.training:
+            return y
+        if self.noise is None or not self.hold_noise:
+            self.noise = self.draw_noise(y)
+        s, m = self.noise
+        return torch.addcmul(_per_channel(m, y), y, _per_channel(s, y))
+
+
+@contextmanager
+def held_noise(model: nn.Module):
+    """Within: every NoisyBatchNorm of `model` reuses its last noise draw (see NoisyBatchNorm)."""
+    noisy = [m for m in model.modules() if isinstance(m, NoisyBatchNorm)]
+    before = [m.hold_noise for m in noisy]
+    for m in noisy:
+        m.hold_noise = True
+    try:
+        yield
+    finally:
+        for m, hold in zip(noisy, before):
+            m.hold_noise = hold
 
 
 _TORCH_BATCHNORM = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -340,6 +418,10 @@ NORMS: dict[str, Callable[[int, int, NormConfig], nn.Module]] = {
         c, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine
     ),
     "torch_bn": lambda c, spatial_dims, cfg: _TORCH_BATCHNORM[spatial_dims](
+        c, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine
+    ),
+    # BN plus per-unit noise that changes every training step (Santurkar et al. 2018).
+    "noisy_bn": lambda c, spatial_dims, cfg: NoisyBatchNorm(
         c, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine
     ),
     # LayerNorm over each example's channels and positions, with per-channel γ and β.

@@ -1,0 +1,715 @@
+"""Benchmarks: how fast bnexp is, each figure a ratio against a reference measured beside it.
+
+    python -m bnexp.bench                        # everything: a table, and bench.json (~5 min)
+    python -m bnexp.bench --out FILE.json        # the same figures, flat, plus machine info
+    python -m bnexp.bench --only norm,data       # some sections: norm data logging startup scaling
+    python -m bnexp.bench --quick                # a smoke run of the same code at tiny sizes
+
+How it measures, so that a busy machine (other jobs on the same cores) distorts little:
+  * one intra-op thread (torch.set_num_threads(1)) unless a figure says otherwise;
+  * a candidate and its reference run side by side in one process, in alternating blocks of
+    calls (the order flips every round), and a figure is the median over rounds; a ratio is the
+    median of the per-round ratios, so a slow spell slows both sides of it alike;
+  * timings are CPU time (time.thread_time for one thread, time.process_time where a background
+    thread works too, e.g. TensorBoard's writer): time spent waiting for a core that another job
+    holds is not counted. Figures named *_wall are wall-clock time; start-up figures are CPU
+    seconds of fresh `bnexp` processes, with their wall time beside them.
+Timings are never assertions of the test suite; tests/test_bench.py only runs --quick.
+
+Sections (the targets of issue 6; the table marks each judged figure ok / MISSED):
+  norm      our BatchNorm vs torch.nn.BatchNorm, forward + backward in training mode (≤ 1.2×)
+  data      InMemoryData.train_batches vs torchvision MNIST + ToTensor + DataLoader (≥ 5×)
+  logging   a run with the default logging vs the same run with logging off (≤ +10 %)
+  startup   the default `bnexp` run in a fresh process: start-up vs training (training ≥ half)
+  scaling   run time vs steps; step time vs batch size, width, norm, memory layout and threads;
+            where the time of one MLP and one CNN step goes (phases, top ops, our BatchNorm)
+"""
+import argparse
+import copy
+import functools
+import json
+import os
+import platform
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from omegaconf import OmegaConf
+from torch import nn
+
+SECTIONS = ("norm", "data", "logging", "startup", "scaling")
+# glibc: never give freed memory back to the system, never serve big blocks by mmap
+_NO_TRIM_ENV = ("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
+_NO_MMAP_ENV = ("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
+NORM_SHAPES = [(60, 100), (256, 1024), (128, 64, 16, 16), (8, 32, 32, 32)]
+QUICK_NORM_SHAPES = [(8, 6), (4, 6, 3, 3)]
+
+
+# ---- recording results ---------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    key: str  # the flat metric name, also the JSON key
+    value: object  # a number, or a short string
+    unit: str = ""
+    target: str = ""  # e.g. "<= 1.2"; empty for figures that only inform
+    ok: Optional[bool] = None
+
+
+class Results:
+    def __init__(self, judge: bool = True):
+        self.rows: list[Row] = []
+        self.judge = judge  # --quick: sizes too small for the targets to mean anything
+
+    def add(self, key: str, value, unit: str = "", at_most=None, at_least=None) -> Row:
+        target, ok = "", None
+        if at_most is not None:
+            target, ok = f"<= {at_most:g}", value <= at_most
+        elif at_least is not None:
+            target, ok = f">= {at_least:g}", value >= at_least
+        row = Row(key, value, unit, target, ok if self.judge else None)
+        self.rows.append(row)
+        return row
+
+    def flat(self) -> dict:
+        return {row.key: row.value for row in self.rows}
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    info = {
+        "machine.cpu": cpu,
+        "machine.logical_cpus": os.cpu_count(),
+        "machine.platform": platform.platform(),
+        "machine.python": platform.python_version(),
+        "machine.torch": torch.__version__,
+        "machine.torch_threads": torch.get_num_threads(),
+        "machine.date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine.timer": "CPU time of the measuring thread or process; *_wall: wall clock",
+    }
+    if hasattr(os, "getloadavg"):
+        info["machine.loadavg_1min_start"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+# ---- measuring -----------------------------------------------------------------------------------
+
+
+def interleaved(
+    candidates: dict[str, Callable[[], object]],
+    rounds: int,
+    block_s: float,
+    clock: Callable[[], float] = time.thread_time,
+    before_block: Optional[dict[str, Callable[[], object]]] = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, one value per round.
+
+    Every round runs a block of calls of each candidate; the order flips every round. The number
+    of calls per block is calibrated per candidate so that a block lasts about block_s.
+    before_block[name], if given, runs (untimed) before each of that candidate's blocks.
+    """
+    before_block = before_block or {}
+    calls = {}
+    for name, f in candidates.items():
+        before_block.get(name, lambda: None)()
+        f(), f()  # warm up: first-call costs (lazy imports, allocator) are not what we measure
+        n, t0 = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - t0 < block_s / 4:
+            f()
+            n += 1
+        per_call = (time.perf_counter() - t0) / n
+        calls[name] = max(1, round(block_s / per_call))
+    times = {name: [] for name in candidates}
+    names = list(candidates)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            f, n = candidates[name], calls[name]
+            before_block.get(name, lambda: None)()
+            f()  # one untimed call after the setup: its first-call costs are not measured
+            t0 = clock()
+            for _ in range(n):
+                f()
+            times[name].append((clock() - t0) / n)
+    return times
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """The median of the per-round ratios a/b (paired rounds)."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def _shape_key(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+@functools.lru_cache(maxsize=None)
+def _compose_groups(overrides: tuple[str, ...]):
+    from hydra import compose, initialize_config_module
+
+    from bnexp.config import register
+
+    register()
+    with initialize_config_module(config_module="bnexp.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _compose(overrides: list[str]):
+    """The real config (conf/ through Hydra, typed schema included) with overrides.
+
+    Hydra composes each distinct choice of groups (and top-level keys) once, ~0.3 s here; nested
+    keys (`model.width=50`) are then set on a copy, through the same typed schema.
+    """
+    nested = [o for o in overrides if "." in o.split("=", 1)[0]]
+    cfg = copy.deepcopy(_compose_groups(tuple(o for o in overrides if o not in nested)))
+    for override in nested:
+        key, value = override.split("=", 1)
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+    return cfg
+
+
+# ---- 1. our BatchNorm vs torch's --------------------------------------------------------------
+
+
+def bench_norm(res: Results, quick: bool) -> None:
+    from bnexp.norm import BatchNorm
+
+    shapes = QUICK_NORM_SHAPES if quick else NORM_SHAPES
+    for shape in shapes:
+        torch.manual_seed(0)
+        channels = shape[1]
+        native = (nn.BatchNorm1d if len(shape) <= 3 else nn.BatchNorm2d)(channels)
+        ours = BatchNorm(channels)
+        x, dy = torch.randn(shape), torch.randn(shape)
+
+        def step(bn, x=x.clone().requires_grad_()):
+            # forward + backward in training mode: gradients for the input, γ and β
+            torch.autograd.grad(bn(x), (x, bn.weight, bn.bias), dy)
+
+        times = interleaved(
+            {"torch": lambda: step(native), "ours": lambda: step(ours)},
+            rounds=3 if quick else 41,
+            block_s=0.002 if quick else 0.02,
+        )
+        key = f"norm.{_shape_key(shape)}"
+        res.add(f"{key}.torch_us", median(times["torch"]) * 1e6, "us")
+        res.add(f"{key}.ours_us", median(times["ours"]) * 1e6, "us")
+        res.add(f"{key}.ratio", median_ratio(times["ours"], times["torch"]), "x", at_most=1.2)
+
+    if not quick and os.environ.get(_NO_TRIM_ENV[0]) is None:
+        # Again in a process whose allocator keeps freed memory (glibc's MALLOC_*_THRESHOLD_):
+        # at the MB shapes a fresh tensor can cost more in page faults (the allocator handing
+        # memory back and faulting it in again) than its arithmetic, and how often that happens
+        # depends on the process's history. This pass shows the arithmetic alone.
+        with tempfile.TemporaryDirectory(prefix="bnexp-bench-") as tmp:
+            out = os.path.join(tmp, "norm.json")
+            _run_child(["-m", "bnexp.bench", "--only", "norm", "--out", out],
+                       {**os.environ, **dict([_NO_TRIM_ENV, _NO_MMAP_ENV])})
+            with open(out) as f:
+                figures = json.load(f)
+        for shape in shapes:
+            key = f"norm.{_shape_key(shape)}"
+            res.add(f"{key}.ratio_allocator_keeps_memory", figures[f"{key}.ratio"], "x")
+
+
+# ---- 2. the data path ----------------------------------------------------------------------------
+
+
+def _write_idx(path: str, array: np.ndarray) -> None:
+    """An idx-ubyte file (MNIST's format): magic (type 0x08 = unsigned byte, ndim), sizes, data."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist_files(root: str, n_train: int, n_test: int, seed: int = 0) -> None:
+    """Random MNIST-shaped idx files where torchvision (and bnexp's mnist loader) look for them."""
+    rng = np.random.default_rng(seed)
+    raw = os.path.join(root, "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), rng.integers(0, 10, n))
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+def _mlp_step_fn(batches, input_shape):
+    """One SGD step of the default network (3x100 sigmoid MLP, our BN) per call, on `batches`."""
+    from functools import partial
+
+    from bnexp.config import NormConfig
+    from bnexp.models import MLP
+    from bnexp.norm import make_norm
+
+    torch.manual_seed(0)
+    model = MLP(input_shape, 10, partial(make_norm, NormConfig(name="bn")))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step():
+        x, y = next(batches)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_data(res: Results, quick: bool) -> None:
+    import torchvision
+    from torch.utils.data import DataLoader
+
+    from bnexp.config import DataConfig
+    from bnexp.data import load_data
+
+    batch_size = 60
+    with tempfile.TemporaryDirectory(prefix="bnexp-bench-") as root:
+        write_mnist_files(root, n_train=300 if quick else 6000, n_test=100)
+        data = load_data(DataConfig(name="mnist", root=root, batch_size=batch_size))
+        reference = torchvision.datasets.MNIST(
+            root, train=True, transform=torchvision.transforms.ToTensor()
+        )
+
+        def ours():
+            return data.train_batches(batch_size, torch.Generator().manual_seed(0))
+
+        def theirs():
+            loader = DataLoader(reference, batch_size=batch_size, shuffle=True, drop_last=True)
+            return _endless(loader)
+
+        ours_batches, their_batches = ours(), theirs()
+        rounds, block_s = (3, 0.005) if quick else (21, 0.05)
+        times = interleaved(
+            {"torchvision": lambda: next(their_batches), "ours": lambda: next(ours_batches)},
+            rounds, block_s,
+        )
+        res.add("data.batch.torchvision_us", median(times["torchvision"]) * 1e6, "us")
+        res.add("data.batch.ours_us", median(times["ours"]) * 1e6, "us")
+        res.add("data.batch.speedup", median_ratio(times["torchvision"], times["ours"]), "x", at_least=5)
+
+        times = interleaved(
+            {
+                "torchvision": _mlp_step_fn(theirs(), (1, 28, 28)),
+                "ours": _mlp_step_fn(ours(), (1, 28, 28)),
+            },
+            rounds, block_s,
+        )
+        res.add("data.mlp_step.torchvision_us", median(times["torchvision"]) * 1e6, "us")
+        res.add("data.mlp_step.ours_us", median(times["ours"]) * 1e6, "us")
+        res.add("data.mlp_step.speedup", median_ratio(times["torchvision"], times["ours"]), "x")
+
+
+# ---- 3. logging overhead -------------------------------------------------------------------------
+
+
+def _timed_run(overrides: list[str]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of bnexp.train.train on the composed config, in a fresh folder."""
+    from bnexp.train import train
+
+    cfg = _compose(overrides)
+    with tempfile.TemporaryDirectory(prefix="bnexp-bench-run-") as run_dir:
+        cpu, wall = time.process_time(), time.perf_counter()
+        train(cfg, run_dir)
+        return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def bench_logging(res: Results, quick: bool) -> None:
+    # The default run (the BN-MLP on digits, default logging: statistics every 50 steps, histograms
+    # every 500, evaluations every 250), 1000 of its 2000 steps, which keeps every logging rate;
+    # --quick: 20 steps on synthetic data, the logging intervals shrunk in proportion.
+    steps = 20 if quick else 1000
+    base = ["device=cpu", f"train.steps={steps}"] + (["data=synthetic"] if quick else [])
+    on = base + (["log.stats_every=2", "log.hist_every=10", "train.eval_every=5"] if quick else [])
+    never = steps + 1
+    off = base + [f"log.stats_every={never}", f"log.hist_every={never}", f"train.eval_every={never}"]
+    if not quick:
+        _timed_run(on)  # warm-up: imports, the dataset cache
+    cpu = {"on": [], "off": []}
+    wall = {"on": [], "off": []}
+    for r in range(1 if quick else 7):
+        for name, overrides in (("on", on), ("off", off)) if r % 2 == 0 else (("off", off), ("on", on)):
+            c, w = _timed_run(overrides)
+            cpu[name].append(c)
+            wall[name].append(w)
+    res.add("logging.on_s", median(cpu["on"]), "s")
+    res.add("logging.off_s", median(cpu["off"]), "s")
+    res.add("logging.overhead", median_ratio(cpu["on"], cpu["off"]) - 1, "", at_most=0.10)
+    # The least disturbed run of each kind: on a busy machine a second, steadier estimate.
+    res.add("logging.overhead_fastest_runs", min(cpu["on"]) / min(cpu["off"]) - 1, "")
+    res.add("logging.overhead_wall", median_ratio(wall["on"], wall["off"]) - 1, "")
+
+
+# ---- 5. start-up vs training of the default run --------------------------------------------------
+
+# Run in a fresh interpreter: the `bnexp` command itself, with timestamps at the boundaries of its
+# phases (wrapping functions that bnexp.train looks up at call time).
+_TIMELINE_CHILD = r"""
+import json, sys, time
+marks = {}
+def mark(name):
+    marks[name] = [time.process_time(), time.time()]
+mark("python")
+import bnexp.__main__ as cli
+mark("imported")
+import bnexp.train as tr
+real_load, real_optimizer, real_train = tr.load_data, tr.make_optimizer, cli.train
+def train(*args, **kwargs):
+    mark("train_start")
+    return real_train(*args, **kwargs)
+cli.train = train
+def load_data(*args, **kwargs):
+    mark("load_data_start")
+    data = real_load(*args, **kwargs)
+    mark("load_data_end")
+    return data
+def make_optimizer(*args, **kwargs):
+    mark("optimizer_start")
+    optimizer = real_optimizer(*args, **kwargs)
+    mark("optimizer_end")
+    step = optimizer.step
+    def timed_step(*a, **k):
+        out = step(*a, **k)
+        if "first_step_end" not in marks:
+            mark("first_step_end")
+        mark("last_step_end")
+        return out
+    optimizer.step = timed_step
+    return optimizer
+tr.load_data, tr.make_optimizer = load_data, make_optimizer
+sys.argv = ["bnexp", *sys.argv[1:]]
+try:
+    cli.main()
+finally:
+    mark("end")
+    marks["modules"] = {m: m in sys.modules for m in ("torchvision", "sklearn", "torch._dynamo")}
+    import torch
+    marks["threads"] = torch.get_num_threads()
+    print("BNEXP_BENCH_MARKS " + json.dumps(marks), flush=True)
+"""
+
+
+def _run_child(args: list[str], env: dict) -> tuple[dict, float]:
+    """Run a Python child; return its marks (if it printed any) and its wall time."""
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, check=False
+    )
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    for line in out.stdout.splitlines():
+        if line.startswith("BNEXP_BENCH_MARKS "):
+            return json.loads(line.split(" ", 1)[1]), wall
+    return {}, wall
+
+
+def _import_times(module: str, env: dict, repeats: int) -> tuple[float, float]:
+    """Median (CPU, wall) seconds of a fresh `python -c "import <module>"`."""
+    code = (f"import json, time; import {module}; "
+            f"print('BNEXP_BENCH_MARKS ' + json.dumps({{'cpu': time.process_time()}}))")
+    cpus, walls = [], []
+    for _ in range(repeats):
+        marks, wall = _run_child(["-c", code], env)
+        cpus.append(marks["cpu"])
+        walls.append(wall)
+    return median(cpus), median(walls)
+
+
+def bench_startup(res: Results, quick: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="bnexp-bench-startup-") as tmp:
+        env = {**os.environ, "BNEXP_DATA": os.path.join(tmp, "data")}
+        if not quick:  # what importing costs, each in a fresh interpreter
+            python_cpu, python_wall = _import_times("sys", env, repeats=3)
+            for module, key in (("torch", "torch"), ("bnexp.__main__", "bnexp"), ("torchvision", "torchvision")):
+                cpu, wall = _import_times(module, env, repeats=3)
+                res.add(f"startup.import_{key}_s", cpu - python_cpu, "s")
+                res.add(f"startup.import_{key}_wall_s", wall - python_wall, "s")
+
+        def timeline(steps: int, threads: Optional[int] = None) -> tuple[dict, float]:
+            run_dir = os.path.join(tmp, f"run{steps}-{threads}")
+            overrides = [f"hydra.run.dir={run_dir}", f"train.steps={steps}", "device=cpu"]
+            threads_env = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
+            return _run_child(["-c", _TIMELINE_CHILD, *overrides], {**env, **threads_env})
+
+        # The first run in a fresh data.root (digits not cached yet), then the default run, which
+        # finds them cached as every later run does: a quarter of its 2000 steps, its training
+        # time then scaled by 4 (training, evaluations included, grows linearly with the steps);
+        # as the command runs it (torch's default threads), then with one intra-op thread.
+        # --quick: one 2-step run, cold.
+        cold, _ = timeline(steps=1 if not quick else 2)
+        steps = 2 if quick else 500
+        runs = {"": timeline(steps=steps)} if not quick else {"": (cold, _)}
+        if not quick:
+            runs["_1_thread"] = timeline(steps=steps, threads=1)
+
+    res.add("startup.load_data_cold_s", cold["load_data_end"][0] - cold["load_data_start"][0], "s")
+    for suffix, (marks, wall) in runs.items():
+        def span(a: str, b: str, m: dict = marks) -> float:
+            return m[b][0] - m[a][0]  # CPU seconds
+
+        startup = marks["optimizer_end"][0]  # CPU since the process began: all before step 1
+        training = span("optimizer_end", "last_step_end") * (1 if quick else 2000 / steps)
+        wrap_up = span("last_step_end", "end")
+        total = startup + training + wrap_up
+        res.add(f"startup.torch_threads{suffix}", marks["threads"], "")
+        res.add(f"startup.measured_{steps}_steps_wall_s{suffix}", wall, "s")
+        res.add(f"startup.default_run_cpu_s{suffix}", total, "s")
+        res.add(f"startup.before_first_step_s{suffix}", startup, "s")
+        res.add(f"startup.imports_s{suffix}", marks["imported"][0], "s")
+        res.add(f"startup.hydra_to_train_s{suffix}", span("imported", "train_start"), "s")
+        if not quick:
+            res.add(f"startup.load_data_cached_s{suffix}", span("load_data_start", "load_data_end"), "s")
+        res.add(f"startup.make_optimizer_s{suffix}", span("optimizer_start", "optimizer_end"), "s")
+        res.add(f"startup.first_step_s{suffix}", span("optimizer_end", "first_step_end"), "s")
+        res.add(f"startup.training_s{suffix}", training, "s")
+        res.add(f"startup.wrap_up_s{suffix}", wrap_up, "s")
+        res.add(f"startup.training_share{suffix}", training / total, "", at_least=0.5)
+    for module, loaded in runs[""][0]["modules"].items():
+        res.add(f"startup.loads_{module.replace('.', '_')}", int(loaded), "")
+
+
+# ---- 6. scaling and where a step goes ------------------------------------------------------------
+
+
+def _mnist_shaped(n: int = 2048, size: int = 28, seed: int = 0):
+    """An in-memory MNIST-shaped dataset (1xHxW uint8 images, 10 classes), no files."""
+    from bnexp.data import InMemoryData
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    mean, std = torch.full((1, 1, 1, 1), 0.5), torch.full((1, 1, 1, 1), 0.29)
+    return InMemoryData(x, y, x[:256], y[:256], 10, 1 / 255, mean, std)
+
+
+class Trainer:
+    """The runner's training step (bnexp.train's loop without the monitor) on a composed config."""
+
+    def __init__(self, overrides: list[str], data=None, channels_last: bool = False):
+        from bnexp.data import load_data
+        from bnexp.init import initialize
+        from bnexp.models import build_model
+        from bnexp.train import learning_rate, make_optimizer
+
+        cfg = _compose(["device=cpu", *overrides])
+        data = data if data is not None else load_data(cfg.data)
+        torch.manual_seed(0)
+        self.model = initialize(build_model(cfg, data.input_shape, data.num_classes), cfg.init)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.optim, learning_rate(cfg))
+        self.batches = data.train_batches(cfg.data.batch_size, torch.Generator().manual_seed(0))
+        self.batch_size = cfg.data.batch_size
+
+    def next_batch(self):
+        x, y = next(self.batches)
+        return x.contiguous(memory_format=self.memory_format), y
+
+    def step(self, batch=None):
+        x, y = batch if batch is not None else self.next_batch()
+        self.model.train()
+        loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def phases(self, steps: int) -> dict[str, float]:
+        """Median CPU seconds per step of: the batch, forward (+ loss), backward, optimizer."""
+        clock, spent = time.thread_time, {"batch": [], "forward": [], "backward": [], "optimizer": []}
+        self.model.train()
+        for _ in range(steps):
+            t0 = clock()
+            x, y = self.next_batch()
+            t1 = clock()
+            loss = F.cross_entropy(self.model(x), y)
+            t2 = clock()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t3 = clock()
+            self.optimizer.step()
+            t4 = clock()
+            for key, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                spent[key].append(dt)
+        return {key: median(values) for key, values in spent.items()}
+
+
+def _step_times(trainers: dict[str, Trainer], quick: bool) -> dict[str, list[float]]:
+    return interleaved(
+        {name: t.step for name, t in trainers.items()},
+        rounds=3 if quick else 11,
+        block_s=0.002 if quick else 0.1,
+    )
+
+
+def _profile(trainer: Trainer, steps: int, top: int = 6) -> dict[str, float]:
+    """Shares of the profiled CPU time of `steps` steps: the top entries by self time (ops, and
+    the Python around them in our BatchNorm's forward and backward), and our BatchNorm in all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            trainer.step()
+    events = list(prof.key_averages())
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    shares = {}
+    for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]:
+        shares[f"op.{e.key}"] = e.self_cpu_time_total / total
+    ours = [e for e in events if e.key in ("_BatchNormFunction", "_BatchNormFunctionBackward")]
+    shares["our_batchnorm"] = sum(e.cpu_time_total for e in ours) / total
+    return shares
+
+
+def bench_scaling(res: Results, quick: bool) -> None:
+    mlp_data = ["data=synthetic"] if quick else []  # default: digits, as the default run
+    mnist = _mnist_shaped(256, size=8) if quick else _mnist_shaped(4096)
+    cnn = ["model=cnn", "model.channels=[4,8]"] if quick else ["model=cnn"]
+
+    # How a run's time grows with its steps: train() with logging off, fixed cost + per step.
+    # In-process: imports and first-call costs are paid by a warm-up run, not here.
+    counts = [1, 2, 4] if quick else [1, 500, 1000]
+    _timed_run(["device=cpu", "train.steps=1", *mlp_data])
+    seconds = {steps: [] for steps in counts}
+    for r in range(1 if quick else 3):
+        for steps in counts if r % 2 == 0 else reversed(counts):
+            never = steps + 1
+            seconds[steps].append(_timed_run(["device=cpu", f"train.steps={steps}", *mlp_data,
+                                              f"log.stats_every={never}", f"log.hist_every={never}",
+                                              f"train.eval_every={never}"])[0])
+    t = {steps: median(values) for steps, values in seconds.items()}
+    short, mid, long = counts
+    per_step = (t[long] - t[short]) / (long - short)
+    res.add("scaling.steps.run_1_step_s", t[short], "s")
+    res.add("scaling.steps.per_step_ms", per_step * 1e3, "ms")
+    # Linear growth: the middle run against the straight line through the other two.
+    res.add("scaling.steps.middle_vs_linear", t[mid] / (t[short] + per_step * (mid - short)), "x")
+
+    groups = {
+        "mlp.batch": {f"{b}": Trainer([*mlp_data, f"data.batch_size={b}"])
+                      for b in ([8, 32] if quick else [15, 30, 60, 120, 240])},
+        "mlp.width": {f"{w}": Trainer([*mlp_data, f"model.width={w}"])
+                      for w in ([16, 64] if quick else [50, 100, 200, 400, 800])},
+        "mlp.norm": {n: Trainer([*mlp_data, f"norm={n}"]) for n in ("bn", "torch_bn", "none")},
+        "cnn.batch": {f"{b}": Trainer([*cnn, f"data.batch_size={b}"], mnist)
+                      for b in ([8, 16] if quick else [16, 32, 64, 128])},
+        "cnn.channels": {"-".join(map(str, c)): Trainer(["model=cnn", f"model.channels=[{c[0]},{c[1]}]"], mnist)
+                         for c in ([(2, 4)] if quick else [(16, 32), (32, 64), (64, 128)])},
+        "cnn.norm": {n: Trainer([*cnn, f"norm={n}"], mnist) for n in ("bn", "torch_bn", "none")},
+        "cnn.layout": {"contiguous": Trainer(cnn, mnist),
+                       "channels_last": Trainer(cnn, mnist, channels_last=True)},
+    }
+    for group, trainers in groups.items():
+        times = _step_times(trainers, quick)
+        for name, t in times.items():
+            key = f"scaling.{group}.{name}"
+            res.add(f"{key}.step_ms", median(t) * 1e3, "ms")
+            if group.endswith(".batch"):
+                res.add(f"{key}.per_example_us", median(t) * 1e6 / int(name), "us")
+        if group.endswith(".norm"):
+            res.add(f"scaling.{group}.bn_vs_torch_bn", median_ratio(times["bn"], times["torch_bn"]), "x")
+            res.add(f"scaling.{group}.bn_vs_none", median_ratio(times["bn"], times["none"]), "x")
+        if group == "cnn.layout":
+            res.add("scaling.cnn.channels_last_speedup",
+                    median_ratio(times["contiguous"], times["channels_last"]), "x")
+
+    # Intra-op threads (torch's default is one per core): wall time, as CPU time would also count
+    # threads that spin waiting for each other.
+    counts = (1, os.cpu_count() or 1)
+    for name, trainer in (("mlp", groups["mlp.norm"]["bn"]), ("cnn", groups["cnn.norm"]["bn"])):
+        times = interleaved(
+            {f"{n}": trainer.step for n in counts}, rounds=3 if quick else 11,
+            block_s=0.002 if quick else 0.2, clock=time.perf_counter,
+            before_block={f"{n}": functools.partial(torch.set_num_threads, n) for n in counts},
+        )
+        torch.set_num_threads(1)
+        res.add(f"scaling.{name}.threads_{counts[1]}_vs_1_wall",
+                median_ratio(times[f"{counts[1]}"], times["1"]), "x")
+
+    # Where one step of the default MLP and of the default CNN (batch 60, MNIST-shaped) goes.
+    for name, trainer in (("mlp", groups["mlp.norm"]["bn"]), ("cnn", groups["cnn.norm"]["bn"])):
+        for phase, seconds_ in trainer.phases(5 if quick else 50).items():
+            res.add(f"profile.{name}.{phase}_ms", seconds_ * 1e3, "ms")
+        for key, share in _profile(trainer, 2 if quick else {"mlp": 200, "cnn": 20}[name]).items():
+            res.add(f"profile.{name}.{key}", share, "share")
+
+
+# ---- the command ---------------------------------------------------------------------------------
+
+BENCHES = {
+    "norm": bench_norm,
+    "data": bench_data,
+    "logging": bench_logging,
+    "startup": bench_startup,
+    "scaling": bench_scaling,
+}
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = [f"{'metric':<46} {'value':>12} {'unit':<6} {'target':<8} status", "-" * 80]
+    for row in rows:
+        value = f"{row.value:.4g}" if isinstance(row.value, float) else str(row.value)
+        status = "" if row.ok is None else ("ok" if row.ok else "MISSED")
+        lines.append(f"{row.key:<46} {value:>12} {row.unit:<6} {row.target:<8} {status}")
+    return "\n".join(lines)
+
+
+def run(sections=SECTIONS, quick: bool = False, echo: Callable[[str], None] = print) -> dict:
+    """Run the benchmark sections; return the flat mapping (machine info first)."""
+    torch.set_num_threads(1)
+    out = machine_info()
+    res = Results(judge=not quick)
+    for name in sections:
+        start, first = time.perf_counter(), len(res.rows)
+        BENCHES[name](res, quick)
+        echo(f"\n[{name}] ({time.perf_counter() - start:.0f} s)\n{format_table(res.rows[first:])}")
+    if hasattr(os, "getloadavg"):
+        out["machine.loadavg_1min_end"] = round(os.getloadavg()[0], 2)
+    out.update(res.flat())
+    missed = [row.key for row in res.rows if row.ok is False]
+    out["targets.missed"] = ", ".join(missed)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="bnexp-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
+    parser.add_argument("--out", default="bench.json", help="where to write the JSON figures")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections (default: all of {','.join(SECTIONS)})")
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in BENCHES]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    command = "python -m bnexp.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    figures = {"command": command.strip(), **run(sections, quick=args.quick)}
+    with open(args.out, "w") as f:
+        json.dump(figures, f, indent=1)
+    print(f"\nfigures written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The benchmark code runs and reports what it promises; no timing is asserted here (a shared CI
+machine decides nothing about speed). `python -m bnexp.bench` measures; these tests only smoke it."""
+import json
+import math
+import time
+
+import pytest
+
+from bnexp import bench
+
+
+def test_interleaved_alternates_blocks_and_reports_one_time_per_round():
+    calls = []
+    times = bench.interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=4, block_s=0.0005
+    )
+    assert set(times) == {"a", "b"} and all(len(t) == 4 for t in times.values())
+    assert all(t >= 0 for values in times.values() for t in values)
+    assert bench.median_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0
+
+
+def test_targets_are_judged_only_in_a_full_run():
+    res = bench.Results()
+    assert res.add("x.ratio", 1.3, "x", at_most=1.2).ok is False
+    assert res.add("x.speedup", 7.0, "x", at_least=5).ok is True
+    assert res.add("x.info", 1.0).ok is None
+    quick = bench.Results(judge=False)
+    row = quick.add("x.ratio", 1.3, "x", at_most=1.2)
+    assert row.ok is None and row.target == "<= 1.2"
+    assert "MISSED" in bench.format_table(res.rows) and "MISSED" not in bench.format_table(quick.rows)
+
+
+def test_quick_run_prints_the_table_and_writes_flat_json(tmp_path, capsys):
+    out = tmp_path / "figures.json"
+    start = time.perf_counter()
+    bench.main(["--quick", "--only", "norm,data,logging,scaling", "--out", str(out)])
+    assert time.perf_counter() - start < 60  # a smoke run: seconds, not the full benchmark
+
+    figures = json.loads(out.read_text())
+    # Flat: metric name -> number or string, machine info included.
+    assert all(isinstance(v, (int, float, str)) for v in figures.values())
+    for key in ("machine.cpu", "machine.torch", "machine.logical_cpus", "machine.torch_threads"):
+        assert key in figures
+    assert figures["machine.torch_threads"] == 1
+    expected = [
+        "norm.8x6.ratio", "norm.4x6x3x3.ratio",
+        "data.batch.speedup", "data.mlp_step.speedup",
+        "logging.overhead", "scaling.steps.per_step_ms", "scaling.mlp.norm.bn_vs_torch_bn",
+        "scaling.cnn.channels_last_speedup", "profile.mlp.forward_ms", "profile.cnn.our_batchnorm",
+    ]
+    for key in expected:
+        assert isinstance(figures[key], float) and math.isfinite(figures[key]), key
+    assert figures["norm.8x6.torch_us"] > 0 and figures["data.batch.ours_us"] > 0
+
+    printed = capsys.readouterr().out
+    for section in ("[norm]", "[data]", "[logging]", "[scaling]"):
+        assert section in printed
+    assert "norm.8x6.ratio" in printed and str(out) in printed
+
+
+@pytest.mark.slow
+def test_quick_startup_section_times_a_real_bnexp_process(tmp_path):
+    figures = bench.run(["startup"], quick=True, echo=lambda text: None)
+    assert figures["startup.default_run_cpu_s"] >= figures["startup.before_first_step_s"] > 0
+    assert 0 < figures["startup.training_share"] < 1
+    assert figures["startup.loads_torchvision"] == 0  # the default run never imports torchvision
+
+
+def test_unknown_sections_are_refused(capsys):
+    with pytest.raises(SystemExit) as error:
+        bench.main(["--only", "norm,speed"])
+    assert error.value.code == 2
+    assert "unknown section(s) speed" in capsys.readouterr().err
