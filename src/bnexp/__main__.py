@@ -15,9 +15,11 @@ from hydra.types import RunMode
 
 from bnexp.config import UserError, register
 from bnexp.train import train
+from hydra_plugins.bnexp_vectorized import register as register_vectorized_launcher
 
 log = logging.getLogger("bnexp")
 register()
+register_vectorized_launcher()  # hydra/launcher=vectorized, also where Hydra's plugin scan cannot list it
 
 
 @hydra.main(version_base="1.3", config_path="pkg://bnexp.conf", config_name="config")

@@ -1,0 +1,167 @@
+"""The `vectorized` Hydra launcher (see the package docstring and bnexp.vectorized).
+
+Every job gets what Hydra's BasicLauncher gives it: its sweep config (hydra.job.id/num set), its run
+folder from hydra.sweep.dir/subdir with the .hydra/ files, its job log file, the callbacks'
+on_job_start/on_job_end, and a JobReturn whose return_value is what `bnexp`'s task returns (the final
+test accuracy). Jobs whose configs are equal except bnexp.vectorized.SHAPE_FREE_KEYS, and that it
+supports, are trained together in programs of at most `max_batch` runs; the rest (and groups of one)
+call the task function exactly as the basic launcher would (bnexp.train.train).
+"""
+import copy
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import (JobReturn, JobStatus, _flush_loggers, _save_config, configure_log, env_override,
+                              filter_overrides, run_job, setup_globals)
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VectorizedLauncherConf:
+    _target_: str = "hydra_plugins.bnexp_vectorized.vectorized_launcher.VectorizedLauncher"
+    # The most runs trained in one program (memory grows linearly with it).
+    max_batch: int = 32
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,
+                             provider="bnexp")
+
+
+class VectorizedLauncher(Launcher):
+    def __init__(self, max_batch: int = 32) -> None:
+        if max_batch < 1:
+            raise ValueError(f"hydra.launcher.max_batch must be at least 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from bnexp.vectorized import plan_groups
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        sweep_configs = []
+        for idx, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + idx
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            sweep_configs.append(sweep_config)
+        groups = plan_groups(sweep_configs, self.max_batch)
+        log.info(f"Launching {len(job_overrides)} jobs locally, as {len(groups)} programs "
+                 f"({sum(len(g) > 1 for g in groups)} vectorized)")
+        runs: List[Optional[JobReturn]] = [None] * len(sweep_configs)
+        for group in groups:
+            for i in group:
+                log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}"
+                         + (f"  (vectorized x{len(group)})" if len(group) > 1 else ""))
+            if len(group) == 1:
+                (i,) = group
+                runs[i] = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                                  config=sweep_configs[i], job_dir_key="hydra.sweep.dir",
+                                  job_subdir_key="hydra.sweep.subdir")
+            else:
+                for i, ret in zip(group, self._run_group([sweep_configs[i] for i in group])):
+                    runs[i] = ret
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return runs
+
+    def _run_group(self, configs: List[DictConfig]) -> List[JobReturn]:
+        """Hydra's run_job for several jobs at once: set up every job, train them together, end every job."""
+        from bnexp.config import UserError
+        from bnexp.vectorized import train_vectorized
+
+        callbacks = self.hydra_context.callbacks
+        orig_hydra_cfg = HydraConfig.instance().cfg
+        rets, task_cfgs, run_dirs, loggers = [], [], [], []
+        try:
+            for config in configs:
+                HydraConfig.instance().set_config(config)
+                output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                          str(OmegaConf.select(config, "hydra.sweep.subdir")))
+                with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+                    config.hydra.runtime.output_dir = os.path.abspath(output_dir)
+                HydraConfig.instance().set_config(config)
+                task_cfg = copy.deepcopy(config)
+                with read_write(task_cfg), open_dict(task_cfg):
+                    del task_cfg["hydra"]
+                ret = JobReturn()
+                ret.cfg, ret.hydra_cfg = task_cfg, copy.deepcopy(HydraConfig.instance().cfg)
+                ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+                ret.working_dir = os.getcwd()
+                if config.hydra.job.chdir:
+                    raise ValueError("hydra/launcher=vectorized trains several jobs in one process and cannot "
+                                     "change into each job's folder; leave hydra.job.chdir false")
+                Path(output_dir).mkdir(parents=True, exist_ok=True)
+                if config.hydra.output_subdir is not None:
+                    hydra_output = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
+                    _save_config(task_cfg, "config.yaml", hydra_output)
+                    _save_config(ret.hydra_cfg, "hydra.yaml", hydra_output)
+                    _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+                with env_override(ret.hydra_cfg.hydra.job.env_set):
+                    callbacks.on_job_start(config=config, task_function=self.task_function)
+                rets.append(ret)
+                task_cfgs.append(task_cfg)
+                run_dirs.append(config.hydra.runtime.output_dir)
+                loggers.append(_job_logger(config, len(loggers)))
+            try:
+                metrics = train_vectorized(task_cfgs, run_dirs, loggers)
+                for ret, m in zip(rets, metrics):
+                    ret.return_value = m["final_test_acc"] if m["final_test_acc"] is not None else 0.0
+                    ret.status = JobStatus.COMPLETED
+            except UserError as e:  # as bnexp's task: one paragraph, exit status 2
+                print(f"bnexp: {e}", file=sys.stderr)
+                sys.exit(2)
+            except Exception as e:  # every job of the program failed with it
+                for ret in rets:
+                    ret.return_value, ret.status = e, JobStatus.FAILED
+            for logger in loggers:
+                for h in logger.handlers:
+                    h.close()
+                logger.handlers.clear()
+            _flush_loggers()
+            for config, ret in zip(configs, rets):
+                HydraConfig.instance().set_config(config)
+                ret.task_name = config.hydra.job.name
+                callbacks.on_job_end(config=config, job_return=ret)
+            return rets
+        finally:
+            HydraConfig.instance().cfg = orig_hydra_cfg
+
+
+def _job_logger(config: DictConfig, k: int) -> logging.Logger:
+    """Run k's logger: its lines go to its own job log file (<run folder>/<job name>.log) and, prefixed with
+    the run's number, to the console."""
+    logger = logging.getLogger(f"bnexp.vectorized.run{config.hydra.job.num}")
+    logger.handlers.clear()
+    logger.setLevel(logging.INFO)
+    path = os.path.join(config.hydra.runtime.output_dir, f"{config.hydra.job.name}.log")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][bnexp][%(levelname)s] - %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    console = logging.getLogger("bnexp")
+
+    class ToConsole(logging.Handler):
+        def emit(self, record):
+            console.info(f"#{config.hydra.job.num}: {record.getMessage()}")
+
+    logger.addHandler(ToConsole())
+    return logger
