@@ -101,7 +101,7 @@ def evaluate(model, data: InMemoryData, split: str, batch_size: int = 1000,
 def flat_config(cfg) -> dict:
     """The run's resolved settings as flat `group.key: value` pairs (metrics.json, HParams)."""
     out = {}
-    for group in ("model", "norm", "init", "data", "optim", "train"):
+    for group in ("model", "norm", "init", "data", "optim", "train", "measure"):
         for key, value in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items():
             out[f"{group}.{key}"] = value
     out.update(seed=cfg.seed, device=str(getattr(cfg.device, "value", cfg.device)), claim=cfg.get("claim"))
