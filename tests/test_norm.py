@@ -216,9 +216,10 @@ def test_in_place_backward_equals_the_differentiable_one(shape, affine):
     bias = torch.randn(shape[1], dtype=torch.float64) if affine else None
     dy = torch.randn(shape, dtype=torch.float64)
     _, mean, var, centered, invstd, scale = norm_module._forward(x, weight, bias, 1e-5)
-    fast = norm_module._backward_in_place(dy, centered, invstd, scale)
     reference = norm_module._backward(dy, x, weight, mean, var, 1e-5, None, None)
+    fast = norm_module._backward_in_place(dy, centered, x, mean, invstd, scale)
     torch.testing.assert_close(fast, reference)
+    assert fast[0] is centered  # dx took over the memory of x − μ: no new full-size tensor
 
 
 def test_plain_training_takes_the_fast_path_and_torch_func_the_transformable_one():
@@ -237,17 +238,23 @@ def test_plain_training_takes_the_fast_path_and_torch_func_the_transformable_one
 
 @pytest.mark.parametrize("affine", [True, False])
 def test_backward_twice_through_a_retained_graph_and_in_place_ops_on_the_output(affine):
-    """The saved x − μ is read, never written, by backward, and y is never that tensor itself."""
+    """The first backward uses up the forward's x − μ; a second one, through the retained graph,
+    recomputes it. y is never that tensor itself, so in-place ops on y are safe."""
     torch.manual_seed(0)
     ours, ref = randomized_pair((8, C, 3), affine=affine)
     x = torch.randn(8, C, 3)
     x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_ours, y_ref = ours(x_ours).relu_(), ref(x_ref).relu_()  # in place on the output
     dy = torch.randn_like(y_ref)
-    for _ in range(2):
+    for _ in range(3):
         g_ours = torch.autograd.grad(y_ours, [x_ours, *ours.parameters()], dy, retain_graph=True)
         g_ref = torch.autograd.grad(y_ref, [x_ref, *ref.parameters()], dy, retain_graph=True)
         torch.testing.assert_close(g_ours, g_ref)
+    # The ordinary case, without retain_graph: the graph and what it saved are freed.
+    loss = ours(x_ours).sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("dy_kind", ["channels_last", "expanded"])

@@ -58,8 +58,8 @@ def _normalize(
 # (shifts and scalings). Both passes work from x − μ rather than x̂: one multiply fewer over the
 # whole tensor, the scaling folded into per-channel numbers. The backward appears twice below:
 # `_backward` with plain, differentiable tensor ops (what torch.func and double backward use), and
-# `_backward_in_place`, which writes every full-size intermediate into one buffer (what ordinary
-# training runs).
+# `_backward_in_place`, which writes every full-size intermediate into the forward's x − μ (what
+# ordinary training runs).
 
 
 def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
@@ -117,22 +117,26 @@ def _backward(dy, x, weight, mean, var, eps, dmean, dvar):
     return dx, dgamma, dbeta
 
 
-def _backward_in_place(dy: Tensor, centered: Tensor, invstd: Tensor, scale: Tensor):
-    """The same dx, dγ, dβ from the saved x − μ and scale = γ·invstd, with one new full-size
-    tensor for everything.
+def _backward_in_place(dy: Tensor, centered: Tensor, x: Tensor, mean: Tensor, invstd: Tensor,
+                       scale: Tensor):
+    """The same dx, dγ, dβ, computed in the memory of x − μ: no new full-size tensor at all.
 
-    Not differentiable (out= and in-place ops), so only for a first-order backward outside
-    torch.func. Reads x − μ but never writes it: a retained graph can run backward again.
+    At MB sizes a fresh tensor can cost more than its arithmetic (the allocator hands freed memory
+    back to the system and page-faults it in again), so this backward takes over the forward's
+    x − μ: first for dy·(x − μ), then for x − μ recomputed from x, finally for dx. Not
+    differentiable (out= and in-place ops), so only for a first-order backward outside torch.func,
+    and only once per forward: a second backward through a retained graph takes `_backward`.
     """
     dims = _reduce_dims(dy)
     n = dy.numel() // dy.shape[1]
     dbeta = dy.sum(dims)  # Σ dy
-    dx = dy * centered  # the one new tensor: dy·(x − μ) first, then dx
-    dgamma = dx.sum(dims).mul_(invstd)  # Σ dy·x̂
+    buffer = centered.mul_(dy)  # dy·(x − μ)
+    dgamma = buffer.sum(dims).mul_(invstd)  # Σ dy·x̂
+    torch.sub(x, _per_channel(mean, x), out=buffer)  # x − μ again
     # dx = γ·invstd·(dy − (Σdy + x̂·Σ(dy·x̂))/n), each step written over the previous one
-    _scale_shift(centered, invstd * dgamma, dbeta, out=dx)
-    torch.sub(dy, dx, alpha=1 / n, out=dx).mul_(_per_channel(scale, dy))
-    return dx, dgamma, dbeta
+    _scale_shift(buffer, invstd * dgamma, dbeta, out=buffer)
+    torch.sub(dy, buffer, alpha=1 / n, out=buffer).mul_(_per_channel(scale, dy))
+    return buffer, dgamma, dbeta
 
 
 class _BatchNormFunction(torch.autograd.Function):
@@ -148,9 +152,11 @@ class _BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
         y, mean, var, centered, invstd, scale = _forward(x, weight, bias, eps)
-        # x, μ and σ² (an input and outputs) for a differentiable backward, x − μ, invstd and
-        # γ·invstd for the fast one.
-        ctx.save_for_backward(x, weight, mean, var, centered, invstd, scale)
+        # x, μ and σ² (an input and outputs) for a differentiable backward, invstd and γ·invstd
+        # for the fast one. x − μ is handed to the fast backward outside save_for_backward: it is
+        # this function's own tensor, and that backward overwrites it.
+        ctx.save_for_backward(x, weight, mean, var, invstd, scale)
+        ctx.centered = centered
         ctx.eps = eps
         # Gradients w.r.t. μ_B and σ²_B arrive as None (not zero tensors) unless something used
         # them, so the usual backward skips their terms.
@@ -159,13 +165,15 @@ class _BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: Optional[Tensor], dmean: Optional[Tensor], dvar: Optional[Tensor]):
-        x, weight, mean, var, centered, invstd, scale = ctx.saved_tensors
+        x, weight, mean, var, invstd, scale = ctx.saved_tensors
+        centered, ctx.centered = ctx.centered, None  # usable once: the fast backward uses it up
         # Grad mode is on inside backward only when its result is to be differentiated again
         # (create_graph=True): then autograd must see the computation from x, μ and σ².
-        if torch.is_grad_enabled() or dy is None or dmean is not None or dvar is not None:
+        differentiable = torch.is_grad_enabled() or dmean is not None or dvar is not None
+        if centered is None or dy is None or differentiable:
             dx, dgamma, dbeta = _backward(dy, x, weight, mean, var, ctx.eps, dmean, dvar)
         else:
-            dx, dgamma, dbeta = _backward_in_place(dy, centered, invstd, scale)
+            dx, dgamma, dbeta = _backward_in_place(dy, centered, x, mean, invstd, scale)
         return (
             dx if ctx.needs_input_grad[0] else None,
             dgamma if ctx.needs_input_grad[1] else None,
