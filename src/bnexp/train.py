@@ -123,6 +123,8 @@ def write_json(path: str, obj) -> None:
 def train(cfg, run_dir: str) -> dict:
     """Train the run described by `cfg` (a composed Config), recording into `run_dir`; return its metrics."""
     start = time.perf_counter()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
