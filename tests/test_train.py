@@ -77,7 +77,7 @@ def test_a_seed_makes_a_run_repeatable_bit_for_bit(make_cfg, tmp_path):
     ha = json.loads((tmp_path / "a" / "metrics.json").read_text())["series"]
     hb = json.loads((tmp_path / "b" / "metrics.json").read_text())["series"]
     assert ha == hb and a["final_test_acc"] == b["final_test_acc"]
-    c = train(make_cfg(*TINY, "model.dropout=0.1", "seed=8"), str(tmp_path / "c"))
+    train(make_cfg(*TINY, "model.dropout=0.1", "seed=8"), str(tmp_path / "c"))
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["series"] != ha
 
 

@@ -5,7 +5,6 @@ every claim sweep). Writes into the sweep folder: `report.md`, `<claim>.png`, `f
 `bnexp-reproduce` collects) and the figure as a TensorBoard image under `report/`.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 

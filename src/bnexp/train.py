@@ -11,6 +11,7 @@ import math
 import os
 import time
 from copy import deepcopy
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -188,6 +189,14 @@ def train(cfg, run_dir: str) -> dict:
         if diverged_step:
             break
 
+    return finish(cfg, run_dir, model, data, monitor, step, steps, diverged_step, start)
+
+
+def finish(cfg, run_dir: str, model, data: InMemoryData, monitor: Monitor, step: int, steps: int,
+           diverged_step: Optional[int], start: float) -> dict:
+    """A run's epilogue: final metrics from its logged curves, the extra evaluations, the HParams
+    summary and metrics.json. Returns the metrics."""
+    lengths = list(cfg.train.eval_lengths)
     last = {tag: points[-1][1] for tag, points in monitor.series.items()}
     metrics = dict(
         final_test_acc=last["test/acc"], best_test_acc=max(acc for _, acc in monitor.series["test/acc"]),
@@ -196,7 +205,7 @@ def train(cfg, run_dir: str) -> dict:
         diverged=diverged_step is not None, diverged_step=diverged_step, steps=step, steps_planned=steps,
     )
     if has_running_statistics(model):
-        metrics["final_test_acc_batch_stats"] = evaluate(model, data, "test", batch_size, batch_statistics=True)[1]
+        metrics["final_test_acc_batch_stats"] = evaluate(model, data, "test", cfg.data.batch_size, batch_statistics=True)[1]
     if lengths:  # the step axis's length in training, then the test accuracy at each other length
         metrics["train_length"] = data.input_shape[1]
     for length in lengths:

@@ -52,7 +52,7 @@ from bnexp.data import load_data
 from bnexp.init import initialize
 from bnexp.models import build_model
 from bnexp.monitor import Monitor
-from bnexp.train import evaluate, flat_config, has_running_statistics, learning_rate, resolve_device, write_json
+from bnexp.train import evaluate, finish as finish_run, learning_rate, resolve_device
 
 log = logging.getLogger("bnexp")
 
@@ -262,23 +262,8 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         monitor.scalars(step, {"train/loss": train_loss, "train/acc": train_acc,
                                "test/loss": test_loss, "test/acc": test_acc})
         run.log.info(f"step {step:>6}/{steps}  train loss {train_loss:.4f}  test acc {test_acc:.4f}")
-        last = {tag: points[-1][1] for tag, points in monitor.series.items()}
-        metrics = dict(
-            final_test_acc=last["test/acc"], best_test_acc=max(acc for _, acc in monitor.series["test/acc"]),
-            final_train_acc=last["train/acc"], final_train_loss=_finite(last["train/loss"]),
-            final_test_loss=_finite(last["test/loss"]),
-            diverged=diverged_step is not None, diverged_step=diverged_step, steps=step, steps_planned=steps,
-        )
-        if has_running_statistics(model):
-            metrics["final_test_acc_batch_stats"] = evaluate(model, data, "test", batch_size,
-                                                             batch_statistics=True)[1]
         # The program's wall time so far: the K runs were trained together.
-        metrics["wall_time_s"] = time.perf_counter() - start
-        config = flat_config(run.cfg)
-        monitor.close(config, {k: float("nan") if v is None else float(v) for k, v in metrics.items()}, step)
-        series = {tag: [[s, _finite(v)] for s, v in points] for tag, points in monitor.series.items()}
-        write_json(os.path.join(run.run_dir, "metrics.json"), dict(config=config, **metrics, series=series))
-        run.metrics = metrics
+        run.metrics = finish_run(run.cfg, run.run_dir, model, data, monitor, step, steps, diverged_step, start)
 
     all_runs = list(runs)
     for step in range(1, steps + 1):
@@ -372,10 +357,6 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
                                                                                           first_bad))
             neg_lr, wd, mom = hyper()
     return [r.metrics for r in all_runs]
-
-
-def _finite(x):
-    return x if x is not None and math.isfinite(x) else None
 
 
 # ---- throughput ---------------------------------------------------------------------------------
