@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import statistics
 import tempfile
