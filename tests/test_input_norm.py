@@ -1,10 +1,7 @@
 """The input_norm claim: the Hessian computations on cases with known answers, the run measures, the verdict
-logic on hand-made runs, and its sweep end to end."""
+logic on hand-made runs (its sweep end to end: tests/test_claims.py)."""
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +9,6 @@ import torch.nn.functional as F
 
 from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Run
 from bnexp.claims import input_norm as claim
-from bnexp.report import report
 from bnexp.train import flat_config, train
 
 
@@ -185,18 +181,3 @@ def test_input_norm_is_inconclusive_when_starting_points_disagree(configs):
     finding = CLAIMS["input_norm"].analyze(
         sweep(configs, lambda s: 10, lambda s: {10: 3} if s == 0 else {10: 20}, lambda s: 1e-4, lambda s: {}))
     assert finding.verdict == INCONCLUSIVE
-
-
-# ---- end to end ---------------------------------------------------------------------------------------------
-def test_the_input_norm_sweep_runs_end_to_end_into_a_report(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bnexp", "-m", "experiment=input_norm", "device=cpu",
-                          f"hydra.sweep.dir={tmp_path}", "train.steps=30", "optim.lr=0.0001,10", "seed=0,1"],
-                         capture_output=True, text=True, timeout=600, env=os.environ)
-    assert out.returncode == 0, out.stderr
-    finding = json.loads((tmp_path / "finding.json").read_text())
-    assert finding["claim"] == "input_norm" and finding["verdict"] in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
-    assert (tmp_path / "input_norm.png").stat().st_size > 10_000
-    text = (tmp_path / "report.md").read_text()
-    assert f"**Verdict: {finding['verdict']}.**" in text and claim.CRITERION in text
-    (tmp_path / "finding.json").unlink()
-    assert report(tmp_path)["verdict"] == finding["verdict"]

@@ -1,10 +1,7 @@
 """The recurrent model (every norm, probes, per-step statistics, any length), the evaluation at other
-lengths, the rnn claim's verdict logic on hand-made runs, and its sweep end to end."""
+lengths, the rnn claim's verdict logic on hand-made runs (its sweep end to end: tests/test_claims.py)."""
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +12,6 @@ from bnexp.claims import rnn as claim
 from bnexp.config import UserError
 from bnexp.models import RNN, PerStepNorm, Steps, build_model
 from bnexp.norm import BatchNorm
-from bnexp.report import report
 from bnexp.train import change_length, train
 
 NORMS = ["none", "bn", "torch_bn", "ln", "gn"]
@@ -232,18 +228,3 @@ def test_rnn_warns_when_per_step_stats_changes_a_network_without_statistics():
     runs = rnn_sweep(lambda s: {4: 0.6, 8: 0.98, 16: 0.92}, lambda s: {4: 0.7, 8: 0.95, 16: 0.92})
     runs[3].metrics["final_test_acc"] = 0.5  # ("none", per_step=True) of seed 0
     assert any("Warning" in n for n in CLAIMS["rnn"].analyze(runs).notes)
-
-
-# ---- end to end ---------------------------------------------------------------------------------------------
-def test_the_rnn_sweep_runs_end_to_end_into_a_report(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bnexp", "-m", "experiment=rnn", "device=cpu", "seed=0",
-                          f"hydra.sweep.dir={tmp_path}", "train.steps=6", "train.eval_every=3", "model.width=8",
-                          "norm=none,bn"], capture_output=True, text=True, timeout=600, env=os.environ)
-    assert out.returncode == 0, out.stderr
-    finding = json.loads((tmp_path / "finding.json").read_text())
-    assert finding["claim"] == "rnn" and finding["verdict"] in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
-    assert (tmp_path / "rnn.png").stat().st_size > 10_000
-    text = (tmp_path / "report.md").read_text()
-    assert f"**Verdict: {finding['verdict']}.**" in text and claim.CRITERION in text
-    (tmp_path / "finding.json").unlink()
-    assert report(tmp_path)["verdict"] == finding["verdict"]
