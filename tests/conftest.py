@@ -24,6 +24,25 @@ def close_figures():
 
 
 @pytest.fixture
+def sgd_steps():
+    """Train `net` a few SGD steps on a random batch of 6; every step: logits of the right shape, a finite loss."""
+    import torch
+
+    def run(net, input_shape, steps: int = 3, num_classes: int = 10):
+        x, y = torch.randn(6, *input_shape), torch.randint(0, num_classes, (6,))
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        for _ in range(steps):
+            logits = net(x)
+            assert logits.shape == (6, num_classes)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            assert torch.isfinite(loss)
+    return run
+
+
+@pytest.fixture
 def make_cfg():
     """Compose the real config (conf/ through Hydra, typed schema included) with overrides."""
     def make(*overrides: str):

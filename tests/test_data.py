@@ -97,6 +97,13 @@ def make_cifar_files(root, per_batch=2, n_test=3, seed=0):
 # ---- the torchvision datasets -------------------------------------------------------------------
 
 
+def assert_same_data(cached, data):
+    """A dataset loaded from its cache equals the freshly made one, tensor for tensor, dtypes included."""
+    for field in ("train_x", "train_y", "test_x", "test_y", "mean", "std"):
+        assert torch.equal(getattr(cached, field), getattr(data, field))
+        assert getattr(cached, field).dtype == getattr(data, field).dtype
+
+
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist_formats_round_trip(tmp_path, name, folder):
     arrays = make_mnist_files(tmp_path, folder)
@@ -228,10 +235,7 @@ def test_digits_are_split_once_and_cached(tmp_path, monkeypatch):
         raise AssertionError("the cached digits split should have been used")
 
     monkeypatch.setattr(sklearn.model_selection, "train_test_split", no_split)
-    cached = load_data(cfg)
-    for field in ("train_x", "train_y", "test_x", "test_y", "mean", "std"):
-        assert torch.equal(getattr(cached, field), getattr(data, field))
-        assert getattr(cached, field).dtype == getattr(data, field).dtype
+    assert_same_data(load_data(cfg), data)
 
 
 def test_digits_load_even_where_the_cache_cannot_be_written(tmp_path):
@@ -264,9 +268,7 @@ def test_mnist1d_is_generated_once_and_cached(tmp_path, monkeypatch):
         raise AssertionError("the cached mnist1d arrays should have been used")
 
     monkeypatch.setattr(mnist1d.data, "make_dataset", no_generation)
-    cached = load_data(cfg)
-    for field in ("train_x", "train_y", "test_x", "test_y", "mean", "std"):
-        assert torch.equal(getattr(cached, field), getattr(data, field))
+    assert_same_data(load_data(cfg), data)
 
 
 def synthetic(**overrides) -> InMemoryData:

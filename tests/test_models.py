@@ -23,19 +23,10 @@ COMBOS = [(m, d) for m in ("mlp", "cnn") for d in SHAPES if (m, d) != ("cnn", "s
 
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("name,data", COMBOS)
-def test_every_model_trains_with_every_norm_on_every_input_kind(make_cfg, name, norm, data):
+def test_every_model_trains_with_every_norm_on_every_input_kind(make_cfg, sgd_steps, name, norm, data):
     torch.manual_seed(0)
     net = model(make_cfg, name, norm, SHAPES[data])
-    x, y = torch.randn(6, *SHAPES[data]), torch.randint(0, 10, (6,))
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    for _ in range(3):
-        logits = net(x)
-        assert logits.shape == (6, 10)
-        loss = nn.functional.cross_entropy(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        assert torch.isfinite(loss)
+    sgd_steps(net, SHAPES[data])
     # mlp: 3 hidden layers; cnn: 2 conv stages and the hidden fully connected layer.
     assert list(net.probes()) == ["layer1", "layer2", "layer3"]
 

@@ -25,20 +25,11 @@ def rnn(make_cfg, norm, shape=(1, 12), *overrides):
 @pytest.mark.parametrize("per_step", [False, True])
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("shape", [(1, 12), (3, 5), (1, 6, 4)])  # (C, L) sequences, (C, H, W) images
-def test_every_norm_variant_trains_on_sequences_and_images(make_cfg, norm, per_step, shape):
+def test_every_norm_variant_trains_on_sequences_and_images(make_cfg, sgd_steps, norm, per_step, shape):
     torch.manual_seed(0)
     net = rnn(make_cfg, norm, shape, f"model.per_step_stats={per_step}", "model.depth=2")
     assert isinstance(net, RNN) and list(net.probes()) == ["layer1", "layer2"]
-    x, y = torch.randn(6, *shape), torch.randint(0, 10, (6,))
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    for _ in range(3):
-        logits = net(x)
-        assert logits.shape == (6, 10)
-        loss = nn.functional.cross_entropy(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        assert torch.isfinite(loss)
+    sgd_steps(net, shape)
     assert all(p.grad is not None for p in net.parameters())
 
 
