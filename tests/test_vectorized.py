@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bnexp.models import build_model
 from bnexp.train import train
-from bnexp.vectorized import plan_groups, train_vectorized, unsupported_reason
+from bnexp.vectorized import _stacked, fold, plan_groups, train_vectorized, unsupported_reason
 
 TINY = ["train.steps=40", "train.eval_every=20", "log.stats_every=10", "log.hist_every=20", "device=cpu"]
 # Measured: at most ~2e-6 absolute and ~5e-5 relative apart after 40 steps at lr 0.5 (float32; the
@@ -57,7 +59,44 @@ CASES = {
     # one run diverges (recorded as diverged where train.py stops it); the others go on undisturbed
     "divergence": (["norm=none", "model.activation=relu", "log.stats_every=5"],
                    [["optim.lr=0.1"], ["optim.lr=1e3"], ["optim.lr=0.3", "seed=1"]]),
+    # the CNN: grouped convolutions, BN over (N, C, H, W), pooling
+    "cnn": (["model=cnn", "model.channels=[4,8]", "model.width=16"], [["seed=0"], ["seed=1", "optim.lr=0.5"]]),
+    # the per-example norms
+    "ln": (["norm=ln"], [["seed=0"], ["seed=1", "optim.lr=0.5"]]),
+    "gn": (["norm=gn"], [["seed=0"], ["seed=1"]]),  # (at lr 0.5 its percentiles drift ~1e-4 apart by step 40)
 }
+
+
+@pytest.mark.parametrize("norm", ["bn", "torch_bn", "none", "ln", "gn"])
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_a_folded_network_computes_every_run_side_by_side(model, norm, make_cfg):
+    # (Two-step comparisons of whole runs are above; this one checks every layer type in one forward and
+    # backward, free of the chaos that 40 steps of a tiny GroupNorm CNN amplify round-off into.)
+    cfg = make_cfg(f"model={model}", f"norm={norm}", "model.channels=[4,8]", "model.width=16")
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(build_model(cfg, (1, 8, 8), 10))
+        for p in models[-1].parameters():
+            torch.nn.init.normal_(p, 0.5, 0.5)  # γ, β and biases away from 1 and 0: a mix-up would show
+    folded = fold(models)
+    x = torch.randn(3, 6, 1, 8, 8)  # (K, B, C, H, W)
+    ys = folded(x.transpose(0, 1).reshape(6, 3, 8, 8)).view(6, 3, 10).transpose(0, 1)
+    ys.sum().backward()
+    for k, model in enumerate(models):
+        y = model(x[k])
+        y.sum().backward()
+        assert near(ys[k], y)
+        for name, p in model.named_parameters():
+            assert near(_stacked(folded.get_parameter(name).grad, 3)[k], p.grad), name
+        for name, b in model.named_buffers():  # BN's running statistics, updated by the same batch
+            assert near(_stacked(folded.get_buffer(name), 3)[k], b), name
+
+
+def near(a, b):
+    """Equal up to float32 round-off, relative to the tensor's scale (sums of many terms cancel to ~0 in
+    places: BN's dβ behind a ReLU); a run mixed up with another would be off by the scale itself."""
+    return torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-4 * (1 + b.abs().max().item()))
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -2,7 +2,7 @@
 
     python -m bnexp.bench                        # everything: a table, and bench.json (~5 min)
     python -m bnexp.bench --out FILE.json        # the same figures, flat, plus machine info
-    python -m bnexp.bench --only norm,data       # some sections: norm data logging startup scaling
+    python -m bnexp.bench --only norm,data       # some sections: norm data logging vectorized startup scaling
     python -m bnexp.bench --quick                # a smoke run of the same code at tiny sizes
 
 How it measures, so that a busy machine (other jobs on the same cores) distorts little:
@@ -20,6 +20,7 @@ Sections (the targets of issue 6; the table marks each judged figure ok / MISSED
   norm      our BatchNorm vs torch.nn.BatchNorm, forward + backward in training mode (≤ 1.2×)
   data      InMemoryData.train_batches vs torchvision MNIST + ToTensor + DataLoader (≥ 5×)
   logging   a run with the default logging vs the same run with logging off (≤ +10 %)
+  vectorized  K runs in one program (hydra/launcher=vectorized) vs one after another (≥ 2× at K = 8)
   startup   the default `bnexp` run in a fresh process: start-up vs training (training ≥ half)
   scaling   run time vs steps; step time vs batch size, width, norm, memory layout and threads;
             where the time of one MLP and one CNN step goes (phases, top ops, our BatchNorm)
@@ -46,7 +47,7 @@ import yaml
 from omegaconf import OmegaConf
 from torch import nn
 
-SECTIONS = ("norm", "data", "logging", "startup", "scaling")
+SECTIONS = ("norm", "data", "logging", "vectorized", "startup", "scaling")
 # glibc: never give freed memory back to the system, never serve big blocks by mmap
 _NO_TRIM_ENV = ("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
 _NO_MMAP_ENV = ("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
@@ -366,6 +367,42 @@ def bench_logging(res: Results, quick: bool) -> None:
     res.add("logging.overhead_wall", median_ratio(wall["on"], wall["off"]) - 1, "")
 
 
+# ---- 4. vectorized sweeps -------------------------------------------------------------------------
+
+
+def bench_vectorized(res: Results, quick: bool) -> None:
+    """K runs (seeds 0 … K−1) trained by train_vectorized vs one after another by train.train: whole runs
+    of the default config (BN-MLP on digits), logging and evaluation included, 200 steps each; and the
+    default CNN at K = 8, 60 steps each. CPU time (process_time: the TensorBoard writers' threads count)."""
+    from bnexp.train import train
+    from bnexp.vectorized import train_vectorized
+
+    cases = ([("mlp", 2, ["data=synthetic", "train.steps=5"])] if quick else
+             [("mlp", k, ["train.steps=200"]) for k in (8, 16, 32)] + [("cnn", 8, ["model=cnn", "train.steps=60"])])
+    for model, k, overrides in cases:
+        cfgs = [_compose(["device=cpu", *overrides, f"seed={s}"]) for s in range(k)]
+        times = {"sequential": [], "vectorized": []}
+        with tempfile.TemporaryDirectory(prefix="bnexp-bench-vec-") as tmp:
+            def sequential(r):
+                for s, cfg in enumerate(cfgs):
+                    train(cfg, os.path.join(tmp, f"seq{r}_{s}"))
+
+            def vectorized(r):
+                train_vectorized(cfgs, [os.path.join(tmp, f"vec{r}_{s}") for s in range(k)])
+
+            for r in range(1 if quick else 3):
+                for name, fn in ((("sequential", sequential), ("vectorized", vectorized)) if r % 2 == 0 else
+                                 (("vectorized", vectorized), ("sequential", sequential))):
+                    t = time.process_time()
+                    fn(r)
+                    times[name].append(time.process_time() - t)
+        key = f"vectorized.{model}.k{k}"
+        res.add(f"{key}.sequential_s", median(times["sequential"]), "s")
+        res.add(f"{key}.vectorized_s", median(times["vectorized"]), "s")
+        at_least = 2 if (model, k) == ("mlp", 8) else None  # issue 6's target; the others inform
+        res.add(f"{key}.speedup", median_ratio(times["sequential"], times["vectorized"]), "x", at_least=at_least)
+
+
 # ---- 5. start-up vs training of the default run --------------------------------------------------
 
 # Run in a fresh interpreter: the `bnexp` command itself, with timestamps at the boundaries of its
@@ -666,6 +703,7 @@ BENCHES = {
     "norm": bench_norm,
     "data": bench_data,
     "logging": bench_logging,
+    "vectorized": bench_vectorized,
     "startup": bench_startup,
     "scaling": bench_scaling,
 }

@@ -1,12 +1,14 @@
 """Vectorized sweeps: K runs that differ only in shape-free settings, trained as one program.
 
-The K copies of the network's parameters and BN buffers are stacked on a new dim 0
-(torch.func.stack_module_state); one training step is `vmap(grad_and_value(loss))` over
-`functional_call` of a parameter-free skeleton, so every layer becomes one batched op for all K runs,
-and our BatchNorm updates its stacked running statistics in place (see tests/test_norm.py). The SGD
-update is one foreach op per stage over all parameters, with per-run learning rates (and weight
-decay, momentum) as broadcast (K, 1, ...) factors; addcmul with such a factor rounds exactly like
-torch.optim.SGD's `add_(grad, alpha=-lr)`.
+The K networks become one (`fold`): every layer's counterpart computes all K runs side by side on
+"folded" tensors (B, K·C, *), run k's channels at k·C ... (k+1)·C − 1. Linear layers become one batched
+matmul, convolutions grouped ones, BatchNorm a BatchNorm over K·C channels (per-channel statistics, so
+each run's own), GroupNorm/LayerNorm a GroupNorm with K times the groups; activations and pooling act
+per channel anyway. A step is then one ordinary eager forward and backward of the sum of the K runs'
+losses (run k's gradient is its own loss's), through our BatchNorm's fast path: no torch.func
+transform, whose per-op Python overhead bound the step at small K. The SGD update is one foreach op per
+stage over all parameters viewed (K, -1), with per-run learning rates (and weight decay, momentum) as
+(K, 1) factors; addcmul with such a factor rounds exactly like torch.optim.SGD's `add_(grad, alpha=-lr)`.
 
 Each run still gets exactly what `bnexp.train.train` would have given it:
   * the same initial weights: its model is built and initialized as train.py does (seeded twice);
@@ -19,38 +21,33 @@ Each run still gets exactly what `bnexp.train.train` would have given it:
   * its own divergence: a run whose loss became non-finite is finished (recorded as diverged) at the
     next check, exactly where train.py would stop, and dropped from the stack; the others go on.
 
-Results equal the sequential runs up to float round-off (the batched matmuls and the vmapped BN
-backward sum in a different order): see tests/test_vectorized.py for the tolerance achieved.
+Results equal the sequential runs up to float round-off (batched matmuls sum in another order than
+the eager ones): see tests/test_vectorized.py for the tolerance achieved.
 
-Throughput (bnexp.vectorized.benchmark; 2 shared CPU cores, 1 intra-op thread, interleaved medians): whole
-runs 1.5-1.6x the sequential ones at K = 8, 2.8x at K = 16, 3.0x at K = 32. At K = 8 the step is bound by
-torch.func's per-op Python overhead (pytree flattening around the BN autograd.Function under vmap), not by
-arithmetic: a plain-autograd step with the K runs folded into BN's channel dim measured ~4x.
+Throughput: `python -m bnexp.bench --only vectorized` (the README's Performance section has the figures).
 
-What can be vectorized (`unsupported_reason`): optim sgd or momentum, model.dropout = 0 (dropout masks
-under vmap cannot reproduce each run's own global-RNG stream, so such runs fall back to train.py),
-and norms without a batching problem (bn, none, ln, gn; torch_bn's running-stat update is not ours).
+What can be vectorized (`unsupported_reason`): the MLP and the CNN; optim sgd or momentum; model.dropout = 0
+(one dropout mask for the folded batch cannot reproduce each run's own global-RNG stream, so such runs fall
+back to train.py); the deterministic norms (bn, torch_bn, none, ln, gn; not noisy_bn, which draws noise).
 """
 from __future__ import annotations
 
 import copy
 import logging
-import os
-import statistics
-import tempfile
 import time
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING, OmegaConf
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch import nn
 
 from bnexp.config import UserError
 from bnexp.data import load_data
 from bnexp.init import initialize
 from bnexp.models import build_model
 from bnexp.monitor import Monitor
+from bnexp.norm import BatchNorm
 from bnexp.train import evaluate, finish as finish_run, learning_rate, resolve_device
 
 log = logging.getLogger("bnexp")
@@ -61,7 +58,7 @@ SHAPE_FREE_KEYS = frozenset({
     "seed", "optim.lr", "optim.lr_batch_size", "optim.weight_decay", "optim.momentum", "init.std", "init.gain",
 })
 SUPPORTED_OPTIMIZERS = ("sgd", "momentum")
-SUPPORTED_NORMS = ("bn", "none", "ln", "gn")
+SUPPORTED_NORMS = ("bn", "torch_bn", "none", "ln", "gn")
 SUPPORTED_MODELS = ("mlp", "cnn")
 # The settings train_vectorized implements (data.* are all the data loader's business). A setting added
 # to the schema later is supported only at its default value: train.py may do something new with it.
@@ -70,7 +67,7 @@ IMPLEMENTED_KEYS = frozenset({
     "model.channels", "model.pool", "norm.name", "norm.eps", "norm.momentum", "norm.affine", "norm.groups",
     "init.name", "init.std", "init.gain", "optim.name", "optim.lr", "optim.weight_decay", "optim.momentum",
     "optim.lr_batch_size", "train.steps", "train.epochs", "train.eval_every", "log.stats_every", "log.hist_every",
-    "log.progress_every", "seed", "device", "claim",
+    "log.progress_every", "seed", "device", "threads", "claim",
 })
 
 
@@ -106,7 +103,7 @@ def unsupported_reason(cfg) -> Optional[str]:
     if cfg.optim.name not in SUPPORTED_OPTIMIZERS:
         return f"optim={cfg.optim.name} (only {'/'.join(SUPPORTED_OPTIMIZERS)} are vectorized)"
     if cfg.model.dropout > 0:
-        return "model.dropout > 0 (dropout masks under vmap cannot follow each run's own RNG stream)"
+        return "model.dropout > 0 (one dropout mask for the folded batch cannot follow each run's own RNG stream)"
     if cfg.norm.name not in SUPPORTED_NORMS:
         return f"norm={cfg.norm.name} (only {'/'.join(SUPPORTED_NORMS)} are vectorized)"
     if cfg.model.name not in SUPPORTED_MODELS:
@@ -161,15 +158,90 @@ def plan_groups(cfgs: Sequence, max_batch: int = 32) -> list[list[int]]:
 
 
 def _per_run(values: list[float], like: torch.Tensor):
-    """A Python float when all runs share the value (exactly train.py's arithmetic), else a (K,) tensor."""
+    """A Python float when all runs share the value (exactly train.py's arithmetic), else a (K, 1) column."""
     if all(v == values[0] for v in values):
         return float(values[0])
-    return torch.tensor(values, dtype=like.dtype, device=like.device)
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, 1)
 
 
-def _bcast(value, t: torch.Tensor):
-    """value (float or (K,) tensor) shaped (K, 1, ...) to broadcast against the stacked t."""
-    return value.view(-1, *[1] * (t.dim() - 1)) if isinstance(value, torch.Tensor) else value
+class _GroupedLinear(nn.Module):
+    """K independent nn.Linear(I, O) side by side: folded input (B, K·I) -> (B, K·O), one batched matmul.
+
+    `weight` is (K·O, I), `bias` (K·O,): run k's nn.Linear weight and bias are rows k·O ... (k+1)·O − 1.
+    """
+
+    def __init__(self, k: int, linear: nn.Linear):
+        super().__init__()
+        self.k, self.in_features, self.out_features = k, linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.new_empty(k * self.out_features, self.in_features))
+        self.bias = nn.Parameter(linear.bias.new_empty(k * self.out_features)) if linear.bias is not None else None
+
+    def forward(self, x):
+        k, i, o, b = self.k, self.in_features, self.out_features, x.shape[0]
+        x = x.view(b, k, i).transpose(0, 1)  # (K, B, I)
+        weight = self.weight.view(k, o, i).transpose(1, 2)  # (K, I, O)
+        y = torch.bmm(x, weight) if self.bias is None else torch.baddbmm(self.bias.view(k, 1, o), x, weight)
+        return y.transpose(0, 1).reshape(b, k * o)
+
+
+def _folded(module: nn.Module, k: int) -> nn.Module:
+    """Module's counterpart for K runs at once, on folded tensors (B, K·C, *): K copies side by side along
+    the channel dim, run k's channels at k·C ... (k+1)·C − 1. Every parameter and buffer of the result is
+    the K runs' tensors stacked, viewed flat: `_stacked` undoes that."""
+    if isinstance(module, nn.Linear):
+        return _GroupedLinear(k, module)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):  # groups of groups: run k's convolution sees only its channels
+        return type(module)(k * module.in_channels, k * module.out_channels, module.kernel_size, module.stride,
+                            module.padding, module.dilation, k * module.groups, module.bias is not None,
+                            module.padding_mode)
+    if type(module) in (BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d):  # per channel: K·C channels are K runs' C
+        return BatchNorm(k * module.num_features, module.eps, module.momentum, module.affine,
+                         module.track_running_stats)
+    if isinstance(module, nn.GroupNorm):  # per-example statistics over groups of channels
+        return nn.GroupNorm(k * module.num_groups, k * module.num_channels, module.eps, module.affine)
+    if isinstance(module, (nn.Flatten, nn.Identity, nn.Sigmoid, nn.ReLU, nn.Tanh, nn.MaxPool1d, nn.MaxPool2d,
+                           nn.AvgPool1d, nn.AvgPool2d)):
+        return copy.deepcopy(module)  # per channel and position, or (Flatten) per example: as it is
+    raise ValueError(f"the vectorized trainer cannot fold a {type(module).__name__} layer")
+
+
+def fold(models: Sequence[nn.Module]) -> nn.Module:
+    """One network that computes the K `models` (equal architectures) side by side: input (B, K·C, *) with
+    run k's example in channels k·C ... (k+1)·C − 1, output likewise; the models' parameters and buffers
+    copied in. In training mode it equals the K models' training steps: nothing mixes runs."""
+    k = len(models)
+
+    def build(module):
+        children = dict(module.named_children())
+        if not children:
+            return _folded(module, k)
+        if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+            raise ValueError(f"the vectorized trainer cannot fold a {type(module).__name__} with tensors of its own")
+        twin = copy.copy(module)  # the container (Sequential, Layer, ...): its own forward, folded children
+        twin._modules = {name: build(child) for name, child in children.items()}
+        return twin
+
+    folded = build(models[0]).train(models[0].training)
+    with torch.no_grad():
+        for name, t in _tensors(folded).items():
+            values = torch.stack([_tensors(m)[name] for m in models])
+            if t.dim() == 0:  # shared by the runs (see _stacked)
+                assert bool((values == values[0]).all()), name
+                t.copy_(values[0])
+            else:
+                _stacked(t, k).copy_(values)
+    return folded
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's parameters and buffers by name."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def _stacked(t: torch.Tensor, k: int) -> torch.Tensor:
+    """A folded parameter or buffer as (K, ...): index k is run k's own tensor (a view). A 0-dim buffer
+    (BN's num_batches_tracked: the K runs have seen the same number of batches) is shared, expanded."""
+    return t.expand(k) if t.dim() == 0 else t.view(k, -1, *t.shape[1:])
 
 
 class _Run:
@@ -193,6 +265,8 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         if (reason := unsupported_reason(cfg)) is not None:
             raise ValueError(f"this run cannot be vectorized: {reason}")
     cfg0 = cfgs[0]
+    if cfg0.threads > 0:
+        torch.set_num_threads(cfg0.threads)
     loggers = loggers or [log] * len(cfgs)
     device = resolve_device(cfg0.device)
     data = load_data(cfg0.data, device)  # the same for every run (the data config is shared)
@@ -211,31 +285,22 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
                         f"stats_every={cfg0.log.stats_every}, hist_every={cfg0.log.hist_every}.")
     eval_every, stats_every, hist_every = cfg0.train.eval_every, cfg0.log.stats_every, cfg0.log.hist_every
 
-    params, buffers = stack_module_state([r.model for r in runs])
-    params = {name: p.detach() for name, p in params.items()}
-    names = list(params)
-    skeleton = copy.deepcopy(runs[0].model).to("meta").train()
-
-    def loss_fn(p, b, x, y):
-        logits = functional_call(skeleton, (p, b), (x,))
-        return F.cross_entropy(logits, y), logits
-
-    step_fn = vmap(grad_and_value(loss_fn, has_aux=True))
-
     momentum = cfg0.optim.name == "momentum"
-    like = params[names[0]]
+    n_train, channels = len(data.train_y), data.input_shape[0]
+    generators = [torch.Generator().manual_seed(r.cfg.seed) for r in runs]
 
-    def hyper():
-        """Per-run SGD settings of the runs still active, as floats or (K,) tensors."""
+    def stack_runs():
+        """The active runs (their eager models' current state) folded into one network, and their per-run SGD
+        settings as floats or (K, 1) factors against parameters viewed (K, -1)."""
+        folded = fold([r.model for r in runs]).train()
+        like = next(folded.parameters())
         lr = _per_run([-r.lr for r in runs], like)
         wd = _per_run([r.cfg.optim.weight_decay for r in runs], like)
         mom = _per_run([r.cfg.optim.momentum for r in runs], like) if momentum else 0.0
-        return lr, wd, mom
+        return folded, dict(folded.named_parameters()), lr, wd, mom
 
-    neg_lr, wd, mom = hyper()
+    folded, params, neg_lr, wd, mom = stack_runs()
     momentum_bufs: Optional[list] = None
-    generators = [torch.Generator().manual_seed(r.cfg.seed) for r in runs]
-    n_train = len(data.train_y)
     K = len(runs)
     loss_sum = torch.zeros(K, device=device)
     correct = torch.zeros(K, dtype=torch.long, device=device)
@@ -244,13 +309,11 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
     orders = None
 
     def load_into(k: int) -> None:
-        """Run k's current parameters and BN buffers into its eager model (a copy: the stack stays)."""
-        model = runs[k].model
+        """Run k's current parameters and BN buffers into its eager model (a copy: the folded network keeps them)."""
+        state = _tensors(folded)
         with torch.no_grad():
-            for name, t in model.named_parameters():
-                t.copy_(params[name][k])
-            for name, t in model.named_buffers():
-                t.copy_(buffers[name][k])
+            for name, t in _tensors(runs[k].model).items():
+                t.copy_(_stacked(state[name], len(runs))[k])
 
     def finish(k: int, step: int, diverged_step: Optional[int]) -> None:
         """Evaluate run k, write its metrics.json and close its events: train.py's epilogue."""
@@ -270,9 +333,16 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         if i == 0:  # a new epoch: each run's own permutation from its own generator
             orders = torch.stack([torch.randperm(n_train, generator=g) for g in generators]).to(device)
         idx = orders[:, i * batch_size:(i + 1) * batch_size]  # (K, B)
-        x, y = data.prepare(data.train_x[idx]), data.train_y[idx]
+        x, y = data.prepare(data.train_x[idx]), data.train_y[idx]  # (K, B, *input_shape), (K, B)
 
-        grads, (loss, logits) = step_fn(params, buffers, x, y)
+        # All K runs' steps as one: run k's batch in channels k·C ... (k+1)·C − 1 of one folded batch. The
+        # sum of the runs' losses has each run's own loss gradient w.r.t. that run's parameters.
+        folded_x = x.transpose(0, 1).reshape(batch_size, K * channels, *data.input_shape[1:])
+        logits = folded(folded_x).view(batch_size, K, -1).transpose(0, 1)  # (K, B, classes)
+        loss = F.cross_entropy(logits.reshape(K * batch_size, -1), y.reshape(-1), reduction="none")
+        loss = loss.view(K, batch_size).mean(1)
+        grads = dict(zip(params, torch.autograd.grad(loss.sum(), list(params.values()))))
+        loss, logits = loss.detach(), logits.detach()
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
 
         stats, hist = step % stats_every == 0, step % hist_every == 0
@@ -284,7 +354,7 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
                 load_into(k)
                 model, monitor = run.model, run.monitor
                 for name, t in model.named_parameters():
-                    t.grad = grads[name][k]
+                    t.grad = _stacked(grads[name], K)[k]
                 model.train()
                 with torch.no_grad(), monitor.probes(step) as acts:
                     model(x[k])
@@ -300,23 +370,24 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
             seen += y[0].numel()
             batches += 1
 
-        # SGD (torch.optim.SGD's single-tensor arithmetic), one foreach op per stage for all runs.
+        # SGD (torch.optim.SGD's single-tensor arithmetic), one foreach op per stage for all runs, on every
+        # tensor viewed (K, -1) so that a per-run factor is a (K, 1) column.
         with torch.no_grad():
-            p_list, g_list = [params[n] for n in names], [grads[n] for n in names]
+            p_list = [p.view(K, -1) for p in params.values()]
+            g_list = [g.view(K, -1) for g in grads.values()]
             if isinstance(wd, torch.Tensor):
-                g_list = torch._foreach_addcmul(g_list, p_list, [_bcast(wd, p) for p in p_list])
+                g_list = torch._foreach_addcmul(g_list, p_list, [wd] * len(p_list))
             elif wd != 0:
                 g_list = torch._foreach_add(g_list, p_list, alpha=wd)
             if momentum:
                 if momentum_bufs is None:
-                    momentum_bufs = [g.detach().clone() for g in g_list]
+                    momentum_bufs = [g.clone() for g in g_list]
                 else:
-                    torch._foreach_mul_(momentum_bufs, [_bcast(mom, b) for b in momentum_bufs]
-                                        if isinstance(mom, torch.Tensor) else mom)
+                    torch._foreach_mul_(momentum_bufs, [mom] * len(p_list) if isinstance(mom, torch.Tensor) else mom)
                     torch._foreach_add_(momentum_bufs, g_list)
                 g_list = momentum_bufs
             if isinstance(neg_lr, torch.Tensor):
-                torch._foreach_addcmul_(p_list, g_list, [_bcast(neg_lr, p) for p in p_list])
+                torch._foreach_addcmul_(p_list, g_list, [neg_lr] * len(p_list))
             else:
                 torch._foreach_add_(p_list, g_list, alpha=neg_lr)
 
@@ -345,51 +416,15 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
             keep = [k for k in range(len(runs)) if not done[k]]
             if not keep:
                 break
+            for k in keep:  # the runs that go on, refolded from their current state
+                load_into(k)
             index = torch.tensor(keep, device=device)
             runs = [runs[k] for k in keep]
             generators = [generators[k] for k in keep]
-            params = {n: t.index_select(0, index) for n, t in params.items()}
-            buffers = {n: t.index_select(0, index) for n, t in buffers.items()}
+            folded, params, neg_lr, wd, mom = stack_runs()
+            K = len(runs)
             if momentum_bufs is not None:
                 momentum_bufs = [b.index_select(0, index) for b in momentum_bufs]
             orders, loss_sum, correct, first_bad = (t.index_select(0, index) for t in (orders, loss_sum, correct,
                                                                                           first_bad))
-            neg_lr, wd, mom = hyper()
     return [r.metrics for r in all_runs]
-
-
-# ---- throughput ---------------------------------------------------------------------------------
-
-
-def benchmark(k_values=(8,), steps: int = 200, repeats: int = 3, overrides: Sequence[str] = ()) -> dict:
-    """Training throughput of K runs (seeds 0..K-1) vectorized vs one after another with train.train.
-
-    Interleaved repeats (sequential, vectorized, sequential, ...), median seconds of each; speedup =
-    median sequential / median vectorized. Runs the default config (BN-MLP on digits) with `steps`
-    steps, logging and evaluation included, on the CPU unless `overrides` say otherwise.
-    """
-    from hydra import compose, initialize_config_module
-
-    from bnexp.config import register
-    from bnexp.train import train
-
-    register()
-    with initialize_config_module(config_module="bnexp.conf", version_base="1.3"):
-        base = ["device=cpu", f"train.steps={steps}", *overrides]
-        result = {}
-        for K in k_values:
-            cfgs = [compose(config_name="config", overrides=[*base, f"seed={s}"]) for s in range(K)]
-            seq, vec = [], []
-            with tempfile.TemporaryDirectory() as tmp:
-                for r in range(repeats):
-                    t = time.perf_counter()
-                    for s, cfg in enumerate(cfgs):
-                        train(cfg, os.path.join(tmp, f"seq{r}_{s}"))
-                    seq.append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    train_vectorized(cfgs, [os.path.join(tmp, f"vec{r}_{s}") for s in range(K)])
-                    vec.append(time.perf_counter() - t)
-            s_med, v_med = statistics.median(seq), statistics.median(vec)
-            result[K] = dict(sequential_s=s_med, vectorized_s=v_med, speedup=s_med / v_med,
-                             run_steps_per_s_sequential=K * steps / s_med, run_steps_per_s_vectorized=K * steps / v_med)
-    return result
