@@ -15,7 +15,7 @@ from bnexp.vectorized import _stacked, fold, plan_groups, train_vectorized, unsu
 
 TINY = ["train.steps=40", "train.eval_every=20", "log.stats_every=10", "log.hist_every=20", "device=cpu"]
 # Measured: at most ~2e-6 absolute and ~5e-5 relative apart after 40 steps at lr 0.5 (float32; the
-# batched matmuls and the vmapped BN backward sum in another order than the eager ones).
+# batched matmuls sum in another order than the eager ones).
 CLOSE = dict(rel=1e-4, abs=1e-5)
 
 # The `bnexp` command with the launcher registered explicitly: Hydra's plugin scan cannot list packages
