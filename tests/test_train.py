@@ -2,8 +2,10 @@
 import json
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bnexp.monitor import percentiles
 from bnexp.train import train
 
 TINY = ["optim.lr=0.5", "train.steps=40", "train.eval_every=20", "log.stats_every=10", "log.hist_every=20", "device=cpu"]
@@ -50,6 +52,14 @@ def test_percentiles_in_tensorboard_are_ordered_and_bn_keeps_units_standardized(
         # BN's output in training mode has mean 0 and std 1 per unit (γ, β barely move at this learning rate).
         assert abs(ev.Scalars(f"act/{layer}/mean")[-1].value) < 0.1
         assert abs(ev.Scalars(f"act/{layer}/std")[-1].value - 1) < 0.1
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 100, 6000])
+def test_percentiles_are_the_nearest_rank_order_statistics(n):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n)).view(-1, 1)
+    ranked = x.flatten().sort().values
+    expected = [ranked[round(p / 100 * (n - 1))] for p in (15, 50, 85)]
+    assert percentiles(x).tolist() == [v.item() for v in expected]
 
 
 def test_hparams_go_into_the_runs_own_event_file(make_cfg, tmp_path):

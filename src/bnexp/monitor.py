@@ -20,6 +20,7 @@ Tags (one run = one event directory, the run folder itself):
 from contextlib import contextmanager
 
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -31,10 +32,11 @@ STATS = ("p15", "p50", "p85", "mean", "std", "linear_frac", "unit0/p15", "unit0/
 
 
 def percentiles(x: torch.Tensor) -> torch.Tensor:
-    """The 15th/50th/85th percentiles of all values of `x` (one sort; torch.quantile is far slower)."""
-    v = x.detach().flatten().sort().values
-    idx = torch.tensor([round(p / 100 * (v.numel() - 1)) for p in PERCENTILES], device=v.device)
-    return v[idx]
+    """The 15th/50th/85th percentiles of all values of `x`: the order statistics of ranks
+    round(p/100·(n − 1)), found by selection (kthvalue, linear time: a sort cost 5x more at 6000
+    values, torch.quantile more still)."""
+    v = x.detach().flatten()
+    return torch.stack([v.kthvalue(round(p / 100 * (v.numel() - 1)) + 1).values for p in PERCENTILES])
 
 
 class Monitor:
@@ -93,9 +95,15 @@ class Monitor:
 
     def scalars(self, step: int, values: dict):
         """Record {tag: value} at this step, e.g. {"test/acc": 0.9}."""
+        self._write(step, values)
         for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
             self.series.setdefault(tag, []).append([step, value])
+
+    def _write(self, step: int, values: dict):
+        # One event holding every tag: what add_scalar writes tag by tag (a simple_value each), at a
+        # fifteenth of its cost, which on logging steps rivalled the statistics themselves.
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()])
+        self.writer.file_writer.add_summary(summary, step)
 
     def close(self, hparam_dict: dict, final: dict, step: int):
         """The HParams tab: written into this run's own event file (add_hparams would make a sub-run)."""
@@ -103,6 +111,5 @@ class Monitor:
         metrics = {f"hparam/{k}": v for k, v in final.items()}
         for summary in hparams(hparam_dict, metrics):
             self.writer.file_writer.add_summary(summary)
-        for k, v in metrics.items():
-            self.writer.add_scalar(k, v, step)
+        self._write(step, metrics)
         self.writer.close()
