@@ -191,6 +191,7 @@ def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path):
     report_md = (tmp_path / "repro" / "REPORT.md").read_text()
     finding = json.loads((tmp_path / "repro" / "regularization" / "finding.json").read_text())
     assert f"**{finding['verdict']}**" in report_md and "`bnexp -m experiment=regularization" in report_md
+    assert "hydra/launcher=vectorized" in report_md  # seeds and the like trained together
     notebook = (tmp_path / "experiments" / "regularization")
     assert (notebook / "regularization.png").exists()
     assert CLAIMS["regularization"].criterion in (notebook / "README.md").read_text()

@@ -145,6 +145,19 @@ def test_a_sweep_through_the_vectorized_launcher_writes_one_folder_per_run(tmp_p
         assert "test/acc" in events(tmp_path / r).Tags()["scalars"]
 
 
+def test_programs_run_in_parallel_worker_processes_and_record_the_same(tmp_path):
+    sweep = ["seed=0,1", "model.dropout=0,0.1"]  # one vectorized program (dropout 0) and two single runs
+    output = run_bnexp(tmp_path / "parallel", "hydra.launcher.n_jobs=2", *sweep)
+    assert "as 3 programs (1 vectorized)" in output
+    run_bnexp(tmp_path / "serial", *sweep)
+    runs = sorted(p.name for p in (tmp_path / "serial").iterdir() if p.is_dir())
+    assert len(runs) == 4 and sorted(p.name for p in (tmp_path / "parallel").iterdir() if p.is_dir()) == runs
+    for r in runs:
+        serial = json.loads((tmp_path / "serial" / r / "metrics.json").read_text())
+        parallel = json.loads((tmp_path / "parallel" / r / "metrics.json").read_text())
+        assert parallel["series"] == serial["series"], r  # the same computation, one thread each: bit for bit
+
+
 def test_runs_that_cannot_be_vectorized_fall_back_to_the_plain_runner(tmp_path):
     output = run_bnexp(tmp_path, "seed=0,1", "model.dropout=0.1")
     assert "as 2 programs (0 vectorized)" in output

@@ -36,8 +36,9 @@ def sweep_command(claim, profile: str, sweep_dir: Path, jobs: int, extra: list[s
     cmd = ["bnexp", "-m", f"experiment={claim.name}", f"hydra.sweep.dir={sweep_dir}"]
     if profile == "paper":
         cmd += claim.paper
-    if jobs > 1:
-        cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    # Runs that differ only in seeds, learning rates, init scales, ... train K at a time as one program;
+    # the programs (and the runs that cannot be vectorized) `jobs` at a time, one process each.
+    cmd += ["hydra/launcher=vectorized", f"hydra.launcher.n_jobs={jobs}"]
     return cmd + extra
 
 
@@ -112,7 +113,7 @@ def main(argv=None) -> None:
     parser.add_argument("--claims", default=",".join(CLAIMS), help="comma-separated claims (default: all)")
     parser.add_argument("--out", type=Path, help="output folder (default: reproduce/<profile>_<date_time>)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="runs trained in parallel through hydra/launcher=joblib (default: one per core)")
+                        help="programs trained in parallel by hydra/launcher=vectorized (default: one per core)")
     parser.add_argument("--update-experiments", nargs="?", const=Path("experiments"), type=Path, metavar="DIR",
                         help="also rewrite DIR/<claim>/README.md (default DIR: experiments)")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every sweep, e.g. device=cuda")
@@ -123,9 +124,9 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}")
     jobs = args.jobs
-    if jobs > 1 and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
-        print("bnexp-reproduce: the joblib launcher is not installed (pip install 'bnexp[joblib]'), so the runs "
-              "go one at a time.", file=sys.stderr)
+    if jobs > 1 and importlib.util.find_spec("joblib") is None:
+        print("bnexp-reproduce: joblib is not installed (pip install 'bnexp[joblib]'), so the programs go one at a "
+              "time.", file=sys.stderr)
         jobs = 1
     out = args.out or Path("reproduce") / f"{args.profile}_{datetime.now():%Y-%m-%d_%H-%M-%S}"
     out.mkdir(parents=True, exist_ok=True)

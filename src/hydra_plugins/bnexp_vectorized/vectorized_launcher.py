@@ -5,7 +5,9 @@ folder from hydra.sweep.dir/subdir with the .hydra/ files, its job log file, the
 on_job_start/on_job_end, and a JobReturn whose return_value is what `bnexp`'s task returns (the final
 test accuracy). Jobs whose configs are equal except bnexp.vectorized.SHAPE_FREE_KEYS, and that it
 supports, are trained together in programs of at most `max_batch` runs; the rest (and groups of one)
-call the task function exactly as the basic launcher would (bnexp.train.train).
+call the task function exactly as the basic launcher would (bnexp.train.train). With `n_jobs` > 1 the
+programs run `n_jobs` at a time, each in its own worker process (joblib's loky backend, as Hydra's
+joblib launcher: `pip install 'bnexp[joblib]'`), largest first.
 """
 import copy
 import logging
@@ -17,11 +19,14 @@ from typing import List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
 from hydra.core.utils import (JobReturn, JobStatus, _flush_loggers, _save_config, configure_log, env_override,
                               filter_overrides, run_job, setup_globals)
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from bnexp.config import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,8 @@ class VectorizedLauncherConf:
     _target_: str = "hydra_plugins.bnexp_vectorized.vectorized_launcher.VectorizedLauncher"
     # The most runs trained in one program (memory grows linearly with it).
     max_batch: int = 32
+    # Programs trained at once, one worker process each (one torch thread per run: the `threads` key).
+    n_jobs: int = 1
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,
@@ -38,10 +45,11 @@ ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=Vec
 
 
 class VectorizedLauncher(Launcher):
-    def __init__(self, max_batch: int = 32) -> None:
-        if max_batch < 1:
-            raise ValueError(f"hydra.launcher.max_batch must be at least 1, got {max_batch}")
-        self.max_batch = max_batch
+    def __init__(self, max_batch: int = 32, n_jobs: int = 1) -> None:
+        if max_batch < 1 or n_jobs < 1:
+            raise ValueError(f"hydra.launcher.max_batch and hydra.launcher.n_jobs must be at least 1, got "
+                             f"max_batch={max_batch} and n_jobs={n_jobs}")
+        self.max_batch, self.n_jobs = max_batch, n_jobs
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -67,83 +75,120 @@ class VectorizedLauncher(Launcher):
         groups = plan_groups(sweep_configs, self.max_batch)
         log.info(f"Launching {len(job_overrides)} jobs locally, as {len(groups)} programs "
                  f"({sum(len(g) > 1 for g in groups)} vectorized)")
-        runs: List[Optional[JobReturn]] = [None] * len(sweep_configs)
         for group in groups:
             for i in group:
                 log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}"
                          + (f"  (vectorized x{len(group)})" if len(group) > 1 else ""))
-            if len(group) == 1:
-                (i,) = group
-                runs[i] = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
-                                  config=sweep_configs[i], job_dir_key="hydra.sweep.dir",
-                                  job_subdir_key="hydra.sweep.subdir")
+        programs = [[sweep_configs[i] for i in group] for group in groups]
+        logging_cfg = (self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        try:
+            if self.n_jobs > 1 and len(groups) > 1:
+                try:
+                    from joblib import Parallel, delayed
+                except ImportError:
+                    raise UserError("hydra.launcher.n_jobs > 1 trains programs in parallel processes through joblib, "
+                                    "which is not installed: pip install 'bnexp[joblib]', or leave n_jobs at 1.")
+                # Largest first: the long programs start early, the short ones fill the gaps.
+                order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
+                state = Singleton.get_state()
+                done = Parallel(n_jobs=self.n_jobs, backend="loky")(
+                    delayed(_worker)(self.hydra_context, self.task_function, programs[g], state, logging_cfg)
+                    for g in order)
+                results = dict(zip(order, done))
             else:
-                for i, ret in zip(group, self._run_group([sweep_configs[i] for i in group])):
-                    runs[i] = ret
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+                results = {}
+                for g, program in enumerate(programs):
+                    results[g] = _run_program(self.hydra_context, self.task_function, program)
+                    configure_log(*logging_cfg)
+        except UserError as e:  # as bnexp's task: one paragraph, exit status 2
+            print(f"bnexp: {e}", file=sys.stderr)
+            sys.exit(2)
+        runs: List[Optional[JobReturn]] = [None] * len(sweep_configs)
+        for g, group in enumerate(groups):
+            for i, ret in zip(group, results[g]):
+                runs[i] = ret
         return runs
 
-    def _run_group(self, configs: List[DictConfig]) -> List[JobReturn]:
-        """Hydra's run_job for several jobs at once: set up every job, train them together, end every job."""
-        from bnexp.config import UserError
-        from bnexp.vectorized import train_vectorized
 
-        callbacks = self.hydra_context.callbacks
-        orig_hydra_cfg = HydraConfig.instance().cfg
-        rets, task_cfgs, run_dirs, loggers = [], [], [], []
+def _worker(hydra_context: HydraContext, task_function: TaskFunction, configs: List[DictConfig], singleton_state,
+            logging_cfg) -> List[JobReturn]:
+    """_run_program in a worker process, with the launching process's Hydra state (as Hydra's joblib launcher)."""
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    configure_log(*logging_cfg)
+    return _run_program(hydra_context, task_function, configs)
+
+
+def _run_program(hydra_context: HydraContext, task_function: TaskFunction, configs: List[DictConfig]
+                 ) -> List[JobReturn]:
+    """One job as Hydra's basic launcher runs it, or several trained together (_run_group)."""
+    if len(configs) == 1:
+        return [run_job(hydra_context=hydra_context, task_function=task_function, config=configs[0],
+                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")]
+    return _run_group(hydra_context, task_function, configs)
+
+
+def _run_group(hydra_context: HydraContext, task_function: TaskFunction, configs: List[DictConfig]) -> List[JobReturn]:
+    """Hydra's run_job for several jobs at once: set up every job, train them together, end every job.
+    A UserError (a setting every run of the program shares) propagates: the launcher reports it."""
+    from bnexp.vectorized import train_vectorized
+
+    callbacks = hydra_context.callbacks
+    orig_hydra_cfg = HydraConfig.instance().cfg
+    rets, task_cfgs, run_dirs, loggers = [], [], [], []
+    try:
+        for config in configs:
+            HydraConfig.instance().set_config(config)
+            output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                      str(OmegaConf.select(config, "hydra.sweep.subdir")))
+            with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+                config.hydra.runtime.output_dir = os.path.abspath(output_dir)
+            HydraConfig.instance().set_config(config)
+            task_cfg = copy.deepcopy(config)
+            with read_write(task_cfg), open_dict(task_cfg):
+                del task_cfg["hydra"]
+            ret = JobReturn()
+            ret.cfg, ret.hydra_cfg = task_cfg, copy.deepcopy(HydraConfig.instance().cfg)
+            ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+            ret.working_dir = os.getcwd()
+            if config.hydra.job.chdir:
+                raise ValueError("hydra/launcher=vectorized trains several jobs in one process and cannot "
+                                 "change into each job's folder; leave hydra.job.chdir false")
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            if config.hydra.output_subdir is not None:
+                hydra_output = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
+                _save_config(task_cfg, "config.yaml", hydra_output)
+                _save_config(ret.hydra_cfg, "hydra.yaml", hydra_output)
+                _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+            with env_override(ret.hydra_cfg.hydra.job.env_set):
+                callbacks.on_job_start(config=config, task_function=task_function)
+            rets.append(ret)
+            task_cfgs.append(task_cfg)
+            run_dirs.append(config.hydra.runtime.output_dir)
+            loggers.append(_job_logger(config, len(loggers)))
         try:
-            for config in configs:
-                HydraConfig.instance().set_config(config)
-                output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
-                                          str(OmegaConf.select(config, "hydra.sweep.subdir")))
-                with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-                    config.hydra.runtime.output_dir = os.path.abspath(output_dir)
-                HydraConfig.instance().set_config(config)
-                task_cfg = copy.deepcopy(config)
-                with read_write(task_cfg), open_dict(task_cfg):
-                    del task_cfg["hydra"]
-                ret = JobReturn()
-                ret.cfg, ret.hydra_cfg = task_cfg, copy.deepcopy(HydraConfig.instance().cfg)
-                ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
-                ret.working_dir = os.getcwd()
-                if config.hydra.job.chdir:
-                    raise ValueError("hydra/launcher=vectorized trains several jobs in one process and cannot "
-                                     "change into each job's folder; leave hydra.job.chdir false")
-                Path(output_dir).mkdir(parents=True, exist_ok=True)
-                if config.hydra.output_subdir is not None:
-                    hydra_output = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
-                    _save_config(task_cfg, "config.yaml", hydra_output)
-                    _save_config(ret.hydra_cfg, "hydra.yaml", hydra_output)
-                    _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
-                with env_override(ret.hydra_cfg.hydra.job.env_set):
-                    callbacks.on_job_start(config=config, task_function=self.task_function)
-                rets.append(ret)
-                task_cfgs.append(task_cfg)
-                run_dirs.append(config.hydra.runtime.output_dir)
-                loggers.append(_job_logger(config, len(loggers)))
-            try:
-                metrics = train_vectorized(task_cfgs, run_dirs, loggers)
-                for ret, m in zip(rets, metrics):
-                    ret.return_value = m["final_test_acc"] if m["final_test_acc"] is not None else 0.0
-                    ret.status = JobStatus.COMPLETED
-            except UserError as e:  # as bnexp's task: one paragraph, exit status 2
-                print(f"bnexp: {e}", file=sys.stderr)
-                sys.exit(2)
-            except Exception as e:  # every job of the program failed with it
-                for ret in rets:
-                    ret.return_value, ret.status = e, JobStatus.FAILED
+            metrics = train_vectorized(task_cfgs, run_dirs, loggers)
+            for ret, m in zip(rets, metrics):
+                ret.return_value = m["final_test_acc"] if m["final_test_acc"] is not None else 0.0
+                ret.status = JobStatus.COMPLETED
+        except UserError:
+            raise
+        except Exception as e:  # every job of the program failed with it
+            for ret in rets:
+                ret.return_value, ret.status = e, JobStatus.FAILED
+        finally:
             for logger in loggers:
                 for h in logger.handlers:
                     h.close()
                 logger.handlers.clear()
-            _flush_loggers()
-            for config, ret in zip(configs, rets):
-                HydraConfig.instance().set_config(config)
-                ret.task_name = config.hydra.job.name
-                callbacks.on_job_end(config=config, job_return=ret)
-            return rets
-        finally:
-            HydraConfig.instance().cfg = orig_hydra_cfg
+        _flush_loggers()
+        for config, ret in zip(configs, rets):
+            HydraConfig.instance().set_config(config)
+            ret.task_name = config.hydra.job.name
+            callbacks.on_job_end(config=config, job_return=ret)
+        return rets
+    finally:
+        HydraConfig.instance().cfg = orig_hydra_cfg
 
 
 def _job_logger(config: DictConfig, k: int) -> logging.Logger:
