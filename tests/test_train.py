@@ -6,7 +6,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bnexp.monitor import percentiles
-from bnexp.train import train
+from bnexp.models import build_model
+from bnexp.train import step_module, train
 
 TINY = ["optim.lr=0.5", "train.steps=40", "train.eval_every=20", "log.stats_every=10", "log.hist_every=20", "device=cpu"]
 
@@ -113,3 +114,40 @@ def test_bad_step_counts_are_a_users_mistake(make_cfg, tmp_path):
     from bnexp.config import UserError
     with pytest.raises(UserError, match="at least 1"):
         train(make_cfg(*TINY, "train.eval_every=0"), str(tmp_path))
+
+
+def same_curves(a, b, rel=1e-4, abs=1e-5):
+    """Two runs' metrics.json series equal up to float round-off (another kernel, another summation order)."""
+    sa = json.loads((a / "metrics.json").read_text())["series"]
+    sb = json.loads((b / "metrics.json").read_text())["series"]
+    assert sa.keys() == sb.keys()
+    for tag in sa:
+        assert [s for s, _ in sb[tag]] == [s for s, _ in sa[tag]], tag
+        assert [v for _, v in sb[tag]] == [pytest.approx(v, rel=rel, abs=abs) for _, v in sa[tag]], tag
+
+
+def test_channels_last_trains_the_cnn_as_the_default_layout_does(make_cfg, tmp_path):
+    cnn = [*TINY, "model=cnn", "model.channels=[4,8]", "model.width=16", "train.steps=20", "optim.lr=0.1"]
+    train(make_cfg(*cnn), str(tmp_path / "default"))
+    train(make_cfg(*cnn, "train.channels_last=true"), str(tmp_path / "channels_last"))
+    same_curves(tmp_path / "default", tmp_path / "channels_last")
+    # ... and the flag does take effect: NHWC weights, and batches made NHWC
+    cfg = make_cfg(*cnn, "train.channels_last=true")
+    model = build_model(cfg, (1, 8, 8), 10)
+    step_model, memory_format = step_module(cfg, model, (1, 8, 8))
+    assert step_model is model and memory_format == torch.channels_last
+    assert model.body.layer2.linear.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_without_images_is_a_users_mistake(make_cfg, tmp_path):
+    from bnexp.config import UserError
+    with pytest.raises(UserError, match="model=cnn and a dataset of images"):
+        train(make_cfg(*TINY, "train.channels_last=true"), str(tmp_path))
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow  # compiling costs ~30 s and needs a C++ compiler
+def test_a_compiled_run_trains_as_the_eager_one(make_cfg, tmp_path):
+    train(make_cfg(*TINY, "train.steps=20"), str(tmp_path / "eager"))
+    train(make_cfg(*TINY, "train.steps=20", "train.compile=true"), str(tmp_path / "compiled"))
+    same_curves(tmp_path / "eager", tmp_path / "compiled")

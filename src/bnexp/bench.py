@@ -549,18 +549,18 @@ def _mnist_shaped(n: int = 2048, size: int = 28, seed: int = 0):
 class Trainer:
     """The runner's training step (bnexp.train's loop without the monitor) on a composed config."""
 
-    def __init__(self, overrides: list[str], data=None, channels_last: bool = False):
+    def __init__(self, overrides: list[str], data=None):
         from bnexp.data import load_data
         from bnexp.init import initialize
         from bnexp.models import build_model
-        from bnexp.train import learning_rate, make_optimizer
+        from bnexp.train import learning_rate, make_optimizer, step_module
 
         cfg = _compose(["device=cpu", *overrides])
         data = data if data is not None else load_data(cfg.data)
         torch.manual_seed(0)
         self.model = initialize(build_model(cfg, data.input_shape, data.num_classes), cfg.init)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
+        # train.channels_last / train.compile, exactly as the runner applies them
+        self.step_model, self.memory_format = step_module(cfg, self.model, data.input_shape)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim, learning_rate(cfg))
         self.batches = data.train_batches(cfg.data.batch_size, torch.Generator().manual_seed(0))
         self.batch_size = cfg.data.batch_size
@@ -572,7 +572,7 @@ class Trainer:
     def step(self, batch=None):
         x, y = batch if batch is not None else self.next_batch()
         self.model.train()
-        loss = F.cross_entropy(self.model(x), y)
+        loss = F.cross_entropy(self.step_model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -585,7 +585,7 @@ class Trainer:
             t0 = clock()
             x, y = self.next_batch()
             t1 = clock()
-            loss = F.cross_entropy(self.model(x), y)
+            loss = F.cross_entropy(self.step_model(x), y)
             t2 = clock()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -660,8 +660,11 @@ def bench_scaling(res: Results, quick: bool) -> None:
                          for c in ([(2, 4)] if quick else [(16, 32), (32, 64), (64, 128)])},
         "cnn.norm": {n: Trainer([*cnn, f"norm={n}"], mnist) for n in ("bn", "torch_bn", "none")},
         "cnn.layout": {"contiguous": Trainer(cnn, mnist),
-                       "channels_last": Trainer(cnn, mnist, channels_last=True)},
+                       "channels_last": Trainer([*cnn, "train.channels_last=true"], mnist)},
     }
+    if not quick:  # compiling takes ~30 s per model (and a C++ compiler): not for a smoke run
+        groups["mlp.compile"] = {"eager": Trainer(mlp_data), "compiled": Trainer([*mlp_data, "train.compile=true"])}
+        groups["cnn.compile"] = {"eager": Trainer(cnn, mnist), "compiled": Trainer([*cnn, "train.compile=true"], mnist)}
     for group, trainers in groups.items():
         times = _step_times(trainers, quick)
         for name, t in times.items():
@@ -675,6 +678,8 @@ def bench_scaling(res: Results, quick: bool) -> None:
         if group == "cnn.layout":
             res.add("scaling.cnn.channels_last_speedup",
                     median_ratio(times["contiguous"], times["channels_last"]), "x")
+        if group.endswith(".compile"):
+            res.add(f"scaling.{group}_speedup", median_ratio(times["eager"], times["compiled"]), "x")
 
     # Intra-op threads (torch's default is one per core): wall time, as CPU time would also count
     # threads that spin waiting for each other.

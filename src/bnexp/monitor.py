@@ -50,12 +50,16 @@ class Monitor:
     def wants_stats(self, step: int) -> bool:
         return step % self.cfg.stats_every == 0
 
+    def observes(self, step: int) -> bool:
+        """Whether this step's forward pass is observed at the probe points (statistics or histograms)."""
+        return self.wants_stats(step) or step % self.cfg.hist_every == 0
+
     @contextmanager
     def probes(self, step: int):
         """Collects the probe points' values during the forward pass of a logging step, else nothing."""
         values = {}
         hist = step % self.cfg.hist_every == 0
-        if not (self.wants_stats(step) or hist):
+        if not self.observes(step):
             yield values
             return
         hooks = [probe.register_forward_hook(lambda m, inp, out, name=name: values.__setitem__(name, out.detach()))

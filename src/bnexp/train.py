@@ -57,6 +57,21 @@ def make_optimizer(params, cfg, lr: float) -> torch.optim.Optimizer:
     raise UserError(f"optim={cfg.name!r} is not an optimizer; choose optim=sgd, optim=momentum or optim=adam.")
 
 
+def step_module(cfg, model, input_shape) -> tuple[torch.nn.Module, torch.memory_format]:
+    """What the training steps call, per the opt-in speed flags: `model` itself, or torch.compile's
+    wrapper of it (train.compile; the same parameters), and the memory format of their batches
+    (train.channels_last, which also converts the model's convolution weights, in place)."""
+    memory_format = torch.contiguous_format
+    if cfg.train.channels_last:
+        if cfg.model.name != "cnn" or len(input_shape) != 3:
+            raise UserError(f"train.channels_last stores images channels-last for 2-D convolutions: it needs model=cnn "
+                            f"and a dataset of images (C, H, W), but this run has model={cfg.model.name} and examples "
+                            f"of shape {tuple(input_shape)}. Leave train.channels_last=false.")
+        memory_format = torch.channels_last
+        model.to(memory_format=memory_format)
+    return (torch.compile(model) if cfg.train.compile else model), memory_format
+
+
 def has_running_statistics(model) -> bool:
     return any(getattr(m, "track_running_stats", False) for m in model.modules())
 
@@ -151,6 +166,7 @@ def train(cfg, run_dir: str) -> dict:
                         f"got {cfg.measure.ics_every} and {cfg.measure.landscape_every}.")
     # Batches come from their own CPU generator: the same order on every device, for every model.
     batches = data.train_batches(batch_size, torch.Generator().manual_seed(cfg.seed))
+    fast_model, memory_format = step_module(cfg, model, data.input_shape)
     monitor = Monitor(run_dir, model, cfg.log)
     # bnexp.ics measurements on the step's batch, after backward and before the update.
     measures = [(every, fn) for every, fn in ((cfg.measure.ics_every, gradient_ics),
@@ -162,9 +178,11 @@ def train(cfg, run_dir: str) -> dict:
     step = 0
     for step in range(1, steps + 1):
         x, y = next(batches)
+        x = x.contiguous(memory_format=memory_format)
         model.train()
         with monitor.probes(step) as acts:
-            logits = model(x)
+            # Observed steps run eagerly: the probes' hooks are Python, outside any compiled graph.
+            logits = (model if monitor.observes(step) else fast_model)(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
