@@ -40,7 +40,7 @@ def test_quick_run_prints_the_table_and_writes_flat_json(tmp_path, capsys):
         assert key in figures
     assert figures["machine.torch_threads"] == 1
     expected = [
-        "norm.8x6.ratio", "norm.4x6x3x3.ratio",
+        "norm.8x6.ratio", "norm.4x6x3x3.ratio", "norm.8x6.empty_function_ratio",
         "data.batch.speedup", "data.mlp_step.speedup",
         "logging.overhead", "vectorized.mlp.k2.speedup", "scaling.steps.per_step_ms", "scaling.mlp.norm.bn_vs_torch_bn",
         "scaling.cnn.channels_last_speedup", "profile.mlp.forward_ms", "profile.cnn.our_batchnorm",

@@ -191,6 +191,29 @@ def _compose(overrides: list[str]):
 # ---- 1. our BatchNorm vs torch's --------------------------------------------------------------
 
 
+class _Identity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.dweight, ctx.dbias = weight, bias  # "gradients" of the right shapes, at no cost
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy, ctx.dweight, ctx.dbias
+
+
+class _EmptyNorm(nn.Module):
+    """The cost of being a module with γ, β and a hand-written autograd.Function, with no arithmetic at all:
+    what a Python BatchNorm pays before it computes anything (at (60, 100) most of native's whole time)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        return _Identity.apply(x, self.weight, self.bias)
+
+
 def bench_norm(res: Results, quick: bool) -> None:
     from bnexp.norm import BatchNorm
 
@@ -200,6 +223,7 @@ def bench_norm(res: Results, quick: bool) -> None:
         channels = shape[1]
         native = (nn.BatchNorm1d if len(shape) <= 3 else nn.BatchNorm2d)(channels)
         ours = BatchNorm(channels)
+        empty = _EmptyNorm(channels)
         x, dy = torch.randn(shape), torch.randn(shape)
 
         def step(bn, x=x.clone().requires_grad_()):
@@ -207,7 +231,7 @@ def bench_norm(res: Results, quick: bool) -> None:
             torch.autograd.grad(bn(x), (x, bn.weight, bn.bias), dy)
 
         times = interleaved(
-            {"torch": lambda: step(native), "ours": lambda: step(ours)},
+            {"torch": lambda: step(native), "ours": lambda: step(ours), "empty": lambda: step(empty)},
             rounds=3 if quick else 41,
             block_s=0.002 if quick else 0.02,
         )
@@ -215,6 +239,8 @@ def bench_norm(res: Results, quick: bool) -> None:
         res.add(f"{key}.torch_us", median(times["torch"]) * 1e6, "us")
         res.add(f"{key}.ours_us", median(times["ours"]) * 1e6, "us")
         res.add(f"{key}.ratio", median_ratio(times["ours"], times["torch"]), "x", at_most=1.2)
+        # The floor of any Python-level BatchNorm: a module whose autograd.Function computes nothing.
+        res.add(f"{key}.empty_function_ratio", median_ratio(times["empty"], times["torch"]), "x")
 
     if not quick and os.environ.get(_NO_TRIM_ENV[0]) is None:
         # Again in a process whose allocator keeps freed memory (glibc's MALLOC_*_THRESHOLD_):
