@@ -195,8 +195,8 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
                             module.padding, module.dilation, k * module.groups, module.bias is not None,
                             module.padding_mode)
     if type(module) in (BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d):  # per channel: K·C channels are K runs' C
-        return BatchNorm(k * module.num_features, module.eps, module.momentum, module.affine,
-                         module.track_running_stats)
+        return type(module)(k * module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats)
     if isinstance(module, nn.GroupNorm):  # per-example statistics over groups of channels
         return nn.GroupNorm(k * module.num_groups, k * module.num_channels, module.eps, module.affine)
     if isinstance(module, (nn.Flatten, nn.Identity, nn.Sigmoid, nn.ReLU, nn.Tanh, nn.MaxPool1d, nn.MaxPool2d,
