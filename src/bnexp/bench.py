@@ -1,6 +1,6 @@
 """Benchmarks: how fast bnexp is, each figure a ratio against a reference measured beside it.
 
-    python -m bnexp.bench                        # everything: a table, and bench.json (~5 min)
+    python -m bnexp.bench                        # everything: a table, and bench.json (~8 min)
     python -m bnexp.bench --out FILE.json        # the same figures, flat, plus machine info
     python -m bnexp.bench --only norm,data       # some sections: norm data logging vectorized startup scaling
     python -m bnexp.bench --quick                # a smoke run of the same code at tiny sizes
@@ -230,17 +230,19 @@ def bench_norm(res: Results, quick: bool) -> None:
             # forward + backward in training mode: gradients for the input, γ and β
             torch.autograd.grad(bn(x), (x, bn.weight, bn.bias), dy)
 
-        times = interleaved(
-            {"torch": lambda: step(native), "ours": lambda: step(ours), "empty": lambda: step(empty)},
-            rounds=3 if quick else 41,
-            block_s=0.002 if quick else 0.02,
-        )
+        candidates = {"torch": lambda: step(native), "ours": lambda: step(ours), "empty": lambda: step(empty)}
+        if not quick:  # train.compile's path: our BatchNorm through torch.compile (~10 s to compile each shape)
+            compiled = torch.compile(BatchNorm(channels))
+            candidates["compiled"] = lambda: step(compiled)
+        times = interleaved(candidates, rounds=3 if quick else 41, block_s=0.002 if quick else 0.02)
         key = f"norm.{_shape_key(shape)}"
         res.add(f"{key}.torch_us", median(times["torch"]) * 1e6, "us")
         res.add(f"{key}.ours_us", median(times["ours"]) * 1e6, "us")
         res.add(f"{key}.ratio", median_ratio(times["ours"], times["torch"]), "x", at_most=1.2)
         # The floor of any Python-level BatchNorm: a module whose autograd.Function computes nothing.
         res.add(f"{key}.empty_function_ratio", median_ratio(times["empty"], times["torch"]), "x")
+        if "compiled" in times:
+            res.add(f"{key}.compiled_ratio", median_ratio(times["compiled"], times["torch"]), "x")
 
     if not quick and os.environ.get(_NO_TRIM_ENV[0]) is None:
         # Again in a process whose allocator keeps freed memory (glibc's MALLOC_*_THRESHOLD_):

@@ -102,8 +102,8 @@ class TrainConfig:
     # (first steps dropped, or blank steps put before); models that read any length: rnn.
     # metrics.json gets final_test_acc_length_<n> for each.
     eval_lengths: list[int] = field(default_factory=list)
-    # Opt-in speed flags, measured per model by `python -m bnexp.bench --only scaling` (on a 2-core CPU,
-    # channels_last made the CNN ~1.4x faster; compile made both models slower and costs ~30 s up front).
+    # Opt-in speed flags: whether they pay off depends on the model and the machine, which
+    # `python -m bnexp.bench --only scaling` measures (README, Performance). Compiling costs ~30 s up front.
     channels_last: bool = False  # model=cnn on images: NHWC weights and batches
     compile: bool = False  # the training steps call torch.compile(model) (logging steps stay eager)
 
