@@ -93,6 +93,16 @@ def test_a_folded_network_computes_every_run_side_by_side(model, norm, make_cfg)
             assert near(_stacked(folded.get_buffer(name), 3)[k], b), name
 
 
+def test_a_folded_network_keeps_the_models_dtype(make_cfg):
+    cfg = make_cfg("model=cnn", "model.channels=[4,8]", "model.width=16")
+    models = [build_model(cfg, (1, 8, 8), 10).double() for _ in range(2)]
+    folded = fold(models)
+    assert all(t.dtype == torch.float64 for t in folded.parameters())
+    x = torch.randn(2, 5, 1, 8, 8, dtype=torch.float64)
+    ys = folded(x.transpose(0, 1).reshape(5, 2, 8, 8)).view(5, 2, 10).transpose(0, 1)
+    assert all(torch.allclose(ys[k], model(x[k])) for k, model in enumerate(models))
+
+
 def near(a, b):
     """Equal up to float32 round-off, relative to the tensor's scale (sums of many terms cancel to ~0 in
     places: BN's dβ behind a ReLU); a run mixed up with another would be off by the scale itself."""
@@ -156,6 +166,14 @@ def test_programs_run_in_parallel_worker_processes_and_record_the_same(tmp_path)
         serial = json.loads((tmp_path / "serial" / r / "metrics.json").read_text())
         parallel = json.loads((tmp_path / "parallel" / r / "metrics.json").read_text())
         assert parallel["series"] == serial["series"], r  # the same computation, one thread each: bit for bit
+
+
+def test_a_users_mistake_in_a_program_fails_its_runs_and_the_sweep_goes_on(tmp_path):
+    # norm.groups=7 does not divide the 100 units: both runs of the program fail, as each alone would
+    output = run_bnexp(tmp_path, "seed=0,1", "norm=gn", "norm.groups=7")
+    assert "bnexp: norm.groups=7 does not divide" in output and "Traceback" not in output
+    assert "2 of 2 runs failed" in output  # the end-of-sweep report still ran
+    assert not list(tmp_path.glob("*/metrics.json"))
 
 
 def test_runs_that_cannot_be_vectorized_fall_back_to_the_plain_runner(tmp_path):

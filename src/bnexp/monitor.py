@@ -36,7 +36,10 @@ def percentiles(x: torch.Tensor) -> torch.Tensor:
     round(p/100·(n − 1)), found by selection (kthvalue, linear time: a sort cost 5x more at 6000
     values, torch.quantile more still)."""
     v = x.detach().flatten()
-    return torch.stack([v.kthvalue(round(p / 100 * (v.numel() - 1)) + 1).values for p in PERCENTILES])
+    ranks = [round(p / 100 * (v.numel() - 1)) for p in PERCENTILES]
+    if v.device.type == "mps":  # MPS has kthvalue only from torch 2.9 on: sorted, the same order statistics
+        return v.sort().values[ranks]
+    return torch.stack([v.kthvalue(r + 1).values for r in ranks])
 
 
 class Monitor:

@@ -201,30 +201,32 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
         return nn.GroupNorm(k * module.num_groups, k * module.num_channels, module.eps, module.affine)
     if isinstance(module, (nn.Flatten, nn.Identity, nn.Sigmoid, nn.ReLU, nn.Tanh, nn.MaxPool1d, nn.MaxPool2d,
                            nn.AvgPool1d, nn.AvgPool2d)):
-        return copy.deepcopy(module)  # per channel and position, or (Flatten) per example: as it is
+        return module  # per channel and position, or (Flatten) per example: as it is
     raise ValueError(f"the vectorized trainer cannot fold a {type(module).__name__} layer")
 
 
 def fold(models: Sequence[nn.Module]) -> nn.Module:
     """One network that computes the K `models` (equal architectures) side by side: input (B, K·C, *) with
     run k's example in channels k·C ... (k+1)·C − 1, output likewise; the models' parameters and buffers
-    copied in. In training mode it equals the K models' training steps: nothing mixes runs."""
+    copied in, on their device and in their dtype. In training mode it equals the K models' training
+    steps: nothing mixes runs."""
     k = len(models)
 
-    def build(module):
-        children = dict(module.named_children())
-        if not children:
+    def build(module):  # on a copy of models[0]: containers keep their forward, layers are replaced
+        for name, child in module.named_children():
+            module._modules[name] = build(child)
+        if next(module.children(), None) is None:
             return _folded(module, k)
         if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
             raise ValueError(f"the vectorized trainer cannot fold a {type(module).__name__} with tensors of its own")
-        twin = copy.copy(module)  # the container (Sequential, Layer, ...): its own forward, folded children
-        twin._modules = {name: build(child) for name, child in children.items()}
-        return twin
+        return module
 
-    folded = build(models[0]).train(models[0].training)
+    like = next(models[0].parameters())
+    folded = build(copy.deepcopy(models[0])).to(device=like.device, dtype=like.dtype).train(models[0].training)
+    states = [_tensors(m) for m in models]
     with torch.no_grad():
         for name, t in _tensors(folded).items():
-            values = torch.stack([_tensors(m)[name] for m in models])
+            values = torch.stack([state[name] for state in states])
             if t.dim() == 0:  # shared by the runs (see _stacked)
                 assert bool((values == values[0]).all()), name
                 t.copy_(values[0])
@@ -409,9 +411,10 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
                         (tl, ta), (vl, va) = evaluate(run.model, data, "train"), evaluate(run.model, data, "test")
                         run.monitor.scalars(step, {"train/loss": tl, "train/acc": ta, "test/loss": vl, "test/acc": va})
                         run.log.info(f"step {step:>6}/{steps}  train loss {tl:.4f}  test acc {va:.4f}")
-        elif cfg0.log.progress_every and step % cfg0.log.progress_every == 0:
-            for run in runs:
-                run.log.info(f"step {step:>6}/{steps}")
+        if not evaluating and cfg0.log.progress_every and step % cfg0.log.progress_every == 0:
+            for k, run in enumerate(runs):  # as train.py: no progress line where an evaluation or divergence is logged
+                if not done[k]:
+                    run.log.info(f"step {step:>6}/{steps}")
         if any(done):
             keep = [k for k in range(len(runs)) if not done[k]]
             if not keep:

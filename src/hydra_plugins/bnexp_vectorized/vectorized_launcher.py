@@ -36,7 +36,7 @@ class VectorizedLauncherConf:
     _target_: str = "hydra_plugins.bnexp_vectorized.vectorized_launcher.VectorizedLauncher"
     # The most runs trained in one program (memory grows linearly with it).
     max_batch: int = 32
-    # Programs trained at once, one worker process each (one torch thread per run: the `threads` key).
+    # Programs trained at once, one worker process each (torch threads per program: the `threads` key).
     n_jobs: int = 1
 
 
@@ -81,28 +81,26 @@ class VectorizedLauncher(Launcher):
                          + (f"  (vectorized x{len(group)})" if len(group) > 1 else ""))
         programs = [[sweep_configs[i] for i in group] for group in groups]
         logging_cfg = (self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        try:
-            if self.n_jobs > 1 and len(groups) > 1:
-                try:
-                    from joblib import Parallel, delayed
-                except ImportError:
-                    raise UserError("hydra.launcher.n_jobs > 1 trains programs in parallel processes through joblib, "
-                                    "which is not installed: pip install 'bnexp[joblib]', or leave n_jobs at 1.")
-                # Largest first: the long programs start early, the short ones fill the gaps.
-                order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
-                state = Singleton.get_state()
-                done = Parallel(n_jobs=self.n_jobs, backend="loky")(
-                    delayed(_worker)(self.hydra_context, self.task_function, programs[g], state, logging_cfg)
-                    for g in order)
-                results = dict(zip(order, done))
-            else:
-                results = {}
-                for g, program in enumerate(programs):
-                    results[g] = _run_program(self.hydra_context, self.task_function, program)
-                    configure_log(*logging_cfg)
-        except UserError as e:  # as bnexp's task: one paragraph, exit status 2
-            print(f"bnexp: {e}", file=sys.stderr)
-            sys.exit(2)
+        if self.n_jobs > 1 and len(groups) > 1:
+            try:
+                from joblib import Parallel, delayed
+            except ImportError:  # a user's mistake: one paragraph, exit status 2, nothing trained
+                print("bnexp: hydra.launcher.n_jobs > 1 trains programs in parallel processes through joblib, which "
+                      "is not installed: pip install 'bnexp[joblib]', or leave hydra.launcher.n_jobs at 1.",
+                      file=sys.stderr)
+                sys.exit(2)
+            # Largest first: the long programs start early, the short ones fill the gaps.
+            order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
+            state = Singleton.get_state()
+            done = Parallel(n_jobs=self.n_jobs, backend="loky")(
+                delayed(_worker)(self.hydra_context, self.task_function, programs[g], state, logging_cfg)
+                for g in order)
+            results = dict(zip(order, done))
+        else:
+            results = {}
+            for g, program in enumerate(programs):
+                results[g] = _run_program(self.hydra_context, self.task_function, program)
+                configure_log(*logging_cfg)
         runs: List[Optional[JobReturn]] = [None] * len(sweep_configs)
         for g, group in enumerate(groups):
             for i, ret in zip(group, results[g]):
@@ -129,8 +127,7 @@ def _run_program(hydra_context: HydraContext, task_function: TaskFunction, confi
 
 
 def _run_group(hydra_context: HydraContext, task_function: TaskFunction, configs: List[DictConfig]) -> List[JobReturn]:
-    """Hydra's run_job for several jobs at once: set up every job, train them together, end every job.
-    A UserError (a setting every run of the program shares) propagates: the launcher reports it."""
+    """Hydra's run_job for several jobs at once: set up every job, train them together, end every job."""
     from bnexp.vectorized import train_vectorized
 
     callbacks = hydra_context.callbacks
@@ -171,11 +168,18 @@ def _run_group(hydra_context: HydraContext, task_function: TaskFunction, configs
             for ret, m in zip(rets, metrics):
                 ret.return_value = m["final_test_acc"] if m["final_test_acc"] is not None else 0.0
                 ret.status = JobStatus.COMPLETED
-        except UserError:
-            raise
-        except Exception as e:  # every job of the program failed with it
+        # As bnexp's task in a sweep: these runs fail (no metrics.json), the sweep and its report go on (a
+        # FAILED job would stop Hydra's sweep before the end-of-sweep report).
+        except UserError as e:  # a user's mistake: one paragraph
+            print(f"bnexp: {e}", file=sys.stderr)
             for ret in rets:
-                ret.return_value, ret.status = e, JobStatus.FAILED
+                ret.return_value, ret.status = None, JobStatus.COMPLETED
+        except Exception:
+            for logger in loggers:  # into every run's own log file, which the sweep's warning points to
+                logger.exception(f"these {len(rets)} runs, trained together, failed; the sweep goes on and its report "
+                                 f"counts them as failed")
+            for ret in rets:
+                ret.return_value, ret.status = None, JobStatus.COMPLETED
         finally:
             for logger in loggers:
                 for h in logger.handlers:
