@@ -114,6 +114,13 @@ def evaluate(model, data: InMemoryData, split: str, batch_size: int = 1000,
     return float(loss) / n, int(correct) / n
 
 
+def record_evaluation(model, data: InMemoryData, monitor: Monitor, step: int, steps: int, logger: logging.Logger):
+    """The full train and test splits evaluated at this step: into the run's curves and its log."""
+    (train_loss, train_acc), (test_loss, test_acc) = evaluate(model, data, "train"), evaluate(model, data, "test")
+    monitor.scalars(step, {"train/loss": train_loss, "train/acc": train_acc, "test/loss": test_loss, "test/acc": test_acc})
+    logger.info(f"step {step:>6}/{steps}  train loss {train_loss:.4f}  test acc {test_acc:.4f}")
+
+
 def flat_config(cfg) -> dict:
     """The run's resolved settings as flat `group.key: value` pairs (metrics.json, HParams)."""
     out = {}
@@ -198,10 +205,7 @@ def train(cfg, run_dir: str) -> dict:
             diverged_step = int(first_bad)
             log.info(f"diverged: the loss became non-finite at step {diverged_step}; stopping this run")
         if evaluating or diverged_step:
-            (train_loss, train_acc), (test_loss, test_acc) = evaluate(model, data, "train"), evaluate(model, data, "test")
-            monitor.scalars(step, {"train/loss": train_loss, "train/acc": train_acc,
-                                   "test/loss": test_loss, "test/acc": test_acc})
-            log.info(f"step {step:>6}/{steps}  train loss {train_loss:.4f}  test acc {test_acc:.4f}")
+            record_evaluation(model, data, monitor, step, steps, log)
         elif cfg.log.progress_every and step % cfg.log.progress_every == 0:
             log.info(f"step {step:>6}/{steps}")
         if diverged_step:

@@ -48,7 +48,7 @@ from bnexp.init import initialize
 from bnexp.models import build_model
 from bnexp.monitor import Monitor
 from bnexp.norm import BatchNorm
-from bnexp.train import evaluate, finish as finish_run, learning_rate, resolve_device
+from bnexp.train import finish as finish_run, learning_rate, record_evaluation, resolve_device
 
 log = logging.getLogger("bnexp")
 
@@ -321,13 +321,9 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         """Evaluate run k, write its metrics.json and close its events: train.py's epilogue."""
         run = runs[k]
         load_into(k)
-        model, monitor = run.model, run.monitor
-        (train_loss, train_acc), (test_loss, test_acc) = evaluate(model, data, "train"), evaluate(model, data, "test")
-        monitor.scalars(step, {"train/loss": train_loss, "train/acc": train_acc,
-                               "test/loss": test_loss, "test/acc": test_acc})
-        run.log.info(f"step {step:>6}/{steps}  train loss {train_loss:.4f}  test acc {test_acc:.4f}")
+        record_evaluation(run.model, data, run.monitor, step, steps, run.log)
         # The program's wall time so far: the K runs were trained together.
-        run.metrics = finish_run(run.cfg, run.run_dir, model, data, monitor, step, steps, diverged_step, start)
+        run.metrics = finish_run(run.cfg, run.run_dir, run.model, data, run.monitor, step, steps, diverged_step, start)
 
     all_runs = list(runs)
     for step in range(1, steps + 1):
@@ -408,9 +404,7 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
                         done[k] = True
                     else:
                         load_into(k)
-                        (tl, ta), (vl, va) = evaluate(run.model, data, "train"), evaluate(run.model, data, "test")
-                        run.monitor.scalars(step, {"train/loss": tl, "train/acc": ta, "test/loss": vl, "test/acc": va})
-                        run.log.info(f"step {step:>6}/{steps}  train loss {tl:.4f}  test acc {va:.4f}")
+                        record_evaluation(run.model, data, run.monitor, step, steps, run.log)
         if not evaluating and cfg0.log.progress_every and step % cfg0.log.progress_every == 0:
             for k, run in enumerate(runs):  # as train.py: no progress line where an evaluation or divergence is logged
                 if not done[k]:
