@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from bnexp import bench
 
@@ -67,4 +68,12 @@ def test_unknown_sections_are_refused(capsys):
     with pytest.raises(SystemExit) as error:
         bench.main(["--only", "norm,speed"])
     assert error.value.code == 2
-    assert "unknown section(s) speed" in capsys.readouterr().err
+    assert "section(s) speed unknown" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_a_gpu_device_without_a_gpu_is_refused(capsys):
+    with pytest.raises(SystemExit) as error:
+        bench.main(["--device", "cuda", "--quick"])
+    assert error.value.code == 2
+    assert "--device cuda: no such GPU here" in capsys.readouterr().err

@@ -4,6 +4,7 @@
     python -m bnexp.bench --out FILE.json        # the same figures, flat, plus machine info
     python -m bnexp.bench --only norm,data       # some sections: norm data logging vectorized startup scaling
     python -m bnexp.bench --quick                # a smoke run of the same code at tiny sizes
+    python -m bnexp.bench --device cuda          # the norm and vectorized sections on a GPU (wall time)
 
 How it measures, so that a busy machine (other jobs on the same cores) distorts little:
   * one intra-op thread (torch.set_num_threads(1)) unless a figure says otherwise;
@@ -48,6 +49,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 SECTIONS = ("norm", "data", "logging", "vectorized", "startup", "scaling")
+DEVICE_SECTIONS = ("norm", "vectorized")  # the ones that run on a GPU (--device cuda); the rest measure CPU work
 # glibc: never give freed memory back to the system, never serve big blocks by mmap
 _NO_TRIM_ENV = ("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
 _NO_MMAP_ENV = ("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
@@ -112,28 +114,40 @@ def machine_info() -> dict:
 # ---- measuring -----------------------------------------------------------------------------------
 
 
+def timers(device: torch.device) -> tuple[Callable[[], float], Callable[[], object]]:
+    """(clock, sync) for work on `device`: the measuring thread's CPU time on the CPU; on a GPU, whose
+    work runs asynchronously, wall time after waiting for the queued work."""
+    if device.type == "cuda":
+        return time.perf_counter, lambda: torch.cuda.synchronize(device)
+    return time.thread_time, lambda: None
+
+
 def interleaved(
     candidates: dict[str, Callable[[], object]],
     rounds: int,
     block_s: float,
     clock: Callable[[], float] = time.thread_time,
     before_block: Optional[dict[str, Callable[[], object]]] = None,
+    sync: Callable[[], object] = lambda: None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each candidate, one value per round.
 
     Every round runs a block of calls of each candidate; the order flips every round. The number
     of calls per block is calibrated per candidate so that a block lasts about block_s.
     before_block[name], if given, runs (untimed) before each of that candidate's blocks.
+    sync waits for queued work (a GPU's) before each clock reading.
     """
     before_block = before_block or {}
     calls = {}
     for name, f in candidates.items():
         before_block.get(name, lambda: None)()
         f(), f()  # warm up: first-call costs (lazy imports, allocator) are not what we measure
+        sync()
         n, t0 = 0, time.perf_counter()
         while n < 3 or time.perf_counter() - t0 < block_s / 4:
             f()
             n += 1
+        sync()
         per_call = (time.perf_counter() - t0) / n
         calls[name] = max(1, round(block_s / per_call))
     times = {name: [] for name in candidates}
@@ -143,9 +157,11 @@ def interleaved(
             f, n = candidates[name], calls[name]
             before_block.get(name, lambda: None)()
             f()  # one untimed call after the setup: its first-call costs are not measured
+            sync()
             t0 = clock()
             for _ in range(n):
                 f()
+            sync()
             times[name].append((clock() - t0) / n)
     return times
 
@@ -214,17 +230,18 @@ class _EmptyNorm(nn.Module):
         return _Identity.apply(x, self.weight, self.bias)
 
 
-def bench_norm(res: Results, quick: bool) -> None:
+def bench_norm(res: Results, quick: bool, device: torch.device = torch.device("cpu")) -> None:
     from bnexp.norm import BatchNorm
 
+    clock, sync = timers(device)
     shapes = QUICK_NORM_SHAPES if quick else NORM_SHAPES
     for shape in shapes:
         torch.manual_seed(0)
         channels = shape[1]
-        native = (nn.BatchNorm1d if len(shape) <= 3 else nn.BatchNorm2d)(channels)
-        ours = BatchNorm(channels)
-        empty = _EmptyNorm(channels)
-        x, dy = torch.randn(shape), torch.randn(shape)
+        native = (nn.BatchNorm1d if len(shape) <= 3 else nn.BatchNorm2d)(channels).to(device)
+        ours = BatchNorm(channels).to(device)
+        empty = _EmptyNorm(channels).to(device)
+        x, dy = torch.randn(shape, device=device), torch.randn(shape, device=device)
 
         def step(bn, x=x.clone().requires_grad_()):
             # forward + backward in training mode: gradients for the input, γ and β
@@ -232,9 +249,10 @@ def bench_norm(res: Results, quick: bool) -> None:
 
         candidates = {"torch": lambda: step(native), "ours": lambda: step(ours), "empty": lambda: step(empty)}
         if not quick:  # train.compile's path: our BatchNorm through torch.compile (~10 s to compile each shape)
-            compiled = torch.compile(BatchNorm(channels))
+            compiled = torch.compile(BatchNorm(channels).to(device))
             candidates["compiled"] = lambda: step(compiled)
-        times = interleaved(candidates, rounds=3 if quick else 41, block_s=0.002 if quick else 0.02)
+        times = interleaved(candidates, rounds=3 if quick else 41, block_s=0.002 if quick else 0.02, clock=clock,
+                            sync=sync)
         key = f"norm.{_shape_key(shape)}"
         res.add(f"{key}.torch_us", median(times["torch"]) * 1e6, "us")
         res.add(f"{key}.ours_us", median(times["ours"]) * 1e6, "us")
@@ -244,7 +262,7 @@ def bench_norm(res: Results, quick: bool) -> None:
         if "compiled" in times:
             res.add(f"{key}.compiled_ratio", median_ratio(times["compiled"], times["torch"]), "x")
 
-    if not quick and os.environ.get(_NO_TRIM_ENV[0]) is None:
+    if not quick and device.type == "cpu" and os.environ.get(_NO_TRIM_ENV[0]) is None:
         # Again in a process whose allocator keeps freed memory (glibc's MALLOC_*_THRESHOLD_):
         # at the MB shapes a fresh tensor can cost more in page faults (the allocator handing
         # memory back and faulting it in again) than its arithmetic, and how often that happens
@@ -398,17 +416,20 @@ def bench_logging(res: Results, quick: bool) -> None:
 # ---- 4. vectorized sweeps -------------------------------------------------------------------------
 
 
-def bench_vectorized(res: Results, quick: bool) -> None:
+def bench_vectorized(res: Results, quick: bool, device: torch.device = torch.device("cpu")) -> None:
     """K runs (seeds 0 … K−1) trained by train_vectorized vs one after another by train.train: whole runs
     of the default config (BN-MLP on digits), logging and evaluation included, 200 steps each; and the
-    default CNN at K = 8, 60 steps each. CPU time (process_time: the TensorBoard writers' threads count)."""
+    default CNN at K = 8, 60 steps each. CPU time (process_time: the TensorBoard writers' threads count);
+    wall time on a GPU, where tiny models are launch-bound and larger K pays more."""
     from bnexp.train import train
     from bnexp.vectorized import train_vectorized
 
+    clock = time.process_time if device.type == "cpu" else time.perf_counter  # runs end in a sync anyway
+    ks = (8, 16, 32) if device.type == "cpu" else (8, 32, 128)
     cases = ([("mlp", 2, ["data=synthetic", "train.steps=5"])] if quick else
-             [("mlp", k, ["train.steps=200"]) for k in (8, 16, 32)] + [("cnn", 8, ["model=cnn", "train.steps=60"])])
+             [("mlp", k, ["train.steps=200"]) for k in ks] + [("cnn", 8, ["model=cnn", "train.steps=60"])])
     for model, k, overrides in cases:
-        cfgs = [_compose(["device=cpu", *overrides, f"seed={s}"]) for s in range(k)]
+        cfgs = [_compose([f"device={device.type}", *overrides, f"seed={s}"]) for s in range(k)]
         times = {"sequential": [], "vectorized": []}
         with tempfile.TemporaryDirectory(prefix="bnexp-bench-vec-") as tmp:
             def sequential(r):
@@ -421,9 +442,9 @@ def bench_vectorized(res: Results, quick: bool) -> None:
             for r in range(1 if quick else 3):
                 for name, fn in ((("sequential", sequential), ("vectorized", vectorized)) if r % 2 == 0 else
                                  (("vectorized", vectorized), ("sequential", sequential))):
-                    t = time.process_time()
+                    t = clock()
                     fn(r)
-                    times[name].append(time.process_time() - t)
+                    times[name].append(clock() - t)
         key = f"vectorized.{model}.k{k}"
         res.add(f"{key}.sequential_s", median(times["sequential"]), "s")
         res.add(f"{key}.vectorized_s", median(times["vectorized"]), "s")
@@ -751,14 +772,20 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def run(sections=SECTIONS, quick: bool = False, echo: Callable[[str], None] = print) -> dict:
-    """Run the benchmark sections; return the flat mapping (machine info first)."""
+def run(sections=SECTIONS, quick: bool = False, echo: Callable[[str], None] = print, device: str = "cpu") -> dict:
+    """Run the benchmark sections; return the flat mapping (machine info first). With a GPU `device`, only
+    the DEVICE_SECTIONS, on it."""
     torch.set_num_threads(1)
+    device = torch.device(device)
     out = machine_info()
-    res = Results(judge=not quick)
+    out["machine.bench_device"] = str(device)
+    if device.type == "cuda":
+        out["machine.gpu"] = torch.cuda.get_device_name(device)
+        out["machine.timer"] = "wall clock, after waiting for the GPU's queued work"
+    res = Results(judge=not quick and device.type == "cpu")  # the targets are this project's CPU figures
     for name in sections:
         start, first = time.perf_counter(), len(res.rows)
-        BENCHES[name](res, quick)
+        BENCHES[name](res, quick, **({"device": device} if name in DEVICE_SECTIONS else {}))
         echo(f"\n[{name}] ({time.perf_counter() - start:.0f} s)\n{format_table(res.rows[first:])}")
     if hasattr(os, "getloadavg"):
         out["machine.loadavg_1min_end"] = round(os.getloadavg()[0], 2)
@@ -772,15 +799,22 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="bnexp-bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON figures")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections (default: all of {','.join(SECTIONS)})")
+    parser.add_argument("--only", help=f"comma-separated sections (default: all of {','.join(SECTIONS)}; "
+                                       f"with a GPU --device: {','.join(DEVICE_SECTIONS)})")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N) for the sections that run on a GPU")
     args = parser.parse_args(argv)
-    sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [s for s in sections if s not in BENCHES]
+    gpu = args.device != "cpu"
+    if gpu and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        parser.error(f"--device {args.device}: no such GPU here (torch.cuda.is_available() is "
+                     f"{torch.cuda.is_available()}); use --device cpu, or cuda on a machine with an NVIDIA GPU")
+    allowed = DEVICE_SECTIONS if gpu else SECTIONS
+    sections = [s.strip() for s in (args.only or ",".join(allowed)).split(",") if s.strip()]
+    unknown = [s for s in sections if s not in allowed]
     if unknown:
-        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        parser.error(f"section(s) {', '.join(unknown)} unknown{' or CPU-only' if gpu else ''}; "
+                     f"choose from {', '.join(allowed)}")
     command = "python -m bnexp.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    figures = {"command": command.strip(), **run(sections, quick=args.quick)}
+    figures = {"command": command.strip(), **run(sections, quick=args.quick, device=args.device)}
     with open(args.out, "w") as f:
         json.dump(figures, f, indent=1)
     print(f"\nfigures written to {args.out}")
