@@ -1,6 +1,6 @@
 """`bnexp-reproduce`: run every claim's sweep and write one REPORT.md with all the verdicts.
 
-    bnexp-reproduce                          # quick profile: offline data, ~15 min on 2 CPU cores
+    bnexp-reproduce                          # quick profile: offline data, ~8 min on 2 CPU cores
     bnexp-reproduce --profile paper          # the papers' setups (MNIST, CIFAR-10): for a GPU
     bnexp-reproduce --claims lr_tolerance,batch_size --out my_results
     bnexp-reproduce --update-experiments     # also refresh experiments/<claim>/README.md
