@@ -42,6 +42,19 @@ def percentiles(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([v.kthvalue(r + 1).values for r in ranks])
 
 
+@contextmanager
+def captured(model: Network):
+    """Within: the output of each of `model`'s probe points in the forward pass, detached, by probe name."""
+    values = {}
+    hooks = [probe.register_forward_hook(lambda m, inp, out, name=name: values.__setitem__(name, out.detach()))
+             for name, probe in model.probes().items()]
+    try:
+        yield values
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 class Monitor:
     def __init__(self, run_dir: str, model: Network, cfg):
         self.writer = SummaryWriter(run_dir)
@@ -60,19 +73,16 @@ class Monitor:
     @contextmanager
     def probes(self, step: int):
         """Collects the probe points' values during the forward pass of a logging step, else nothing."""
-        values = {}
-        hist = step % self.cfg.hist_every == 0
         if not self.observes(step):
-            yield values
+            yield {}
             return
-        hooks = [probe.register_forward_hook(lambda m, inp, out, name=name: values.__setitem__(name, out.detach()))
-                 for name, probe in self.model.probes().items()]
-        try:
+        with captured(self.model) as values:
             yield values
-        finally:
-            for h in hooks:
-                h.remove()
-        if hist:
+        self.histograms(step, values)
+
+    def histograms(self, step: int, values: dict):
+        """The probe points' values (as `probes` collects them) as histograms, on histogram steps."""
+        if step % self.cfg.hist_every == 0:
             for name, v in values.items():
                 self.writer.add_histogram(f"act/{name}", v.float().cpu(), step)
 

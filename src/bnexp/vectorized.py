@@ -14,10 +14,12 @@ Each run still gets exactly what `bnexp.train.train` would have given it:
   * the same initial weights: its model is built and initialized as train.py does (seeded twice);
   * the same batches: its own CPU generator, one permutation per epoch, last partial batch dropped
     (all K permutations are gathered with a single index op);
-  * its own run folder, written by its own `bnexp.monitor.Monitor` with the same tags and steps:
-    on logging steps the run's parameters are copied into its own (eager) model, which runs the same
-    batch under `Monitor.probes` and hands its gradients to `Monitor.batch`; evaluations use
-    `bnexp.train.evaluate` on that model; metrics.json has the same keys;
+  * the same dropout masks: its own generator, in the state train.py's global RNG has after the run's
+    initialization, draws its masks as torch's CPU dropout does (`_GroupedDropout`);
+  * its own run folder, written by its own `bnexp.monitor.Monitor` with the same tags and steps: on
+    logging steps it gets the run's slice of the folded probe values and the run's gradients (on the
+    run's own eager model, which also serves the evaluations: parameters are copied into it first);
+    metrics.json has the same keys;
   * its own divergence: a run whose loss became non-finite is finished (recorded as diverged) at the
     next check, exactly where train.py would stop, and dropped from the stack; the others go on.
 
@@ -26,15 +28,18 @@ the eager ones): see tests/test_vectorized.py for the tolerance achieved.
 
 Throughput: `python -m bnexp.bench --only vectorized` (the README's Performance section has the figures).
 
-What can be vectorized (`unsupported_reason`): the MLP and the CNN; optim sgd or momentum; model.dropout = 0
-(one dropout mask for the folded batch cannot reproduce each run's own global-RNG stream, so such runs fall
-back to train.py); the deterministic norms (bn, torch_bn, none, ln, gn; not noisy_bn, which draws noise).
+What can be vectorized (`unsupported_reason`): the MLP and the CNN; optim sgd or momentum; dropout on the
+CPU (a GPU's fused dropout kernel draws its masks in a way one program cannot follow per run), one
+dropout rate per program (model.dropout changes the network: a sweep over it makes one program per rate); the
+deterministic norms (bn, torch_bn, none, ln, gn; not noisy_bn, whose noise is drawn per layer from the
+global RNG).
 """
 from __future__ import annotations
 
 import copy
 import logging
 import time
+from contextlib import nullcontext
 from typing import Optional, Sequence
 
 import torch
@@ -46,7 +51,7 @@ from bnexp.config import UserError
 from bnexp.data import load_data
 from bnexp.init import initialize
 from bnexp.models import build_model
-from bnexp.monitor import Monitor
+from bnexp.monitor import Monitor, captured
 from bnexp.norm import BatchNorm
 from bnexp.train import finish as finish_run, learning_rate, record_evaluation, resolve_device
 
@@ -102,8 +107,8 @@ def unsupported_reason(cfg) -> Optional[str]:
     """Why this run cannot be part of a vectorized program (None: it can)."""
     if cfg.optim.name not in SUPPORTED_OPTIMIZERS:
         return f"optim={cfg.optim.name} (only {'/'.join(SUPPORTED_OPTIMIZERS)} are vectorized)"
-    if cfg.model.dropout > 0:
-        return "model.dropout > 0 (one dropout mask for the folded batch cannot follow each run's own RNG stream)"
+    if cfg.model.dropout > 0 and _device_type(cfg) != "cpu":
+        return "model.dropout > 0 off the CPU (dropout there draws its masks as no program can split per run)"
     if cfg.norm.name not in SUPPORTED_NORMS:
         return f"norm={cfg.norm.name} (only {'/'.join(SUPPORTED_NORMS)} are vectorized)"
     if cfg.model.name not in SUPPORTED_MODELS:
@@ -113,6 +118,14 @@ def unsupported_reason(cfg) -> Optional[str]:
         if key not in IMPLEMENTED_KEYS and not key.startswith("data.") and value != defaults.get(key, value + "?"):
             return f"{key}={value} (a setting the vectorized trainer does not implement)"
     return None
+
+
+def _device_type(cfg) -> str:
+    """The type of device the run would train on; an unavailable one as named (train.py then reports it)."""
+    try:
+        return resolve_device(cfg.device).type
+    except UserError:
+        return str(getattr(cfg.device, "value", cfg.device))
 
 
 def _schema_defaults() -> dict:
@@ -184,6 +197,24 @@ class _GroupedLinear(nn.Module):
         return y.transpose(0, 1).reshape(b, k * o)
 
 
+class _GroupedDropout(nn.Module):
+    """K runs' nn.Dropout(p) side by side: run k's mask from its own generator, drawn exactly as torch's CPU
+    dropout draws it from the global one (a Bernoulli(1 − p) tensor shaped like the input, divided by 1 − p,
+    multiplied in), so each run sees the masks it would see trained alone. `generators` is set by the trainer."""
+
+    def __init__(self, k: int, p: float):
+        super().__init__()
+        self.k, self.p = k, p
+        self.generators: list[torch.Generator] = []
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        shape = (x.shape[0], x.shape[1] // self.k, *x.shape[2:])  # one run's part
+        masks = [x.new_empty(shape).bernoulli_(1 - self.p, generator=g).div_(1 - self.p) for g in self.generators]
+        return x * torch.cat(masks, 1)
+
+
 def _folded(module: nn.Module, k: int) -> nn.Module:
     """Module's counterpart for K runs at once, on folded tensors (B, K·C, *): K copies side by side along
     the channel dim, run k's channels at k·C ... (k+1)·C − 1. Every parameter and buffer of the result is
@@ -197,6 +228,8 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
     if type(module) in (BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d):  # per channel: K·C channels are K runs' C
         return type(module)(k * module.num_features, module.eps, module.momentum, module.affine,
                             module.track_running_stats)
+    if isinstance(module, nn.Dropout):
+        return _GroupedDropout(k, module.p)
     if isinstance(module, nn.GroupNorm):  # per-example statistics over groups of channels
         return nn.GroupNorm(k * module.num_groups, k * module.num_channels, module.eps, module.affine)
     if isinstance(module, (nn.Flatten, nn.Identity, nn.Sigmoid, nn.ReLU, nn.Tanh, nn.MaxPool1d, nn.MaxPool2d,
@@ -272,12 +305,14 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
     loggers = loggers or [log] * len(cfgs)
     device = resolve_device(cfg0.device)
     data = load_data(cfg0.data, device)  # the same for every run (the data config is shared)
-    runs = []
+    runs, dropout_rngs = [], []
     for cfg, run_dir, logger in zip(cfgs, run_dirs, loggers):
         torch.manual_seed(cfg.seed)  # as train.py: seeded, built, seeded again, initialized
         model = build_model(cfg, data.input_shape, data.num_classes)
         torch.manual_seed(cfg.seed)
         runs.append(_Run(cfg, run_dir, initialize(model, cfg.init).to(device), logger))
+        # train.py's dropout masks come from the global RNG as the initialization left it
+        dropout_rngs.append(torch.Generator().set_state(torch.get_rng_state()))
     batch_size = cfg0.data.batch_size
     per_epoch = data.steps_per_epoch(batch_size)  # checks the batch size, as train_batches does
     steps = cfg0.train.steps if cfg0.train.epochs is None else cfg0.train.epochs * per_epoch
@@ -295,6 +330,9 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         """The active runs (their eager models' current state) folded into one network, and their per-run SGD
         settings as floats or (K, 1) factors against parameters viewed (K, -1)."""
         folded = fold([r.model for r in runs]).train()
+        for m in folded.modules():
+            if isinstance(m, _GroupedDropout):
+                m.generators = dropout_rngs
         like = next(folded.parameters())
         lr = _per_run([-r.lr for r in runs], like)
         wd = _per_run([r.cfg.optim.weight_decay for r in runs], like)
@@ -336,26 +374,25 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         # All K runs' steps as one: run k's batch in channels k·C ... (k+1)·C − 1 of one folded batch. The
         # sum of the runs' losses has each run's own loss gradient w.r.t. that run's parameters.
         folded_x = x.transpose(0, 1).reshape(batch_size, K * channels, *data.input_shape[1:])
-        logits = folded(folded_x).view(batch_size, K, -1).transpose(0, 1)  # (K, B, classes)
+        stats, hist = step % stats_every == 0, step % hist_every == 0
+        with captured(folded) if stats or hist else nullcontext({}) as folded_acts:
+            logits = folded(folded_x).view(batch_size, K, -1).transpose(0, 1)  # (K, B, classes)
         loss = F.cross_entropy(logits.reshape(K * batch_size, -1), y.reshape(-1), reduction="none")
         loss = loss.view(K, batch_size).mean(1)
         grads = dict(zip(params, torch.autograd.grad(loss.sum(), list(params.values()))))
         loss, logits = loss.detach(), logits.detach()
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
 
-        stats, hist = step % stats_every == 0, step % hist_every == 0
         if stats or hist:
             # Each run's own Monitor sees exactly what train.py hands it: the probe values of this
-            # batch's forward, its gradients, and the running sums of loss and accuracy so far.
-            # (Parameters and buffers are those before this step's update, as in train.py.)
+            # batch's forward (run k's channels of the folded ones), its gradients (on its eager model,
+            # for the per-layer norms), and the running sums of loss and accuracy so far.
             for k, run in enumerate(runs):
-                load_into(k)
                 model, monitor = run.model, run.monitor
                 for name, t in model.named_parameters():
                     t.grad = _stacked(grads[name], K)[k]
-                model.train()
-                with torch.no_grad(), monitor.probes(step) as acts:
-                    model(x[k])
+                acts = {name: v.unflatten(1, (K, -1))[:, k] for name, v in folded_acts.items()}
+                monitor.histograms(step, acts)
                 monitor.loss_sum, monitor.correct, monitor.seen, monitor.batches = loss_sum[k], correct[k], seen, batches
                 monitor.batch(step, loss[k], logits[k], y[k], run.lr, acts)
                 loss_sum[k], correct[k] = monitor.loss_sum, monitor.correct
@@ -418,6 +455,7 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
             index = torch.tensor(keep, device=device)
             runs = [runs[k] for k in keep]
             generators = [generators[k] for k in keep]
+            dropout_rngs = [dropout_rngs[k] for k in keep]
             folded, params, neg_lr, wd, mom = stack_runs()
             K = len(runs)
             if momentum_bufs is not None:
