@@ -600,14 +600,11 @@ class Trainer:
 
     def __init__(self, overrides: list[str], data=None):
         from bnexp.data import load_data
-        from bnexp.init import initialize
-        from bnexp.models import build_model
-        from bnexp.train import learning_rate, make_optimizer, step_module
+        from bnexp.train import initialized_model, learning_rate, make_optimizer, step_module
 
         cfg = _compose(["device=cpu", *overrides])
         data = data if data is not None else load_data(cfg.data)
-        torch.manual_seed(0)
-        self.model = initialize(build_model(cfg, data.input_shape, data.num_classes), cfg.init)
+        self.model = initialized_model(cfg, data, torch.device("cpu"))
         # train.channels_last / train.compile, exactly as the runner applies them
         self.step_model, self.memory_format = step_module(cfg, self.model, data.input_shape)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim, learning_rate(cfg))

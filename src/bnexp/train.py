@@ -143,27 +143,38 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def initialized_model(cfg, data: InMemoryData, device: torch.device):
+    """The run's network, built and initialized from its seed."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.input_shape, data.num_classes)
+    # Seeded again so an explicit init draws the same weights whatever else the model holds: networks
+    # with and without the (redundant) bias before BN then start, and train, identically.
+    torch.manual_seed(cfg.seed)
+    return initialize(model, cfg.init).to(device)
+
+
+def planned_steps(cfg, data: InMemoryData) -> int:
+    """The run's optimizer steps (train.steps, or train.epochs passes over the data), its intervals checked."""
+    steps = cfg.train.steps if cfg.train.epochs is None else cfg.train.epochs * data.steps_per_epoch(cfg.data.batch_size)
+    if steps < 1 or cfg.train.eval_every < 1 or cfg.log.stats_every < 1 or cfg.log.hist_every < 1:
+        raise UserError(f"train.steps (or train.epochs), train.eval_every, log.stats_every and log.hist_every must "
+                        f"be at least 1; got {steps} steps, eval_every={cfg.train.eval_every}, "
+                        f"stats_every={cfg.log.stats_every}, hist_every={cfg.log.hist_every}.")
+    return steps
+
+
 def train(cfg, run_dir: str) -> dict:
     """Train the run described by `cfg` (a composed Config), recording into `run_dir`; return its metrics."""
     start = time.perf_counter()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
-    model = build_model(cfg, data.input_shape, data.num_classes)
-    # Seeded again so an explicit init draws the same weights whatever else the model holds: networks
-    # with and without the (redundant) bias before BN then start, and train, identically.
-    torch.manual_seed(cfg.seed)
-    model = initialize(model, cfg.init).to(device)
+    model = initialized_model(cfg, data, device)
     lr = learning_rate(cfg)
     optimizer = make_optimizer(model.parameters(), cfg.optim, lr)
     batch_size = cfg.data.batch_size
-    steps = cfg.train.steps if cfg.train.epochs is None else cfg.train.epochs * data.steps_per_epoch(batch_size)
-    if steps < 1 or cfg.train.eval_every < 1 or cfg.log.stats_every < 1 or cfg.log.hist_every < 1:
-        raise UserError(f"train.steps (or train.epochs), train.eval_every, log.stats_every and log.hist_every must "
-                        f"be at least 1; got {steps} steps, eval_every={cfg.train.eval_every}, "
-                        f"stats_every={cfg.log.stats_every}, hist_every={cfg.log.hist_every}.")
+    steps = planned_steps(cfg, data)
     lengths = list(cfg.train.eval_lengths)
     if lengths and not (getattr(model, "reads_any_length", False) and min(lengths) > 0):
         raise UserError(f"train.eval_lengths={lengths} tests on sequences of other lengths, which needs a model "

@@ -49,11 +49,10 @@ from torch import nn
 
 from bnexp.config import UserError
 from bnexp.data import load_data
-from bnexp.init import initialize
-from bnexp.models import build_model
 from bnexp.monitor import Monitor, captured
 from bnexp.norm import BatchNorm
-from bnexp.train import finish as finish_run, learning_rate, record_evaluation, resolve_device
+from bnexp.train import (finish as finish_run, initialized_model, learning_rate, planned_steps, record_evaluation,
+                         resolve_device)
 
 log = logging.getLogger("bnexp")
 
@@ -307,19 +306,12 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
     data = load_data(cfg0.data, device)  # the same for every run (the data config is shared)
     runs, dropout_rngs = [], []
     for cfg, run_dir, logger in zip(cfgs, run_dirs, loggers):
-        torch.manual_seed(cfg.seed)  # as train.py: seeded, built, seeded again, initialized
-        model = build_model(cfg, data.input_shape, data.num_classes)
-        torch.manual_seed(cfg.seed)
-        runs.append(_Run(cfg, run_dir, initialize(model, cfg.init).to(device), logger))
+        runs.append(_Run(cfg, run_dir, initialized_model(cfg, data, device), logger))
         # train.py's dropout masks come from the global RNG as the initialization left it
         dropout_rngs.append(torch.Generator().set_state(torch.get_rng_state()))
     batch_size = cfg0.data.batch_size
     per_epoch = data.steps_per_epoch(batch_size)  # checks the batch size, as train_batches does
-    steps = cfg0.train.steps if cfg0.train.epochs is None else cfg0.train.epochs * per_epoch
-    if steps < 1 or cfg0.train.eval_every < 1 or cfg0.log.stats_every < 1 or cfg0.log.hist_every < 1:
-        raise UserError(f"train.steps (or train.epochs), train.eval_every, log.stats_every and log.hist_every must "
-                        f"be at least 1; got {steps} steps, eval_every={cfg0.train.eval_every}, "
-                        f"stats_every={cfg0.log.stats_every}, hist_every={cfg0.log.hist_every}.")
+    steps = planned_steps(cfg0, data)
     eval_every, stats_every, hist_every = cfg0.train.eval_every, cfg0.log.stats_every, cfg0.log.hist_every
 
     momentum = cfg0.optim.name == "momentum"
