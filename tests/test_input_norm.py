@@ -74,15 +74,11 @@ def test_the_analysis_rebuilds_each_runs_starting_point_exactly_as_training_does
     metrics = train(cfg, str(tmp_path))
     run = Run(tmp_path, metrics_config(cfg), json.loads((tmp_path / "metrics.json").read_text()))
     from bnexp.data import load_data
-    from bnexp.init import initialize
-    from bnexp.models import build_model
+    from bnexp.train import initialized_model
 
-    rebuilt = claim.nested_config(run.config)
+    rebuilt = claim.nested_config(run.config)  # as the analysis's curvature measurement rebuilds it
     data = load_data(rebuilt.data)
-    torch.manual_seed(3)
-    model = build_model(rebuilt, data.input_shape, data.num_classes)
-    torch.manual_seed(3)
-    model = initialize(model, rebuilt.init)
+    model = initialized_model(rebuilt, data, torch.device("cpu"))
     start = F.cross_entropy(model(data.prepare(data.train_x)), data.train_y).item()
     assert start == pytest.approx(claim.losses(run)[0], rel=1e-6)  # the run's loss before its first update
     assert metrics["steps"] == 2 and len(claim.losses(run)) == 3

@@ -5,7 +5,8 @@ import math
 import numpy as np
 
 from bnexp.claims import Claim, Finding, group, mean_std, verdict
-from bnexp.claims.ics import COLORS, LABELS, band, curve, drift, fmt, hidden_layers, jitter, percentile_panel
+from bnexp.claims.ics import (COLORS, LABELS, band, curve, drift, first_run, fmt, hidden_layers, jitter,
+                              percentile_panel)
 from bnexp.claims.plots import plt
 from bnexp.ics import LANDSCAPE_STEPS
 
@@ -214,7 +215,7 @@ def _figure(runs):
     axes[0, 0].set_ylim(0, 1)
     panels = axes[0, 1:]
     for ax, norm in zip(panels, ("none", "bn", "noisy_bn")):
-        r = next((r for r in sorted(runs, key=lambda r: r["seed"]) if r["norm.name"] == norm and r.metrics), None)
+        r = first_run(runs, norm)
         if r is not None:
             percentile_panel(ax, r, f"act/{last}", COLORS[norm], f"{LABELS[norm]}: inputs to {last}'s nonlinearity\n"
                              f"(all units; seed {r['seed']}; drift {drift(r, f'act/{last}'):.2f})",

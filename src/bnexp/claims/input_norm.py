@@ -146,18 +146,15 @@ def _frozen(flat: dict, keys: tuple) -> tuple:
 @lru_cache(maxsize=None)
 def _curvature(data_model: tuple, seeds: tuple) -> dict:
     from bnexp.data import load_data
-    from bnexp.init import initialize
-    from bnexp.models import build_model
+    from bnexp.train import initialized_model
 
     cfg = nested_config({k: list(v) if isinstance(v, tuple) else v for k, v in data_model})
     data = load_data(cfg.data)
     x, y = data.prepare(data.train_x).double(), data.train_y
     out = {"start": {}}
-    for seed in seeds:  # exactly as bnexp.train builds and initializes the run's model
-        torch.manual_seed(seed)
-        model = build_model(cfg, data.input_shape, data.num_classes)
-        torch.manual_seed(seed)
-        model = initialize(model, cfg.init).double()
+    for seed in seeds:  # the run's model as bnexp.train builds and initializes it
+        cfg.seed = seed
+        model = initialized_model(cfg, data, torch.device("cpu")).double()
         loss, theta = flat_loss(model, x, y)
         out["start"][seed] = top_eigenvalue(loss, theta)
     zero = torch.zeros_like(theta)
