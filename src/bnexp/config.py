@@ -135,8 +135,9 @@ class Config:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     seed: int = 0
     device: Device = Device.auto
-    # Intra-op CPU threads per run; 0 = PyTorch's default (one per core). The suite's networks are
-    # tiny: a second thread made steps 2-90x slower on a busy 2-core machine (python -m bnexp.bench).
+    # Intra-op CPU threads per run; 0 = PyTorch's default (one per core). Sweeps run a job per core, and
+    # one thread each keeps them from fighting over the cores; alone on an idle machine a second thread
+    # pays off only a little (`scaling.*.threads_2_vs_1_wall` of python -m bnexp.bench: 0.96x MLP, 0.65x CNN).
     threads: int = 1
     # Set by experiment configs: which claim a sweep tests (its analysis in bnexp.claims).
     claim: Optional[str] = None

@@ -4,8 +4,6 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from bnexp.claims import load_runs
-
 log = logging.getLogger("bnexp")
 
 
@@ -13,6 +11,8 @@ class SweepEnd(Callback):
     """At the end of a sweep: the claim's report if it tests one, and where to look."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from bnexp.claims import load_runs  # here, not at import: every `bnexp` start loads this callback
+
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = load_runs(sweep_dir)
         failed = [r.path.name for r in runs if r.metrics is None]
