@@ -10,10 +10,13 @@ from bnexp import bench
 
 
 def test_interleaved_alternates_blocks_and_reports_one_time_per_round():
-    calls = []
+    blocks = []
     times = bench.interleaved(
-        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=4, block_s=0.0005
+        {"a": lambda: None, "b": lambda: None}, rounds=4, block_s=0.0005,
+        before_block={"a": lambda: blocks.append("a"), "b": lambda: blocks.append("b")},
     )
+    # calibration (a, b), then one block of each per round, the order flipping every round
+    assert blocks == ["a", "b"] + ["a", "b", "b", "a"] * 2
     assert set(times) == {"a", "b"} and all(len(t) == 4 for t in times.values())
     assert all(t >= 0 for values in times.values() for t in values)
     assert bench.median_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0

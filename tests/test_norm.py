@@ -222,9 +222,13 @@ def test_in_place_backward_equals_the_differentiable_one(shape, affine):
     assert fast[0] is centered  # dx took over the memory of x − μ: no new full-size tensor
 
 
-def test_plain_training_takes_the_fast_path_and_torch_func_the_transformable_one():
+def test_plain_training_takes_the_fast_path_and_torch_func_the_transformable_one(monkeypatch):
     bn = BatchNorm(3, track_running_stats=False)  # no buffers for grad() to refuse to mutate
-    assert type(bn(torch.randn(4, 3, requires_grad=True)).grad_fn).__name__ == "_BatchNormFunctionBackward"
+    y = bn(torch.randn(4, 3, requires_grad=True))
+    assert type(y.grad_fn).__name__ == "_BatchNormFunctionBackward"
+    with monkeypatch.context() as m:  # ... and its backward is the in-place one, not the differentiable one
+        m.setattr(norm_module, "_backward", lambda *args: pytest.fail("the slow backward ran"))
+        y.sum().backward()
     seen = []
 
     def f(x):
