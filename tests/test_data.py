@@ -16,31 +16,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from bnexp.bench import write_mnist_files  # MNIST's idx files (the benchmarks need them too)
 from bnexp.config import DataConfig, UserError
 from bnexp.data import InMemoryData, load_data
 
 
 # ---- the real on-disk formats -------------------------------------------------------------------
-
-
-def write_idx(path, array: np.ndarray) -> None:
-    """An idx-ubyte file: big-endian magic (0, 0, type 0x08 = unsigned byte, ndim), the sizes, data."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def make_mnist_files(root, folder: str, n_train=5, n_test=3, seed=0):
-    rng = np.random.default_rng(seed)
-    raw = root / folder / "raw"
-    arrays = {
-        "train": (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train)),
-        "t10k": (rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test)),
-    }
-    for prefix, (images, labels) in arrays.items():
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return arrays
 
 
 class Py2Pickler(pickle._Pickler):
@@ -106,7 +87,7 @@ def assert_same_data(cached, data):
 
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist_formats_round_trip(tmp_path, name, folder):
-    arrays = make_mnist_files(tmp_path, folder)
+    arrays = write_mnist_files(tmp_path, n_train=5, n_test=3, folder=folder)
     data = load_data(DataConfig(name=name, root=str(tmp_path), normalize=False))
 
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
@@ -160,7 +141,7 @@ def test_missing_files_name_what_to_get(tmp_path, name, folder, files):
 
 
 def test_one_missing_file_is_named(tmp_path):
-    make_mnist_files(tmp_path, "MNIST")
+    write_mnist_files(tmp_path, n_train=5, n_test=3)
     (tmp_path / "MNIST/raw/t10k-images-idx3-ubyte").unlink()
     with pytest.raises(UserError, match="but t10k-images-idx3-ubyte is missing"):
         load_data(DataConfig(name="mnist", root=str(tmp_path)))

@@ -33,12 +33,13 @@ def randomized_pair(shape, **kwargs):
     return ours, ref
 
 
-def assert_same_step(ours, ref, x):
-    """One forward + backward of each: same outputs, gradients and state afterwards."""
+def assert_same_step(ours, ref, x, dy=None):
+    """One forward + backward of each (upstream gradient dy, random if not given): same outputs,
+    gradients and state afterwards."""
     x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_ours, y_ref = ours(x_ours), ref(x_ref)
     torch.testing.assert_close(y_ours, y_ref)
-    dy = torch.randn_like(y_ref)
+    dy = torch.randn_like(y_ref) if dy is None else dy
     y_ours.backward(dy)
     y_ref.backward(dy)
     torch.testing.assert_close(x_ours.grad, x_ref.grad)
@@ -269,19 +270,7 @@ def test_channels_last_input_and_unusual_gradient_layouts_match_torch(dy_kind):
     dy = torch.randn(4, C, 3, 6).to(memory_format=torch.channels_last)
     if dy_kind == "expanded":  # what y.sum().backward() sends: one value, stride 0 everywhere
         dy = torch.tensor(0.7).expand(4, C, 3, 6)
-    assert_same_step_with(ours, ref, x, dy)
-
-
-def assert_same_step_with(ours, ref, x, dy):
-    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ours, y_ref = ours(x_ours), ref(x_ref)
-    torch.testing.assert_close(y_ours, y_ref)
-    y_ours.backward(dy)
-    y_ref.backward(dy)
-    torch.testing.assert_close(x_ours.grad, x_ref.grad)
-    for p_ours, p_ref in zip(ours.parameters(), ref.parameters()):
-        torch.testing.assert_close(p_ours.grad, p_ref.grad)
-    torch.testing.assert_close(ours.state_dict(), ref.state_dict())
+    assert_same_step(ours, ref, x, dy)
 
 
 CONFIG_KINDS = {
