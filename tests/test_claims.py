@@ -180,6 +180,13 @@ def test_affine_is_not_supported_when_gamma_beta_stay_linear_and_the_bias_matter
     assert f.verdict == NOT_SUPPORTED
 
 
+@pytest.mark.parametrize("bias", [dict(bias_grad=1e-2), dict(bias_grad=1e-9, bias_acc_shift=0.03)],
+                         ids=["bias-gets-a-gradient", "bias-changes-accuracy"])
+def test_affine_is_not_supported_outright_when_only_the_bias_matters(bias):
+    # γ/β leave the linear region in every seed, but the bias before BN is not inert: half the claim fails
+    assert CLAIMS["affine"].analyze(affine_sweep([0.5] * 3, **bias)).verdict == INCONCLUSIVE
+
+
 def test_affine_is_inconclusive_when_seeds_disagree():
     assert CLAIMS["affine"].analyze(affine_sweep([0.5, 0.5, 0.67], bias_grad=1e-9)).verdict == INCONCLUSIVE
 
