@@ -42,28 +42,28 @@ def hidden_layers(run) -> list[str]:
     return sorted(names, key=lambda n: int(n[len("layer"):]) if n[len("layer"):].isdigit() else 0)
 
 
-def drift(run, prefix: str) -> float:
-    """Range over training of the 15th/50th/85th percentiles at `prefix` (e.g. act/layer3/unit0), averaged over
-    the three and divided by the mean 15–85 % width; NaN if not recorded or not finite (e.g. diverged)."""
+def _movement(run, prefix: str, change, min_points: int) -> float:
+    """`change` of each of the 15th/50th/85th percentile curves at `prefix`, averaged over the three and
+    divided by their mean 15–85 % width; NaN if fewer than min_points are recorded, or any is not finite."""
     p15, p50, p85 = (curve(run, f"{prefix}/{p}")[1] for p in PERCENTILES)
-    if not len(p50) or not all(np.isfinite(v).all() for v in (p15, p50, p85)):
+    if len(p50) < min_points or not all(np.isfinite(v).all() for v in (p15, p50, p85)):
         return math.nan
     width = float(np.mean(p85 - p15))
     if width <= 0:
         return math.nan
-    return float(np.mean([v.max() - v.min() for v in (p15, p50, p85)])) / width
+    return float(np.mean([change(v) for v in (p15, p50, p85)])) / width
+
+
+def drift(run, prefix: str) -> float:
+    """Range over training of the 15th/50th/85th percentiles at `prefix` (e.g. act/layer3/unit0), averaged over
+    the three and divided by the mean 15–85 % width; NaN if not recorded or not finite (e.g. diverged)."""
+    return _movement(run, prefix, lambda v: v.max() - v.min(), min_points=1)
 
 
 def jitter(run, prefix: str) -> float:
     """Mean change of the 15th/50th/85th percentiles at `prefix` from one logged step to the next, averaged
     over the three and divided by the mean 15–85 % width (drift's short-term counterpart); NaN if absent."""
-    p15, p50, p85 = (curve(run, f"{prefix}/{p}")[1] for p in PERCENTILES)
-    if len(p50) < 2 or not all(np.isfinite(v).all() for v in (p15, p50, p85)):
-        return math.nan
-    width = float(np.mean(p85 - p15))
-    if width <= 0:
-        return math.nan
-    return float(np.mean([np.abs(np.diff(v)).mean() for v in (p15, p50, p85)])) / width
+    return _movement(run, prefix, lambda v: np.abs(np.diff(v)).mean(), min_points=2)
 
 
 def mean_test_acc(run) -> float:
@@ -122,12 +122,8 @@ def analyze(runs) -> Finding:
     for (seed,), cell in group(runs, "seed").items():
         by_norm = {norm: rs[0] for (norm,), rs in group(cell, "norm.name").items()}
         bn, plain = by_norm.get("bn"), by_norm.get("none")
-        ok = bn is not None and plain is not None
-        for prefix in prefixes.values():
-            if ok:
-                d_bn, d_plain = drift(bn, prefix), drift(plain, prefix)
-                ok = d_bn <= RATIO * d_plain  # False when either is NaN
-        passed[f"seed {seed}"] = bool(ok)
+        passed[f"seed {seed}"] = bn is not None and plain is not None and all(
+            drift(bn, prefix) <= RATIO * drift(plain, prefix) for prefix in prefixes.values())  # False for NaN
 
     table = []
     for (norm,), rs in group(runs, "norm.name").items():
