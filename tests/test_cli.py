@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 BNEXP = str(pathlib.Path(sys.executable).parent / "bnexp")  # the installed console script
@@ -44,11 +45,13 @@ def test_a_mistyped_key_fails_before_any_work_with_hydras_message(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_a_users_mistake_gets_one_paragraph_not_a_traceback(tmp_path):
-    out = bnexp("data=mnist", "hydra.run.dir=run", cwd=tmp_path)
+@pytest.mark.parametrize("mistake,explained", [("data=mnist", "data.download=true"),  # files not there
+                                               ("model.width=-1", "model.width=-1 (must be at least 1)")])
+def test_a_users_mistake_gets_one_paragraph_not_a_traceback(tmp_path, mistake, explained):
+    out = bnexp(mistake, "hydra.run.dir=run", cwd=tmp_path)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
-    assert "data.download=true" in out.stderr
+    assert explained in out.stderr
 
 
 def test_a_failing_run_does_not_stop_the_sweep(tmp_path):

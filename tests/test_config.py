@@ -1,11 +1,15 @@
-"""The config schema: every option composes, and mistakes fail at start-up with Hydra's message."""
+"""The config schema: every option composes, and mistakes fail at start-up with Hydra's message (or, for a
+value out of its range, with one paragraph naming each)."""
 import pathlib
+import re
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 import bnexp.conf
+from bnexp.config import RANGES, UserError, check_ranges
 
 CONF = pathlib.Path(bnexp.conf.__file__).parent
 GROUPS = ["model", "norm", "init", "data", "optim"]
@@ -53,3 +57,33 @@ def test_a_value_of_the_wrong_type_is_rejected(make_cfg, override):
 def test_a_nonexistent_option_is_rejected(make_cfg):
     with pytest.raises(ConfigCompositionException, match="Could not find 'norm/batchnorm'"):
         make_cfg("norm=batchnorm")
+
+
+def test_the_default_config_and_every_experiment_are_within_range(make_cfg):
+    check_ranges(make_cfg())
+    for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+        check_ranges(make_cfg(f"experiment={experiment}"))
+
+
+def test_values_out_of_range_are_all_named_in_one_users_mistake(make_cfg):
+    cfg = make_cfg("model.width=-1", "model.channels=[16,0]", "optim.lr=-0.1", "norm.momentum=2", "model.dropout=1")
+    with pytest.raises(UserError) as e:
+        check_ranges(cfg)
+    message = str(e.value)
+    for wrong in ["model.width=-1 (must be at least 1)", "model.channels=[16, 0] (must be at least 1)",
+                  "optim.lr=-0.1 (must be at least 0)", "norm.momentum=2.0 (must be in [0, 1] (or null))",
+                  "model.dropout=1.0 (must be in [0, 1))"]:
+        assert wrong in message
+    assert "model.depth" not in message  # values within range are not named
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+def test_every_range_refuses_a_value_just_outside_it(make_cfg, key):
+    """Each entry's test is the range its words say: the edge value passes, one step beyond fails."""
+    allowed, ok = RANGES[key]
+    edge = {"at least 0": 0, "at least 1": 1, "positive": 1e-12, "in [0, 1)": 0, "in [0, 1] (or null)": 1}[allowed]
+    beyond = {"at least 0": -1, "at least 1": 0, "positive": 0, "in [0, 1)": 1, "in [0, 1] (or null)": 1.5}[allowed]
+    assert ok(edge) and not ok(beyond)
+    value = f"[{beyond}]" if OmegaConf.is_list(OmegaConf.select(make_cfg(), key)) else beyond
+    with pytest.raises(UserError, match=re.escape(f"{key}=")):
+        check_ranges(make_cfg(f"{key}={value}"))

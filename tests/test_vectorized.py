@@ -131,11 +131,13 @@ def test_vectorized_runs_record_what_sequential_runs_record(case, make_cfg, tmp_
 def test_grouping_rule(make_cfg):
     cfgs = [make_cfg(*TINY, *o) for o in (["seed=0"], ["seed=1", "optim.lr=0.5"], ["norm=none"], ["seed=2"],
                                           ["model.dropout=0.1"], ["model.dropout=0.1", "seed=1"], ["optim=adam"],
-                                          ["init=normal", "init.std=0.1"], ["init=normal", "init.std=1"])]
+                                          ["init=normal", "init.std=0.1"], ["init=normal", "init.std=1"],
+                                          ["seed=3", "optim.lr=-1"])]
     # shape-free differences share a program; anything else (norm), or unsupported runs, do not
-    assert plan_groups(cfgs) == [[0, 1, 3], [2], [4, 5], [6], [7, 8]]
-    assert plan_groups(cfgs, max_batch=2) == [[0, 1], [2], [3], [4, 5], [6], [7, 8]]
+    assert plan_groups(cfgs) == [[0, 1, 3], [2], [4, 5], [6], [7, 8], [9]]
+    assert plan_groups(cfgs, max_batch=2) == [[0, 1], [2], [3], [4, 5], [6], [7, 8], [9]]
     assert "adam" in unsupported_reason(cfgs[6])
+    assert "out of its range" in unsupported_reason(cfgs[9])  # alone, it fails without failing the others
 
 
 def run_bnexp(tmp_path, *args):

@@ -7,10 +7,10 @@ The YAML files in `conf/` only choose values; they never add keys.
 """
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Callable, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 class UserError(Exception):
@@ -141,6 +141,53 @@ class Config:
     threads: int = 1
     # Set by experiment configs: which claim a sweep tests (its analysis in bnexp.claims).
     claim: Optional[str] = None
+
+
+def _at_least(low: int) -> tuple[str, Callable]:
+    return f"at least {low}", lambda v: v >= low
+
+
+# The range of every number the schema's types alone do not bound: out of it, PyTorch would answer
+# with a traceback (a negative width or learning rate) or, worse, train on nonsense (BN momentum 2).
+# Ranges that depend on the data (data.batch_size, data.subset, norm.groups) are checked where the
+# data is known. A list's range holds for each of its elements; None (null) is always allowed.
+RANGES: dict[str, tuple[str, Callable]] = {
+    "model.depth": _at_least(0),
+    "model.width": _at_least(1),
+    "model.channels": _at_least(1),
+    "model.dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "norm.eps": ("positive", lambda v: v > 0),
+    "norm.momentum": ("in [0, 1] (or null)", lambda v: 0 <= v <= 1),
+    "init.std": _at_least(0),
+    "init.gain": _at_least(0),
+    "optim.lr": _at_least(0),
+    "optim.weight_decay": _at_least(0),
+    "optim.momentum": _at_least(0),
+    "optim.lr_batch_size": _at_least(1),
+    "train.steps": _at_least(1),
+    "train.epochs": _at_least(1),
+    "train.eval_every": _at_least(1),
+    "train.eval_lengths": _at_least(1),
+    "log.stats_every": _at_least(1),
+    "log.hist_every": _at_least(1),
+    "log.progress_every": _at_least(0),
+    "measure.ics_every": _at_least(0),  # 0: off
+    "measure.landscape_every": _at_least(0),
+    "threads": _at_least(0),
+}
+
+
+def check_ranges(cfg) -> None:
+    """Raise one UserError that names every value of `cfg` outside its range in RANGES."""
+    wrong = []
+    for key, (allowed, ok) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        values = value if OmegaConf.is_list(value) else [value]
+        if not all(v is None or ok(v) for v in values):
+            wrong.append(f"{key}={value} (must be {allowed})")
+    if wrong:
+        raise UserError(f"Out of range: {'; '.join(wrong)}. Set {'it' if len(wrong) == 1 else 'them'} within "
+                        f"range on the command line or in the experiment config.")
 
 
 def register() -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from bnexp.config import UserError
+from bnexp.config import UserError, check_ranges
 from bnexp.data import InMemoryData, load_data
 from bnexp.ics import gradient_ics, landscape
 from bnexp.init import initialize
@@ -154,18 +154,14 @@ def initialized_model(cfg, data: InMemoryData, device: torch.device):
 
 
 def planned_steps(cfg, data: InMemoryData) -> int:
-    """The run's optimizer steps (train.steps, or train.epochs passes over the data), its intervals checked."""
-    steps = cfg.train.steps if cfg.train.epochs is None else cfg.train.epochs * data.steps_per_epoch(cfg.data.batch_size)
-    if steps < 1 or cfg.train.eval_every < 1 or cfg.log.stats_every < 1 or cfg.log.hist_every < 1:
-        raise UserError(f"train.steps (or train.epochs), train.eval_every, log.stats_every and log.hist_every must "
-                        f"be at least 1; got {steps} steps, eval_every={cfg.train.eval_every}, "
-                        f"stats_every={cfg.log.stats_every}, hist_every={cfg.log.hist_every}.")
-    return steps
+    """The run's optimizer steps: train.steps, or train.epochs passes over the data."""
+    return cfg.train.steps if cfg.train.epochs is None else cfg.train.epochs * data.steps_per_epoch(cfg.data.batch_size)
 
 
 def train(cfg, run_dir: str) -> dict:
     """Train the run described by `cfg` (a composed Config), recording into `run_dir`; return its metrics."""
     start = time.perf_counter()
+    check_ranges(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -176,12 +172,9 @@ def train(cfg, run_dir: str) -> dict:
     batch_size = cfg.data.batch_size
     steps = planned_steps(cfg, data)
     lengths = list(cfg.train.eval_lengths)
-    if lengths and not (getattr(model, "reads_any_length", False) and min(lengths) > 0):
+    if lengths and not getattr(model, "reads_any_length", False):
         raise UserError(f"train.eval_lengths={lengths} tests on sequences of other lengths, which needs a model "
-                        f"that reads any length (model=rnn) and lengths of at least 1.")
-    if cfg.measure.ics_every < 0 or cfg.measure.landscape_every < 0:
-        raise UserError(f"measure.ics_every and measure.landscape_every are steps between measurements (0: off); "
-                        f"got {cfg.measure.ics_every} and {cfg.measure.landscape_every}.")
+                        f"that reads any length (model=rnn).")
     # Batches come from their own CPU generator: the same order on every device, for every model.
     batches = data.train_batches(batch_size, torch.Generator().manual_seed(cfg.seed))
     fast_model, memory_format = step_module(cfg, model, data.input_shape)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING, OmegaConf
 from torch import nn
 
-from bnexp.config import UserError
+from bnexp.config import UserError, check_ranges
 from bnexp.data import load_data
 from bnexp.monitor import Monitor, captured
 from bnexp.norm import BatchNorm
@@ -104,6 +104,10 @@ def group_key(cfg) -> tuple:
 
 def unsupported_reason(cfg) -> Optional[str]:
     """Why this run cannot be part of a vectorized program (None: it can)."""
+    try:
+        check_ranges(cfg)
+    except UserError:  # alone, the run fails with the message; in a program, it would take the others with it
+        return "a value out of its range"
     if cfg.optim.name not in SUPPORTED_OPTIMIZERS:
         return f"optim={cfg.optim.name} (only {'/'.join(SUPPORTED_OPTIMIZERS)} are vectorized)"
     if cfg.model.dropout > 0 and _device_type(cfg) != "cpu":
