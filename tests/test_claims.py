@@ -208,3 +208,12 @@ def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
     assert "experiments/regularization/README.md" in readme
+
+
+@pytest.mark.parametrize("args,explained", [(["--claims", "nope"], "unknown claim(s) nope"),
+                                            (["--jobs", "0"], "--jobs 0")])
+def test_reproduce_refuses_bad_arguments_before_any_sweep(tmp_path, args, explained):
+    out = subprocess.run([sys.executable, "-m", "bnexp.reproduce", *args, "--out", str(tmp_path / "repro")],
+                         capture_output=True, text=True, timeout=120, env=os.environ)
+    assert out.returncode == 2 and explained in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "repro").exists()  # nothing written

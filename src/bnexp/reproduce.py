@@ -124,6 +124,8 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}")
     jobs = args.jobs
+    if jobs < 1:
+        parser.error(f"--jobs {jobs}: the programs trained at once must be at least 1")
     if jobs > 1 and importlib.util.find_spec("joblib") is None:
         print("bnexp-reproduce: joblib is not installed (pip install 'bnexp[joblib]'), so the programs go one at a "
               "time.", file=sys.stderr)
