@@ -219,10 +219,11 @@ def test_digits_are_split_once_and_cached(tmp_path, monkeypatch):
     assert_same_data(load_data(cfg), data)
 
 
-def test_digits_load_even_where_the_cache_cannot_be_written(tmp_path):
+@pytest.mark.parametrize("name,sizes", [("digits", (1347, 450)), ("mnist1d", (4000, 1000))])
+def test_cached_datasets_load_even_where_the_cache_cannot_be_written(tmp_path, name, sizes):
     (tmp_path / "a_file").write_text("")  # a data.root that is a file, not a folder
-    data = load_data(DataConfig(name="digits", root=str(tmp_path / "a_file")))
-    assert (len(data.train_y), len(data.test_y)) == (1347, 450)
+    data = load_data(DataConfig(name=name, root=str(tmp_path / "a_file")))
+    assert (len(data.train_y), len(data.test_y)) == sizes
 
 
 def test_mnist1d_is_generated_once_and_cached(tmp_path, monkeypatch):

@@ -172,24 +172,26 @@ def _channel_stats(x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
 # ---- the datasets ------------------------------------------------------------------------------
 
 
-def _load_digits(cfg: DataConfig, root: str) -> _Arrays:
-    """scikit-learn's bundled 8x8 digits (values 0..16) with a fixed stratified 75/25 split.
-
-    The split arrays are cached under <root>/digits/ after the first load: importing scikit-learn
-    takes about 2 s, as long as the default run's training itself on two CPU cores.
-    """
-    path = os.path.join(root, "digits", "digits.npz")
-    if not os.path.exists(path):
-        arrays = _split_digits()
-        try:
-            _write_atomically(path, arrays)
-        except UserError:
-            pass  # an unwritable data.root only costs later runs the scikit-learn import
-    else:
+def _cached(path: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays x, y, x_test, y_test from the .npz at `path`, made by `make()` and saved there first if
+    it is not there yet. An unwritable data.root costs later runs only the making again."""
+    if os.path.exists(path):
         with np.load(path) as f:
-            arrays = {key: f[key] for key in ("x", "y", "x_test", "y_test")}
-    tensors = _tensors(arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"])
-    return _Arrays(*tensors, num_classes=10, scale=1 / 16)
+            return {key: f[key] for key in ("x", "y", "x_test", "y_test")}
+    arrays = make()
+    try:
+        _write_atomically(path, arrays)
+    except UserError:
+        pass
+    return arrays
+
+
+def _load_digits(cfg: DataConfig, root: str) -> _Arrays:
+    """scikit-learn's bundled 8x8 digits (values 0..16) with a fixed stratified 75/25 split, cached under
+    <root>/digits/: importing scikit-learn takes about 2 s, as long as the default run's training itself
+    on two CPU cores."""
+    a = _cached(os.path.join(root, "digits", "digits.npz"), _split_digits)
+    return _Arrays(*_tensors(a["x"], a["y"], a["x_test"], a["y_test"]), num_classes=10, scale=1 / 16)
 
 
 def _split_digits() -> dict[str, np.ndarray]:
@@ -205,17 +207,13 @@ def _split_digits() -> dict[str, np.ndarray]:
 
 
 def _load_mnist1d(cfg: DataConfig, root: str) -> _Arrays:
-    """MNIST-1D, generated once with the package's default (fixed-seed) arguments and cached."""
-    path = os.path.join(root, "mnist1d", "mnist1d.npz")
-    if not os.path.exists(path):
-        # Never mnist1d's get_dataset(): it downloads, and writes a pickle into the cwd.
-        _write_atomically(path, _generate_mnist1d())
-    with np.load(path) as f:
-        arrays = _tensors(f["x"], f["y"], f["x_test"], f["y_test"])
-    return _Arrays(*arrays, num_classes=10, scale=1.0)
+    """MNIST-1D, generated with the package's default (fixed-seed) arguments, cached under <root>/mnist1d/."""
+    a = _cached(os.path.join(root, "mnist1d", "mnist1d.npz"), _generate_mnist1d)
+    return _Arrays(*_tensors(a["x"], a["y"], a["x_test"], a["y_test"]), num_classes=10, scale=1.0)
 
 
 def _generate_mnist1d() -> dict[str, np.ndarray]:
+    # Never mnist1d's get_dataset(): it downloads, and writes a pickle into the cwd.
     from mnist1d.data import get_dataset_args, make_dataset
 
     # make_dataset seeds Python's and NumPy's global generators; put them back afterwards so that
