@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 from omegaconf import OmegaConf
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -53,6 +54,14 @@ def load_runs(sweep_dir) -> list[Run]:
         config = metrics["config"] if metrics else flat_config(OmegaConf.load(cfg_file))
         runs.append(Run(folder, config, metrics))
     return runs
+
+
+def curve(run, tag) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a logged scalar; a non-finite value (None in metrics.json) is NaN; empty if absent."""
+    points = (run.metrics or {}).get("series", {}).get(tag, [])
+    steps = np.array([s for s, _ in points], dtype=float)
+    values = np.array([math.nan if v is None else v for _, v in points], dtype=float)
+    return steps, values
 
 
 def group(runs: list[Run], *keys: str) -> dict[tuple, list[Run]]:

@@ -1,7 +1,7 @@
 """Claim: BN's learnable γ and β let it leave the linear region of a sigmoid; a bias before BN is
 redundant."""
-from bnexp.claims import Claim, Finding, group, mean_std, verdict
-from bnexp.claims.plots import curves, figure
+from bnexp.claims import Claim, Finding, curve, group, mean_std, verdict
+from bnexp.claims.plots import band, figure
 from bnexp.monitor import LINEAR_BOUND
 
 LEAVES = 0.05  # γ/β must lower the near-linear fraction by at least this much
@@ -56,17 +56,18 @@ def analyze(runs) -> Finding:
     fig, (ax_lin, ax_acc, ax_bias) = figure(3)
     last = f"layer{runs[0]['model.depth']}"  # the last hidden layer, as in the BN paper's Figure 1
     for (affine,), rs in group([r for r in runs if not r["model.bias_before_norm"]], "norm.affine").items():
-        curves(ax_lin, rs, f"act/{last}/linear_frac", "learnable γ, β" if affine else "γ = 1, β = 0 fixed")
+        band(ax_lin, rs, lambda r: curve(r, f"act/{last}/linear_frac"),
+             "learnable γ, β" if affine else "γ = 1, β = 0 fixed")
     ax_lin.set(xlabel="step", ylabel=f"fraction with |x| < {LINEAR_BOUND:g}", ylim=(0, 1),
                title=f"Sigmoid inputs in the near-linear region ({last})")
     ax_lin.legend()
     for (bias,), rs in group([r for r in runs if r["norm.affine"]], "model.bias_before_norm").items():
-        curves(ax_acc, rs, "test/acc", "with bias before BN" if bias else "without bias")
+        band(ax_acc, rs, lambda r: curve(r, "test/acc"), "with bias before BN" if bias else "without bias")
     ax_acc.set(xlabel="step", ylabel="test accuracy", title="The bias before BN changes nothing")
     ax_acc.legend()
     with_bias = [r for r in runs if r["model.bias_before_norm"] and r["norm.affine"]]
-    curves(ax_bias, with_bias, "grad/layer1/norm", "all of layer 1's parameters")
-    curves(ax_bias, with_bias, "grad/layer1/bias", "the bias before BN")
+    band(ax_bias, with_bias, lambda r: curve(r, "grad/layer1/norm"), "all of layer 1's parameters", log=True)
+    band(ax_bias, with_bias, lambda r: curve(r, "grad/layer1/bias"), "the bias before BN", log=True)
     ax_bias.set(xlabel="step", ylabel="gradient norm", yscale="log", title="Gradients in layer 1")
     ax_bias.legend(fontsize=8)
     fig.suptitle("γ/β and the bias before BN (sigmoid MLP; mean ± std over seeds)")

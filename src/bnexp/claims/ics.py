@@ -1,12 +1,11 @@
 """Claim: batch normalization keeps the distribution of each sigmoid's input stable during training
 (the BN paper's Figure 1)."""
 import math
-import warnings
 
 import numpy as np
 
-from bnexp.claims import Claim, Finding, group, mean_std, verdict
-from bnexp.claims.plots import plt
+from bnexp.claims import Claim, Finding, curve, group, mean_std, verdict
+from bnexp.claims.plots import band, plt
 
 RATIO = 0.5  # BN's drift must be at most this fraction of the plain network's
 PERCENTILES = ("p15", "p50", "p85")
@@ -28,14 +27,6 @@ CRITERION = (f"For each seed, at the input of the sigmoids of the last hidden la
 
 
 # ---- reading the runs' curves (shared with the ics_gradient claim) --------------------------------
-def curve(run, tag) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a logged scalar; a non-finite value (None in metrics.json) is NaN; empty if absent."""
-    points = (run.metrics or {}).get("series", {}).get(tag, [])
-    steps = np.array([s for s, _ in points], dtype=float)
-    values = np.array([math.nan if v is None else v for _, v in points], dtype=float)
-    return steps, values
-
-
 def hidden_layers(run) -> list[str]:
     """The probe points the run logged (layer1, layer2, ...), in depth order."""
     names = {tag.split("/")[1] for tag in (run.metrics or {}).get("series", {}) if tag.startswith("act/")}
@@ -70,22 +61,6 @@ def mean_test_acc(run) -> float:
     """Test accuracy averaged over the run's evaluations: higher when a network learns sooner."""
     acc = curve(run, "test/acc")[1]
     return float(np.mean(acc)) if len(acc) else math.nan
-
-
-def band(ax, runs, tag_values, label: str, color: str, log: bool = False):
-    """Mean ± std over runs of a per-step curve; `tag_values(run)` returns (steps, values)."""
-    curves = [tag_values(r) for r in runs if r.metrics]
-    curves = [(s, v) for s, v in curves if len(s)]
-    if not curves:
-        return
-    steps = curves[0][0]
-    stack = np.array([np.interp(steps, s, v, left=math.nan, right=math.nan) for s, v in curves])
-    with warnings.catch_warnings():  # all-NaN columns (e.g. every run diverged there) are NaN, silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        m, sd = np.nanmean(stack, 0), np.nanstd(stack, 0)
-    ax.plot(steps, m, color=color, label=label)
-    lower = np.where(m - sd > 0, m - sd, m / 2) if log else m - sd
-    ax.fill_between(steps, lower, m + sd, color=color, alpha=0.2, lw=0)
 
 
 def percentile_panel(ax, run, prefix: str, color: str, title: str, ylabel: str = "input to the sigmoid"):

@@ -4,10 +4,9 @@ import math
 
 import numpy as np
 
-from bnexp.claims import Claim, Finding, group, mean_std, verdict
-from bnexp.claims.ics import (COLORS, LABELS, band, curve, drift, first_run, fmt, hidden_layers, jitter,
-                              percentile_panel)
-from bnexp.claims.plots import plt
+from bnexp.claims import Claim, Finding, curve, group, mean_std, verdict
+from bnexp.claims.ics import COLORS, LABELS, drift, first_run, fmt, hidden_layers, jitter, percentile_panel
+from bnexp.claims.plots import band, plt
 from bnexp.ics import LANDSCAPE_STEPS
 
 TOLERANCE = 0.03  # noisy BN "trains like BN": final test accuracy at most this far below BN's
@@ -47,10 +46,8 @@ def ics_layers(run) -> list[str]:
 
 def one_minus_cos_curve(run) -> tuple[np.ndarray, np.ndarray]:
     """(steps, 1 − cos(G, G′) averaged over the layers that have layers before them)."""
-    curves = [curve(run, f"ics/{layer}/cos") for layer in ics_layers(run)]
-    if not curves:
-        return np.array([]), np.array([])
-    return curves[0][0], 1 - np.mean([v for _, v in curves], axis=0)
+    steps, cos = mean_curve(run, "cos")
+    return steps, 1 - cos
 
 
 def mean_curve(run, per_layer: str) -> tuple[np.ndarray, np.ndarray]:

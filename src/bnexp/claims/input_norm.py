@@ -297,8 +297,9 @@ def analyze(runs) -> Finding:
                f"reached the target loss in {_fmt(std_steps)} steps at their best learning rate, raw inputs in "
                f"{raw_reached} of {len(std_steps)} seeds within {budget} steps; the criterion held in {held} of "
                f"{len(passed)} seeds.")
-    notes = ["Disclosure: this criterion's thresholds were set after prototype runs on 3 seeds (10× fewer steps; at least 1/10 of the predicted gain), not before any data; they were not changed after the final sweeps.",
-             
+    notes = [
+        "Disclosure: this criterion's thresholds were set after prototype runs on 3 seeds (10× fewer steps; at least "
+        "1/10 of the predicted gain), not before any data; they were not changed after the final sweeps.",
         "The two right panels are an illustration computed by the analysis, not sweep results: gradient descent on "
         "a two-weight problem where the quadratic model is exact (the least-squares fit of the labels by w·x, "
         f"without bias, on two synthetic features of scales {ILLUSTRATION_SCALES[0]:g} and "

@@ -1,6 +1,11 @@
 """The figure conventions every claim shares: one panel per model or setting; mean ± std over
 seeds against a swept value (diverged or failed runs marked) or along training."""
+import math
+import warnings
+from typing import Optional
+
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only: sweeps run on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
@@ -27,15 +32,19 @@ def errorbars(ax, runs, x_key: str, value, label: str):
     return line
 
 
-def curves(ax, runs, tag: str, label: str, value=lambda v: v):
-    """A logged curve (metrics.json series `tag`) against the step: mean over seeds, ± std shaded."""
-    by_step: dict[int, list] = {}
-    for r in runs:
-        for step, v in (r.metrics or {}).get("series", {}).get(tag, []):
-            by_step.setdefault(step, []).append(None if v is None else value(v))
-    steps = sorted(by_step)
-    stats = [mean_std(by_step[s]) for s in steps]
-    means = [m for m, _ in stats]
-    line, = ax.plot(steps, means, label=label)
-    ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2, color=line.get_color())
-    return line
+def band(ax, runs, values, label: str, color: Optional[str] = None, log: bool = False):
+    """A curve along training, `values(run)` -> (steps, values) (e.g. `lambda r: curve(r, tag)`): mean over the
+    runs (seeds) at the first run's steps, ± std shaded; on a log axis (log=True) the shade stays above 0."""
+    curves = [values(r) for r in runs if r.metrics]
+    curves = [(s, v) for s, v in curves if len(s)]
+    if not curves:  # nothing recorded: the label still stands in the legend
+        ax.plot([], [], color=color, label=label)
+        return
+    steps = curves[0][0]
+    stack = np.array([np.interp(steps, s, v, left=math.nan, right=math.nan) for s, v in curves])
+    with warnings.catch_warnings():  # all-NaN columns (e.g. every run diverged there) are NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m, sd = np.nanmean(stack, 0), np.nanstd(stack, 0)
+    line, = ax.plot(steps, m, color=color, label=label)
+    lower = np.where(m - sd > 0, m - sd, m / 2) if log else m - sd
+    ax.fill_between(steps, lower, m + sd, color=line.get_color(), alpha=0.2, lw=0)

@@ -12,8 +12,8 @@ Sequences of other lengths (train.eval_lengths) are aligned at their end: shorte
 first steps, longer ones get blank steps (a raw 0, an image's background) before the first, so the
 classifier still reads the same last steps.
 """
-from bnexp.claims import Claim, Finding, group, mean_std, verdict
-from bnexp.claims.plots import figure
+from bnexp.claims import Claim, Finding, curve, group, mean_std, verdict
+from bnexp.claims.plots import band, figure
 
 MARGIN = 0.01  # one accuracy point
 
@@ -108,9 +108,7 @@ def analyze(runs) -> Finding:
         stats = [mean_std(accuracy_at(r, n) for r in rs) for n in all_lengths]
         ax.errorbar(all_lengths, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", ms=4, capsize=3,
                     label=name, color=f"C{i}")
-        curves = [dict(map(tuple, r.metrics["series"].get("batch/loss", []))) for r in rs if r.metrics]
-        steps = sorted(set().union(*curves)) if curves else []
-        ax_curve.plot(steps, [mean_std(c.get(s) for c in curves)[0] for s in steps], label=name, color=f"C{i}")
+        band(ax_curve, rs, lambda r: curve(r, "batch/loss"), name, color=f"C{i}", log=True)
     ax.axvline(trained, color="k", ls=":", lw=1)
     ax.set(xlabel="test sequence length (steps; aligned at the end)", ylabel="final test accuracy",
            title=f"Test accuracy vs sequence length (trained on {trained})")
