@@ -60,3 +60,11 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path):
     assert (tmp_path / "sweep" / "data.batch_size=30,train.eval_every=5,train.steps=10" / "metrics.json").exists()
     assert "data.batch_size" in out.stderr and "Traceback" not in out.stderr  # the mistake, in one paragraph
     assert "1 of 2 runs failed" in out.stdout + out.stderr
+
+
+def test_a_claim_sweep_whose_runs_all_fail_says_why_there_is_no_report(tmp_path):
+    out = bnexp("-m", "experiment=affine", "seed=0", "optim.lr=-1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    log = out.stdout + out.stderr
+    assert "4 of 4 runs failed" in log and "no report for this sweep: Every run" in log
+    assert "Traceback" not in log and not (tmp_path / "sweep" / "report.md").exists()

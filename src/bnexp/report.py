@@ -7,6 +7,7 @@ every claim sweep). Writes into the sweep folder: `report.md`, `<claim>.png`, `f
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -48,10 +49,11 @@ def render(result: dict, figure: str, level: int = 1) -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def report(sweep_dir) -> dict:
-    """Analyse the claim sweep in `sweep_dir`; write its report files and return finding.json's content."""
+def report(sweep_dir, runs: Optional[list[Run]] = None) -> dict:
+    """Analyse the claim sweep in `sweep_dir` (its `runs`, if already loaded); write its report files and return
+    finding.json's content."""
     sweep_dir = Path(sweep_dir)
-    runs = load_runs(sweep_dir)
+    runs = load_runs(sweep_dir) if runs is None else runs
     if not runs:
         raise UserError(f"{sweep_dir} holds no runs (no */.hydra/config.yaml below it). Give the folder of a "
                         f"finished sweep, e.g. multirun/lr_tolerance/<date_time>, as made by "

@@ -19,10 +19,15 @@ class SweepEnd(Callback):
         if failed:
             log.warning(f"{len(failed)} of {len(runs)} runs failed (their folders hold the log): {', '.join(failed)}")
         if config.get("claim"):
+            from bnexp.config import UserError
             from bnexp.report import report
 
-            result = report(sweep_dir)
-            log.info(f"{result['claim']}: {result['verdict']}. {result['summary']}\n"
-                     f"  report: {sweep_dir / 'report.md'}")
+            try:
+                result = report(sweep_dir, runs)
+            except UserError as e:  # e.g. every run failed: say why there is no report, in one paragraph
+                log.warning(f"no report for this sweep: {e}")
+            else:
+                log.info(f"{result['claim']}: {result['verdict']}. {result['summary']}\n"
+                         f"  report: {sweep_dir / 'report.md'}")
         log.info(f"sweep outputs in {sweep_dir} (one folder per run)\n"
                  f"  compare the runs with: tensorboard --logdir {sweep_dir}")
