@@ -309,28 +309,6 @@ def _endless(loader):
         yield from loader
 
 
-def _mlp_step_fn(batches, input_shape):
-    """One SGD step of the default network (3x100 sigmoid MLP, our BN) per call, on `batches`."""
-    from functools import partial
-
-    from bnexp.config import NormConfig
-    from bnexp.models import MLP
-    from bnexp.norm import make_norm
-
-    torch.manual_seed(0)
-    model = MLP(input_shape, 10, partial(make_norm, NormConfig(name="bn")))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def step():
-        x, y = next(batches)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
 def bench_data(res: Results, quick: bool) -> None:
     import torchvision
     from torch.utils.data import DataLoader
@@ -363,13 +341,11 @@ def bench_data(res: Results, quick: bool) -> None:
         res.add("data.batch.ours_us", median(times["ours"]) * 1e6, "us")
         res.add("data.batch.speedup", median_ratio(times["torchvision"], times["ours"]), "x", at_least=5)
 
-        times = interleaved(
-            {
-                "torchvision": _mlp_step_fn(theirs(), (1, 28, 28)),
-                "ours": _mlp_step_fn(ours(), (1, 28, 28)),
-            },
-            rounds, block_s,
-        )
+        # A step of the default network (3x100 sigmoid MLP, our BN) on batches from each path
+        their_step, our_step = Trainer(["data=mnist"], data), Trainer(["data=mnist"], data)
+        their_batches = theirs()
+        times = interleaved({"torchvision": lambda: their_step.step(next(their_batches)), "ours": our_step.step},
+                            rounds, block_s)
         res.add("data.mlp_step.torchvision_us", median(times["torchvision"]) * 1e6, "us")
         res.add("data.mlp_step.ours_us", median(times["ours"]) * 1e6, "us")
         res.add("data.mlp_step.speedup", median_ratio(times["torchvision"], times["ours"]), "x")
