@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -18,9 +20,9 @@ def data_root(tmp_path_factory, monkeypatch):
 def close_figures():
     """Analyses called directly (not through a report) leave their figures open."""
     yield
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
+    plt = sys.modules.get("matplotlib.pyplot")  # only if some test drew: importing it costs every test
+    if plt is not None:
+        plt.close("all")
 
 
 @pytest.fixture
