@@ -298,6 +298,13 @@ def test_subset_keeps_the_first_examples_and_their_statistics():
         synthetic(subset=5000)
 
 
+@pytest.mark.parametrize("sizes", [dict(feature_scales=[]), dict(num_classes=1), dict(num_train=2, num_classes=3),
+                                   dict(num_test=1)])
+def test_synthetic_sizes_that_cannot_make_a_dataset_are_explained(sizes):
+    with pytest.raises(UserError, match="The synthetic dataset needs"):
+        synthetic(**sizes)
+
+
 # ---- batching -----------------------------------------------------------------------------------
 
 

@@ -110,6 +110,14 @@ def test_lr_batch_size_scales_the_learning_rate_linearly(make_cfg, tmp_path):
     assert ev.Scalars("lr")[0].value == pytest.approx(0.2)
 
 
+def test_a_batch_of_one_is_refused_only_where_a_norm_needs_batch_statistics(make_cfg, tmp_path):
+    from bnexp.config import UserError
+    for norm in ("bn", "torch_bn", "noisy_bn"):
+        with pytest.raises(UserError, match="set data.batch_size to 2 or more"):
+            train(make_cfg(*TINY, f"norm={norm}", "data.batch_size=1"), str(tmp_path / norm))
+    assert train(make_cfg(*TINY, "norm=gn", "data.batch_size=1"), str(tmp_path / "gn"))["steps"] == 40
+
+
 def test_bad_step_counts_are_a_users_mistake(make_cfg, tmp_path):
     from bnexp.config import UserError
     with pytest.raises(UserError, match="at least 1"):

@@ -358,10 +358,11 @@ def _load_synthetic(cfg: DataConfig, root: str) -> _Arrays:
     """
     scales = torch.tensor(list(cfg.feature_scales), dtype=torch.float64)
     k = cfg.num_classes
-    if len(scales) == 0 or k < 2 or cfg.num_train < k or cfg.num_test < 1:
+    # Two test examples at least: a BN network is also tested with batch statistics, which one lacks.
+    if len(scales) == 0 or k < 2 or cfg.num_train < k or cfg.num_test < 2:
         raise UserError(
             f"The synthetic dataset needs at least one entry in data.feature_scales, "
-            f"data.num_classes >= 2, data.num_train >= data.num_classes and data.num_test >= 1; "
+            f"data.num_classes >= 2, data.num_train >= data.num_classes and data.num_test >= 2; "
             f"got {len(scales)} scales, {k} classes, {cfg.num_train} train and {cfg.num_test} "
             f"test examples."
         )

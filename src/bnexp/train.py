@@ -76,6 +76,14 @@ def has_running_statistics(model) -> bool:
     return any(getattr(m, "track_running_stats", False) for m in model.modules())
 
 
+def check_batch_size(cfg, model) -> None:
+    """BN's batch statistics need two examples: a batch of one has no spread to normalize by."""
+    if cfg.data.batch_size < 2 and has_running_statistics(model):
+        raise UserError(f"norm={cfg.norm.name} normalizes by statistics over each batch, and a batch of "
+                        f"{cfg.data.batch_size} example has none; set data.batch_size to 2 or more, or choose a norm "
+                        f"without batch statistics (ln, gn, none).")
+
+
 def change_length(data: InMemoryData, x: torch.Tensor, length: int) -> torch.Tensor:
     """Prepared sequences x (steps along dim 2: L of (N, C, L), the rows H of (N, C, H, W)) made
     `length` steps long, aligned at their end: the first steps dropped, or blank steps (a raw 0: no
@@ -167,6 +175,7 @@ def train(cfg, run_dir: str) -> dict:
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, device)
     model = initialized_model(cfg, data, device)
+    check_batch_size(cfg, model)
     lr = learning_rate(cfg)
     optimizer = make_optimizer(model.parameters(), cfg.optim, lr)
     batch_size = cfg.data.batch_size
