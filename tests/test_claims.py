@@ -211,9 +211,25 @@ def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path):
 
 
 @pytest.mark.parametrize("args,explained", [(["--claims", "nope"], "unknown claim(s) nope"),
-                                            (["--jobs", "0"], "--jobs 0")])
+                                            (["--claims", ","], "--claims names no claim"),
+                                            (["--jobs", "0"], "--jobs 0"),
+                                            (["--out", "earlier"], "is not an empty folder"),
+                                            (["--out", "earlier/REPORT.md"], "is not an empty folder")])
 def test_reproduce_refuses_bad_arguments_before_any_sweep(tmp_path, args, explained):
-    out = subprocess.run([sys.executable, "-m", "bnexp.reproduce", *args, "--out", str(tmp_path / "repro")],
+    """Nothing is trained or written, and an earlier reproduction's folder is left as it was."""
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "REPORT.md").write_text("an earlier reproduction")
+    out = subprocess.run([sys.executable, "-m", "bnexp.reproduce", "--out", "new", *args], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120, env=os.environ)
     assert out.returncode == 2 and explained in out.stderr and "Traceback" not in out.stderr
-    assert not (tmp_path / "repro").exists()  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]
+    assert [p.name for p in (tmp_path / "earlier").iterdir()] == ["REPORT.md"]
+    assert (tmp_path / "earlier" / "REPORT.md").read_text() == "an earlier reproduction"
+
+
+def test_reproduce_exits_non_zero_when_a_sweep_ends_without_a_report(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bnexp.reproduce", "--claims", "affine", "--jobs", "1",
+                          "--out", str(tmp_path / "repro"), "seed=0", "optim.lr=-1"],
+                         capture_output=True, text=True, timeout=300, env=os.environ)
+    assert out.returncode == 1, out.stderr
+    assert "| **error** |" in (tmp_path / "repro" / "REPORT.md").read_text()

@@ -121,8 +121,9 @@ def main(argv=None) -> None:
 
     claims = [c.strip() for c in args.claims.split(",") if c.strip()]
     unknown = [c for c in claims if c not in CLAIMS]
-    if unknown:
-        parser.error(f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}")
+    if unknown or not claims:
+        parser.error(f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}" if unknown else
+                     f"--claims names no claim; choose from: {', '.join(CLAIMS)}")
     jobs = args.jobs
     if jobs < 1:
         parser.error(f"--jobs {jobs}: the programs trained at once must be at least 1")
@@ -131,6 +132,11 @@ def main(argv=None) -> None:
               "time.", file=sys.stderr)
         jobs = 1
     out = args.out or Path("reproduce") / f"{args.profile}_{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    # A folder of its own: an earlier reproduction's run folders would join this one's analyses, and its
+    # finding.json stand in for a sweep that fails.
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        parser.error(f"--out {out} already exists and is not an empty folder; a reproduction writes its sweeps and "
+                     f"REPORT.md into a new one: give another --out, or delete {out} first")
     out.mkdir(parents=True, exist_ok=True)
 
     start, results, commands = time.perf_counter(), [], {}
@@ -142,6 +148,8 @@ def main(argv=None) -> None:
     if args.update_experiments:
         update_experiments(args.update_experiments, out, args.profile, results, commands)
     print("\n" + "\n".join(f"{r['claim']:>18}: {r['verdict']}" for r in results) + f"\n\nreport: {report}")
+    if any(r["verdict"] == "error" for r in results):
+        sys.exit(1)  # a sweep ended without a report: scripts and CI see it
 
 
 if __name__ == "__main__":
