@@ -2,12 +2,14 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Run, verdict
+from bnexp.config import UserError
 from bnexp.report import report
 
 
@@ -154,6 +156,22 @@ def test_each_claims_sweep_runs_end_to_end_into_a_report(claim, tmp_path):
     # The report is rebuilt from the run folders alone, with the same verdict.
     (tmp_path / "finding.json").unlink()
     assert report(tmp_path)["verdict"] == finding["verdict"]
+
+
+def test_a_report_counts_an_unreadable_run_as_failed_and_explains_a_narrowed_sweep(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bnexp", "-m", "experiment=lr_tolerance", "device=cpu",
+                          f"hydra.sweep.dir={tmp_path}", "seed=0", "train.steps=4", "model=mlp", "optim.lr=0.1"],
+                         capture_output=True, text=True, timeout=600, env=os.environ)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "finding.json").read_text())["setup"]["failed runs"] == 0
+    damaged = next(tmp_path.glob("*norm=none*/metrics.json"))
+    damaged.write_text('{"config": ')  # cut short
+    assert report(tmp_path)["setup"]["failed runs"] == 1
+    shutil.rmtree(damaged.parent)  # now no plain network to compare BN with
+    (tmp_path / "finding.json").unlink()
+    with pytest.raises(UserError, match="The lr_tolerance analysis could not use the runs"):
+        report(tmp_path)
+    assert not (tmp_path / "finding.json").exists()
 
 
 # ---- affine --------------------------------------------------------------------------------------

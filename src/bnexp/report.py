@@ -66,7 +66,13 @@ def report(sweep_dir, runs: Optional[list[Run]] = None) -> dict:
         raise UserError(f"The runs in {sweep_dir} belong to claims {sorted(map(str, names))}, but a report needs "
                         f"one sweep of one claim ({', '.join(CLAIMS)}): run `bnexp -m experiment=<claim>`.")
     claim = CLAIMS[names.pop()]
-    finding = claim.analyze(runs)
+    try:
+        finding = claim.analyze(runs)
+    except Exception as e:  # in practice: a narrowed sweep lacks a setting the claim compares
+        raise UserError(f"The {claim.name} analysis could not use the runs in {sweep_dir} ({type(e).__name__}: {e}). "
+                        f"It compares the settings that `bnexp -m experiment={claim.name}` sweeps "
+                        f"(conf/experiment/{claim.name}.yaml): fewer seeds or steps are fine, but a sweep narrowed to "
+                        f"fewer of its norms, models or other swept values may lack a comparison it needs.") from e
     figure = f"{claim.name}.png"
     finding.figure.savefig(sweep_dir / figure, dpi=110)
     with SummaryWriter(str(sweep_dir / "report")) as tb:

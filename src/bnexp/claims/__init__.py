@@ -43,14 +43,17 @@ class Run:
 
 
 def load_runs(sweep_dir) -> list[Run]:
-    """Every run of a sweep: each subfolder that Hydra made (it holds `.hydra/config.yaml`)."""
+    """Every run of a sweep: each subfolder that Hydra made (it holds `.hydra/config.yaml`); a run without a
+    readable metrics.json counts as failed."""
     from bnexp.train import flat_config
 
     runs = []
     for cfg_file in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml")):
         folder = cfg_file.parent.parent
-        metrics_file = folder / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError):  # not there (the run failed), or unreadable: no result either way
+            metrics = None
         config = metrics["config"] if metrics else flat_config(OmegaConf.load(cfg_file))
         runs.append(Run(folder, config, metrics))
     return runs
