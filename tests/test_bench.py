@@ -67,11 +67,15 @@ def test_quick_startup_section_times_a_real_bnexp_process(tmp_path):
     assert figures["startup.loads_torchvision"] == 0  # the default run never imports torchvision
 
 
-def test_unknown_sections_are_refused(capsys):
+@pytest.mark.parametrize("args,explained", [(["--only", "norm,speed"], "section(s) speed unknown"),
+                                            (["--out", "no/such/folder/bench.json"], "cannot write a file there"),
+                                            (["--out", "."], "cannot write a file there")])
+def test_bad_arguments_are_refused_before_any_measuring(capsys, monkeypatch, args, explained):
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured before checking its arguments"))
     with pytest.raises(SystemExit) as error:
-        bench.main(["--only", "norm,speed"])
+        bench.main(["--quick", *args])
     assert error.value.code == 2
-    assert "section(s) speed unknown" in capsys.readouterr().err
+    assert explained in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

@@ -794,6 +794,10 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"section(s) {', '.join(unknown)} unknown{' or CPU-only' if gpu else ''}; "
                      f"choose from {', '.join(allowed)}")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)) or os.path.isdir(args.out):
+        # before the minutes of measuring, not after
+        parser.error(f"--out {args.out}: cannot write a file there; give a file path in an existing, writable folder")
     command = "python -m bnexp.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     figures = {"command": command.strip(), **run(sections, quick=args.quick, device=args.device)}
     with open(args.out, "w") as f:
