@@ -182,8 +182,9 @@ def test_a_users_mistake_in_a_program_fails_its_runs_and_the_sweep_goes_on(tmp_p
     assert not list(tmp_path.glob("*/metrics.json"))
 
 
-def test_runs_that_cannot_be_vectorized_fall_back_to_the_plain_runner(tmp_path):
-    output = run_bnexp(tmp_path, "seed=0,1", "optim=adam")
+@pytest.mark.parametrize("unsupported", ["optim=adam", "hydra.job.chdir=true"])
+def test_runs_that_cannot_be_vectorized_fall_back_to_the_plain_runner(tmp_path, unsupported):
+    output = run_bnexp(tmp_path, "seed=0,1", unsupported)
     assert "as 2 programs (0 vectorized)" in output
     runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
     assert len(runs) == 2

@@ -108,6 +108,8 @@ def unsupported_reason(cfg) -> Optional[str]:
         check_ranges(cfg)
     except UserError:  # alone, the run fails with the message; in a program, it would take the others with it
         return "a value out of its range"
+    if OmegaConf.select(cfg, "hydra.job.chdir"):  # a sweep's job config
+        return "hydra.job.chdir=true (a program's runs share one process, so one working folder)"
     if cfg.optim.name not in SUPPORTED_OPTIMIZERS:
         return f"optim={cfg.optim.name} (only {'/'.join(SUPPORTED_OPTIMIZERS)} are vectorized)"
     if cfg.model.dropout > 0 and _device_type(cfg) != "cpu":

@@ -148,9 +148,6 @@ def _run_group(hydra_context: HydraContext, task_function: TaskFunction, configs
             ret.cfg, ret.hydra_cfg = task_cfg, copy.deepcopy(HydraConfig.instance().cfg)
             ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
             ret.working_dir = os.getcwd()
-            if config.hydra.job.chdir:
-                raise ValueError("hydra/launcher=vectorized trains several jobs in one process and cannot "
-                                 "change into each job's folder; leave hydra.job.chdir false")
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             if config.hydra.output_subdir is not None:
                 hydra_output = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
