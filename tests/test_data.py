@@ -147,6 +147,19 @@ def test_one_missing_file_is_named(tmp_path):
         load_data(DataConfig(name="mnist", root=str(tmp_path)))
 
 
+@pytest.mark.parametrize("name, damaged", [("mnist", "MNIST/raw/train-images-idx3-ubyte"),
+                                           ("cifar10", "cifar-10-batches-py/data_batch_3")])
+def test_damaged_files_are_named_in_one_paragraph_and_left_alone(tmp_path, name, damaged):
+    write_mnist_files(tmp_path, n_train=5, n_test=3) if name == "mnist" else make_cifar_files(tmp_path)
+    path = tmp_path / damaged
+    path.write_bytes(path.read_bytes()[:50])  # cut short
+    with pytest.raises(UserError) as e:
+        load_data(DataConfig(name=name, root=str(tmp_path)))
+    message = str(e.value)
+    assert f"files in {path.parent} are all there but could not be read" in message and "\n" not in message
+    assert path.stat().st_size == 50
+
+
 def test_failed_download_says_so_in_one_paragraph(tmp_path, monkeypatch):
     import torchvision.datasets.mnist
     from urllib.error import URLError
@@ -224,6 +237,17 @@ def test_cached_datasets_load_even_where_the_cache_cannot_be_written(tmp_path, n
     (tmp_path / "a_file").write_text("")  # a data.root that is a file, not a folder
     data = load_data(DataConfig(name=name, root=str(tmp_path / "a_file")))
     assert (len(data.train_y), len(data.test_y)) == sizes
+
+
+@pytest.mark.parametrize("name, cache", [("digits", "digits/digits.npz"), ("mnist1d", "mnist1d/mnist1d.npz")])
+def test_a_damaged_cache_is_made_again(tmp_path, name, cache):
+    cfg = DataConfig(name=name, root=str(tmp_path))
+    data = load_data(cfg)
+    size = (tmp_path / cache).stat().st_size
+    (tmp_path / cache).write_bytes((tmp_path / cache).read_bytes()[:100])  # cut short
+    assert_same_data(load_data(cfg), data)
+    assert (tmp_path / cache).stat().st_size == size  # saved again, whole
+    assert sorted(os.listdir(tmp_path / cache.split("/")[0])) == [cache.split("/")[1]]
 
 
 def test_mnist1d_is_generated_once_and_cached(tmp_path, monkeypatch):

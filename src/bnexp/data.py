@@ -174,10 +174,12 @@ def _channel_stats(x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
 
 def _cached(path: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The arrays x, y, x_test, y_test from the .npz at `path`, made by `make()` and saved there first if
-    it is not there yet. An unwritable data.root costs later runs only the making again."""
-    if os.path.exists(path):
+    it is not there yet, or not readable. An unwritable data.root costs later runs only the making again."""
+    try:
         with np.load(path) as f:
             return {key: f[key] for key in ("x", "y", "x_test", "y_test")}
+    except Exception:  # not there yet, or damaged (cut short, overwritten, ...): made (again) and saved
+        pass
     arrays = make()
     try:
         _write_atomically(path, arrays)
@@ -314,10 +316,12 @@ def _torchvision_splits(cls, cfg: DataConfig, root: str, folder: str, files: lis
         raise UserError(_missing_files_message(cfg.name, folder, files, missing))
     try:
         return cls(root, train=True, download=cfg.download), cls(root, train=False)
-    except (OSError, RuntimeError) as e:  # a failed download: no internet, a bad archive
-        if not missing:
-            raise
-        raise UserError(_missing_files_message(cfg.name, folder, files, missing, e)) from e
+    except Exception as e:
+        if missing:  # a failed download: no internet, a bad archive
+            raise UserError(_missing_files_message(cfg.name, folder, files, missing, e)) from e
+        raise UserError(f"The {cfg.name} files in {folder} are all there but could not be read "
+                        f"({type(e).__name__}: {e}); they may be damaged. Delete them and fetch them again "
+                        f"(data.download=true), or point data.root at a good copy.") from e
 
 
 def _missing_files_message(
