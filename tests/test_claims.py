@@ -122,6 +122,27 @@ def test_batch_size_is_inconclusive_when_seeds_disagree():
     assert CLAIMS["batch_size"].analyze(bs_sweep([0.7, 0.7, 0.93], [0.94] * 3)).verdict == INCONCLUSIVE
 
 
+# ---- sweeps that lack what a claim compares --------------------------------------------------------
+def without(runs, key, value):
+    return [r for r in runs if r[key] != value]
+
+
+@pytest.mark.parametrize("claim,runs,missing", [
+    ("lr_tolerance", without(lr_sweep(lambda s: [0.1, 1], lambda s: [0.1]), "norm.name", "none"), "norm.name=none"),
+    ("lr_tolerance", without(lr_sweep(lambda s: [0.1, 1], lambda s: [0.1]), "norm.name", "bn"), "norm.name=bn"),
+    ("init_sensitivity", without(init_sweep([[0.95] * 3] * 3, [[0.9] * 3] * 3), "norm.name", "none"),
+     "norm.name=none"),
+    ("init_sensitivity", [r for r in init_sweep([[0.95] * 3] * 3, [[0.9] * 3] * 3) if r["init.std"] == 1],
+     "one initialization"),
+    ("batch_size", without(bs_sweep([0.7] * 3, [0.94] * 3), "norm.name", "gn"), "norm.name=gn"),
+    ("batch_size", without(bs_sweep([0.7] * 3, [0.94] * 3), "data.batch_size", 2), "data.batch_size=2"),
+])
+def test_an_analysis_refuses_a_sweep_without_a_comparison_it_makes(claim, runs, missing):
+    """Rather than a verdict on a comparison never made (e.g. BN's learning-rate range against nothing)."""
+    with pytest.raises(ValueError, match=missing):
+        CLAIMS[claim].analyze(runs)
+
+
 # ---- end to end ----------------------------------------------------------------------------------
 TINY_SWEEPS = {
     "lr_tolerance": ["seed=0", "train.steps=8", "train.eval_every=4", "optim.lr=0.1,10"],

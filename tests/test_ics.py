@@ -218,6 +218,19 @@ ICS_STORY = {"none": dict(drift=0.3, one_minus_cos=0.2, land=1.0),
              "noisy_bn": dict(drift=0.2, one_minus_cos=0.2, land=1.0, acc=0.80)}
 
 
+@pytest.mark.parametrize("norm", ["none", "bn", "noisy_bn"])
+def test_ics_gradient_refuses_a_sweep_without_one_of_its_three_networks(norm):
+    cells = [{k: v for k, v in SANTURKAR.items() if k != norm}] * 3
+    with pytest.raises(ValueError, match=f"norm.name={norm}"):
+        CLAIMS["ics_gradient"].analyze(gradient_sweep(cells))
+
+
+def test_ics_refuses_a_sweep_without_bn_or_without_the_plain_network():
+    for norm in ("bn", "none"):
+        with pytest.raises(ValueError, match=f"norm.name={norm}"):
+            CLAIMS["ics"].analyze([r for r in ics_sweep([(0.4, 0.2)] * 3, [(2.0, 1.0)] * 3) if r["norm.name"] != norm])
+
+
 def test_ics_gradient_is_supported_when_all_three_of_santurkars_claims_hold():
     finding = CLAIMS["ics_gradient"].analyze(gradient_sweep([SANTURKAR] * 3))
     assert finding.verdict == SUPPORTED and len(finding.passed) == 9

@@ -102,10 +102,18 @@ def test_stability_and_steps_to_target_read_the_loss_curve():
     assert claim.stable(ok) and claim.steps_to(ok, 0.3) == 2 and claim.steps_to(ok, 0.1) is None
     bumpy = fake_run({}, [1.0, 0.5, 0.6, 0.2, 0.2])
     assert not claim.stable(bumpy) and claim.steps_to(bumpy, 0.3) == 3
-    # reaching the target on the way and leaving it again does not count
-    assert claim.steps_to(fake_run({}, [1.0, 0.2, 0.5]), 0.3) is None
+    # the criterion's "reaches": the first time, even if the loss leaves the target again (as an unstable run's may)
+    assert claim.steps_to(fake_run({}, [1.0, 0.2, 0.5]), 0.3) == 1
     assert claim.stable(fake_run({}, [1.0, 0.5, 0.5 * (1 + 1e-7)]))  # rounding is not a rise
     assert not claim.stable(fake_run({}, [1.0, 0.5, 0.4], diverged=True))
+
+
+def test_a_loss_logged_at_fewer_steps_than_every_one_is_refused():
+    # with log.stats_every=2 a list position would be two steps, and stability judged on every other step
+    sparse = fake_run({}, [1.0, 0.5, 0.3])
+    sparse.metrics["series"]["batch/loss"] = [[1, 1.0], [3, 0.3]]
+    with pytest.raises(ValueError, match="log.stats_every=1"):
+        claim.losses(sparse)
 
 
 # ---- verdict logic ----------------------------------------------------------------------------------------

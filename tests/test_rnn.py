@@ -197,6 +197,14 @@ def test_rnn_is_supported_when_per_step_statistics_win_and_extend_to_longer_sequ
     assert not any("Warning" in n for n in finding.notes)
 
 
+def test_rnn_refuses_a_sweep_that_tested_no_longer_sequence():
+    # part (2) is about lengths beyond training: without one it cannot hold, nor fail
+    runs = [fake(norm, per_step, seed, {4: 0.7, 8: 0.95})
+            for seed in range(3) for norm, per_step in (("bn", True), ("bn", False), ("none", False), ("ln", False))]
+    with pytest.raises(ValueError, match="no sequence longer than the training length 8"):
+        CLAIMS["rnn"].analyze(runs)
+
+
 def test_rnn_is_not_supported_when_per_step_statistics_do_not_help():
     finding = CLAIMS["rnn"].analyze(rnn_sweep(lambda s: {4: 0.7, 8: 0.955, 16: 0.92},
                                               lambda s: {4: 0.7, 8: 0.95, 16: 0.92}))

@@ -40,9 +40,10 @@ def render(result: dict, figure: str, level: int = 1) -> str:
     """A claim's result (finding.json's content) as markdown; `figure` is the image's path from the page."""
     held = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["passed"].items())
     setup = "; ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in result["setup"].items())
+    fixed = "fixed before the runs" if result["preregistered"] else "fixed after a first look at results: see the note"
     parts = [f"{'#' * level} {result['title']}", f"**Verdict: {result['verdict']}.** {result['summary']}",
              f"![{result['claim']}]({figure})",
-             f"**Hypothesis.** {result['hypothesis']}", f"**Criterion (fixed before the runs).** {result['criterion']}",
+             f"**Hypothesis.** {result['hypothesis']}", f"**Criterion ({fixed}).** {result['criterion']}",
              f"**Criterion held:** {held}.", markdown_table(result["table"])]
     parts += [f"*Note.* {note}" for note in result["notes"]]
     parts.append(f"**Setup.** {setup}")
@@ -79,7 +80,8 @@ def report(sweep_dir, runs: Optional[list[Run]] = None) -> dict:
         tb.add_figure(f"claims/{claim.name}", finding.figure)  # add_figure closes the figure
         tb.add_text(f"claims/{claim.name}/verdict", f"{finding.verdict}: {finding.summary}")
     result = dict(claim=claim.name, title=claim.title, verdict=finding.verdict, summary=finding.summary,
-                  hypothesis=claim.hypothesis, criterion=claim.criterion, passed=finding.passed,
+                  hypothesis=claim.hypothesis, criterion=claim.criterion, preregistered=claim.preregistered,
+                  passed=finding.passed,
                   table=finding.table, notes=finding.notes, figure=figure, setup=setup(runs))
     (sweep_dir / "report.md.tmp").write_text(render(result, figure))
     (sweep_dir / "report.md.tmp").replace(sweep_dir / "report.md")

@@ -67,6 +67,15 @@ def curve(run, tag) -> tuple[np.ndarray, np.ndarray]:
     return steps, values
 
 
+def require(runs: list[Run], key: str, *values) -> None:
+    """Raise unless the sweep has runs with each of `values` of `key`: an analysis compares them, and without
+    one of them it would judge the claim on a comparison never made."""
+    missing = [v for v in values if not any(r[key] == v for r in runs)]
+    if missing:
+        raise ValueError(f"the sweep has no run with {' or '.join(f'{key}={v}' for v in missing)}, which the claim "
+                         f"compares")
+
+
 def group(runs: list[Run], *keys: str) -> dict[tuple, list[Run]]:
     """Runs grouped by the values of config keys, groups in sorted order."""
     out: dict[tuple, list[Run]] = {}
@@ -110,9 +119,11 @@ class Claim:
     name: str
     title: str
     hypothesis: str
-    criterion: str  # pre-registered, in plain words
+    criterion: str  # in plain words
     analyze: Callable[[list[Run]], Finding]
     paper: tuple[str, ...] = ()  # overrides that turn the quick sweep into the papers' setup
+    # Whether the criterion was fixed before any of its runs were seen; if not, its analysis discloses when.
+    preregistered: bool = True
 
 
 def _registry() -> dict[str, Claim]:

@@ -1,5 +1,5 @@
 """Claim: batch normalization depends on the batch size and degrades with small batches."""
-from bnexp.claims import Claim, Finding, group, mean_std, verdict
+from bnexp.claims import Claim, Finding, group, mean_std, require, verdict
 from bnexp.claims.plots import errorbars, figure
 
 SMALLEST = 2
@@ -21,6 +21,8 @@ def drop(runs) -> float:
 
 
 def analyze(runs) -> Finding:
+    require(runs, "norm.name", "bn", "gn")
+    require(runs, "data.batch_size", SMALLEST)
     passed = {}
     for (seed,), cell in group(runs, "seed").items():
         by_norm = {norm: rs for (norm,), rs in group(cell, "norm.name").items()}

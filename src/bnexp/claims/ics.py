@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from bnexp.claims import Claim, Finding, curve, group, mean_std, verdict
+from bnexp.claims import Claim, Finding, curve, group, mean_std, require, verdict
 from bnexp.claims.plots import band, plt
 
 RATIO = 0.5  # BN's drift must be at most this fraction of the plain network's
@@ -89,6 +89,7 @@ def fmt(values, spec: str = "%.3g") -> str:
 
 # ---- the analysis ---------------------------------------------------------------------------------
 def analyze(runs) -> Finding:
+    require(runs, "norm.name", "bn", "none")
     layers = max((hidden_layers(r) for r in runs), key=len, default=[])
     last = layers[-1] if layers else "layer?"
     prefixes = {"unit 0": f"act/{last}/unit0", "whole layer": f"act/{last}"}

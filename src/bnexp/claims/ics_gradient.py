@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from bnexp.claims import Claim, Finding, curve, group, mean_std, verdict
+from bnexp.claims import Claim, Finding, curve, group, mean_std, require, verdict
 from bnexp.claims.ics import COLORS, LABELS, drift, first_run, fmt, hidden_layers, jitter, percentile_panel
 from bnexp.claims.plots import band, plt
 from bnexp.ics import LANDSCAPE_STEPS
@@ -97,6 +97,7 @@ def _parts(by_norm: dict) -> dict[str, bool]:
 
 
 def analyze(runs) -> Finding:
+    require(runs, "norm.name", "none", "bn", "noisy_bn")
     passed, per_part = {}, {p: [] for p in PARTS}
     for (seed,), cell in group(runs, "seed").items():
         by_norm = {norm: rs[0] for (norm,), rs in group(cell, "norm.name").items()}

@@ -1,5 +1,5 @@
 """Claim: batch normalization removes the sensitivity to weight initialization."""
-from bnexp.claims import Claim, Finding, group, mean_std, verdict
+from bnexp.claims import Claim, Finding, group, mean_std, require, verdict
 from bnexp.claims.plots import errorbars, figure
 
 SPREAD = 0.05  # BN's accuracy may vary by at most this much across initializations
@@ -18,6 +18,9 @@ def spread(runs) -> float:
 
 
 def analyze(runs) -> Finding:
+    require(runs, "norm.name", "bn", "none")
+    if len(group(runs, "init.name", "init.std")) < 2:
+        raise ValueError("the sweep has one initialization; the claim compares accuracy across several")
     passed, table = {}, []
     for (act, seed), cell in group(runs, "model.activation", "seed").items():
         by_norm = {norm: rs for (norm,), rs in group(cell, "norm.name").items()}

@@ -1,7 +1,7 @@
 """Claim: batch normalization allows much higher learning rates, and trains faster."""
 import math
 
-from bnexp.claims import Claim, Finding, group, mean_std, verdict
+from bnexp.claims import Claim, Finding, group, mean_std, require, verdict
 from bnexp.claims.plots import errorbars, figure
 
 GOOD = 0.9  # a learning rate is good if its run reaches this fraction of the best accuracy
@@ -39,6 +39,7 @@ def steps_to(run, target: float):
 
 
 def analyze(runs) -> Finding:
+    require(runs, "norm.name", "bn", "none")
     best = {key: max(r.test_acc for r in cell) for key, cell in group(runs, "model.name", "seed").items()}
     passed = {}
     for (model, seed), cell in group(runs, "model.name", "seed").items():

@@ -76,6 +76,9 @@ def analyze(runs) -> Finding:
     trained = train_length(runs)
     all_lengths = lengths(runs)
     longer = [n for n in all_lengths if n > trained]
+    if not longer:  # part (2) would hold for want of anything to test
+        raise ValueError(f"the sweep tested no sequence longer than the training length {trained} "
+                         f"(train.eval_lengths), which part (2) of the criterion needs")
     twins_differ = twins_that_differ(runs, all_lengths)
     runs = [r for r in runs if variant(r)]
 
@@ -164,4 +167,5 @@ CLAIM = Claim(
     criterion=CRITERION, analyze=analyze,
     paper=("data=mnist", "model.width=128", "train.steps=5000", "train.eval_every=500",
            "train.eval_lengths=[14,21,42,56]", "seed=0,1,2,3,4"),
+    preregistered=False,  # written after a first quick sweep (the analysis's disclosure note)
 )
