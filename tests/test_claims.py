@@ -179,12 +179,18 @@ def test_each_claims_sweep_runs_end_to_end_into_a_report(claim, tmp_path):
     assert report(tmp_path)["verdict"] == finding["verdict"]
 
 
-def test_a_report_counts_an_unreadable_run_as_failed_and_explains_a_narrowed_sweep(tmp_path):
+def test_a_report_refuses_duplicate_runs_counts_an_unreadable_one_as_failed_and_explains_a_narrowed_sweep(
+        tmp_path):
     out = subprocess.run([sys.executable, "-m", "bnexp", "-m", "experiment=lr_tolerance", "device=cpu",
                           f"hydra.sweep.dir={tmp_path}", "seed=0", "train.steps=4", "model=mlp", "optim.lr=0.1"],
                          capture_output=True, text=True, timeout=600, env=os.environ)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "finding.json").read_text())["setup"]["failed runs"] == 0
+    bn_run = next(tmp_path.glob("*norm=bn*/"))
+    shutil.copytree(bn_run, tmp_path / "again")  # the same run twice: one would hide the other
+    with pytest.raises(UserError, match=f"again and {bn_run.name} in {tmp_path} are runs with the same settings"):
+        report(tmp_path)
+    shutil.rmtree(tmp_path / "again")
     damaged = next(tmp_path.glob("*norm=none*/metrics.json"))
     damaged.write_text('{"config": ')  # cut short
     assert report(tmp_path)["setup"]["failed runs"] == 1

@@ -5,6 +5,7 @@ every claim sweep). Writes into the sweep folder: `report.md`, `<claim>.png`, `f
 `bnexp-reproduce` collects) and the figure as a TensorBoard image under `report/`.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -67,6 +68,13 @@ def report(sweep_dir, runs: Optional[list[Run]] = None) -> dict:
         raise UserError(f"The runs in {sweep_dir} belong to claims {sorted(map(str, names))}, but a report needs "
                         f"one sweep of one claim ({', '.join(CLAIMS)}): run `bnexp -m experiment=<claim>`.")
     claim = CLAIMS[names.pop()]
+    seen: dict[str, Run] = {}
+    for r in runs:  # an analysis keys its runs by their settings: a second run with the same ones would hide one
+        key = json.dumps(r.config, sort_keys=True, default=str)
+        if key in seen:
+            raise UserError(f"{seen[key].path.name} and {r.path.name} in {sweep_dir} are runs with the same settings "
+                            f"(two sweeps in one folder?); keep one of them, or give each sweep its own folder.")
+        seen[key] = r
     try:
         finding = claim.analyze(runs)
     except Exception as e:  # in practice: a narrowed sweep lacks a setting the claim compares
