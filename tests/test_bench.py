@@ -79,8 +79,9 @@ def test_bad_arguments_are_refused_before_any_measuring(capsys, monkeypatch, arg
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
-def test_a_gpu_device_without_a_gpu_is_refused(capsys):
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "gpu"])
+def test_a_gpu_device_without_a_gpu_is_refused(capsys, device):
     with pytest.raises(SystemExit) as error:
-        bench.main(["--device", "cuda", "--quick"])
+        bench.main(["--device", device, "--quick"])
     assert error.value.code == 2
-    assert "--device cuda: no such GPU here" in capsys.readouterr().err
+    assert f"--device {device}: no such GPU here" in capsys.readouterr().err

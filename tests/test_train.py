@@ -150,6 +150,21 @@ def test_a_batch_of_one_is_refused_only_where_a_norm_needs_batch_statistics(make
     assert train(make_cfg(*TINY, "norm=gn", "data.batch_size=1"), str(tmp_path / "gn"))["steps"] == 40
 
 
+@pytest.mark.skipif(not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"),
+                    reason="torch < 2.9 has only the older allow_tf32 switch")
+def test_a_cuda_run_asks_cudnn_for_full_float32_precision_and_deterministic_algorithms(monkeypatch):
+    from bnexp.train import resolve_device
+    cudnn = torch.backends.cudnn
+    before = (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # resolve_device's view of a GPU machine
+    try:
+        cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark = "tf32", False, True  # cuDNN's own choices
+        assert resolve_device("auto") == torch.device("cuda")
+        assert (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark) == ("ieee", True, False)
+    finally:
+        cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark = before
+
+
 def test_bad_step_counts_are_a_users_mistake(make_cfg, tmp_path):
     from bnexp.config import UserError
     with pytest.raises(UserError, match="at least 1"):

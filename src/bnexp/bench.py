@@ -761,6 +761,7 @@ def run(sections=SECTIONS, quick: bool = False, echo: Callable[[str], None] = pr
     out = machine_info()
     out["machine.bench_device"] = str(device)
     if device.type == "cuda":
+        torch.cuda.set_device(device)  # cuda:N for every section, also where a config says device=cuda
         out["machine.gpu"] = torch.cuda.get_device_name(device)
         out["machine.timer"] = "wall clock, after waiting for the GPU's queued work"
     res = Results(judge=not quick and device.type == "cpu")  # the targets are this project's CPU figures
@@ -785,9 +786,14 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N) for the sections that run on a GPU")
     args = parser.parse_args(argv)
     gpu = args.device != "cpu"
-    if gpu and not (args.device.startswith("cuda") and torch.cuda.is_available()):
-        parser.error(f"--device {args.device}: no such GPU here (torch.cuda.is_available() is "
-                     f"{torch.cuda.is_available()}); use --device cpu, or cuda on a machine with an NVIDIA GPU")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:  # not a device name at all
+        device = None
+    if gpu and not (device is not None and device.type == "cuda" and torch.cuda.is_available()
+                    and (device.index or 0) < torch.cuda.device_count()):
+        parser.error(f"--device {args.device}: no such GPU here (PyTorch sees {torch.cuda.device_count()}); use "
+                     f"--device cpu, or cuda (cuda:N) on a machine with an NVIDIA GPU")
     allowed = DEVICE_SECTIONS if gpu else SECTIONS
     sections = [s.strip() for s in (args.only or ",".join(allowed)).split(",") if s.strip()]
     unknown = [s for s in sections if s not in allowed]

@@ -33,11 +33,13 @@ STATS = ("p15", "p50", "p85", "mean", "std", "linear_frac", "unit0/p15", "unit0/
 
 def percentiles(x: torch.Tensor) -> torch.Tensor:
     """The 15th/50th/85th percentiles of all values of `x`: the order statistics of ranks
-    round(p/100·(n − 1)), found by selection (kthvalue, linear time: a sort cost 5x more at 6000
-    values, torch.quantile more still)."""
+    round(p/100·(n − 1)). On the CPU by selection (kthvalue, linear time: a sort cost 5x more at 6000
+    values, torch.quantile more still); on accelerators by one sort, the same order statistics: CUDA's
+    kthvalue is far slower than its sort on large tensors (pytorch/pytorch#75599), MPS has it only from
+    torch 2.9 on."""
     v = x.detach().flatten()
     ranks = [round(p / 100 * (v.numel() - 1)) for p in PERCENTILES]
-    if v.device.type == "mps":  # MPS has kthvalue only from torch 2.9 on: sorted, the same order statistics
+    if v.device.type != "cpu":
         return v.sort().values[ranks]
     return torch.stack([v.kthvalue(r + 1).values for r in ranks])
 

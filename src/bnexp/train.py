@@ -28,16 +28,31 @@ log = logging.getLogger("bnexp")
 
 
 def resolve_device(name) -> torch.device:
+    """The device `device=` names (auto: the accelerator when there is one). For CUDA, cuDNN is also set
+    to full float32 precision and deterministic algorithms (exact_cuda)."""
     name = getattr(name, "value", name)
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available[name]:
         raise UserError(f"device={name} was asked for, but PyTorch sees no {name} device here. "
                         f"Use device=auto (the accelerator when there is one) or device=cpu.")
+    if name == "cuda":
+        exact_cuda()
     return torch.device(name)
+
+
+def exact_cuda() -> None:
+    """cuDNN's float32 convolutions in full precision and its deterministic algorithms. By default it takes
+    TF32 (10-bit mantissas) on Ampere and later GPUs and picks algorithms by speed: the numbers would differ
+    from the CPU's beyond round-off, and one seed's runs from each other."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(conv, "fp32_precision"):  # torch >= 2.9's setting
+        conv.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def learning_rate(cfg) -> float:
