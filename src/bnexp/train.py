@@ -91,7 +91,7 @@ def has_running_statistics(model) -> bool:
     return any(getattr(m, "track_running_stats", False) for m in model.modules())
 
 
-def check_batch_size(cfg, model) -> None:
+def check_batch_statistics(cfg, model) -> None:
     """BN's batch statistics need two examples: a batch of one has no spread to normalize by."""
     if cfg.data.batch_size < 2 and has_running_statistics(model):
         raise UserError(f"norm={cfg.norm.name} normalizes by statistics over each batch, and a batch of "
@@ -190,7 +190,7 @@ def train(cfg, run_dir: str) -> dict:
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, device)
     model = initialized_model(cfg, data, device)
-    check_batch_size(cfg, model)
+    check_batch_statistics(cfg, model)
     lr = learning_rate(cfg)
     optimizer = make_optimizer(model.parameters(), cfg.optim, lr)
     batch_size = cfg.data.batch_size

@@ -51,8 +51,8 @@ from bnexp.config import UserError, check_ranges
 from bnexp.data import load_data
 from bnexp.monitor import Monitor, captured
 from bnexp.norm import BatchNorm
-from bnexp.train import (check_batch_size, finish as finish_run, initialized_model, learning_rate, planned_steps,
-                         record_evaluation, resolve_device)
+from bnexp.train import (check_batch_statistics, finish as finish_run, initialized_model, learning_rate,
+                         planned_steps, record_evaluation, resolve_device)
 
 log = logging.getLogger("bnexp")
 
@@ -315,7 +315,7 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         runs.append(_Run(cfg, run_dir, initialized_model(cfg, data, device), logger))
         # train.py's dropout masks come from the global RNG as the initialization left it
         dropout_rngs.append(torch.Generator().set_state(torch.get_rng_state()))
-    check_batch_size(cfg0, runs[0].model)
+    check_batch_statistics(cfg0, runs[0].model)
     batch_size = cfg0.data.batch_size
     per_epoch = data.steps_per_epoch(batch_size)  # checks the batch size, as train_batches does
     steps = planned_steps(cfg0, data)
