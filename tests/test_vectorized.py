@@ -56,6 +56,10 @@ CASES = {
     "momentum": (["optim=momentum", "init=normal", "optim.lr=0.05"],
                  [["optim.momentum=0.9", "init.std=0.1"], ["optim.momentum=0.5", "optim.weight_decay=0.01",
                                                             "init.std=0.3", "seed=1"]]),
+    # momentum and weight decay shared by the runs (a seeds-only sweep): taken as numbers, not per-run factors;
+    # BN with its own eps and momentum, which the folded BN must keep
+    "shared": (["optim=momentum", "optim.weight_decay=0.01", "norm.eps=1e-3", "norm.momentum=0.5"],
+               [["seed=0"], ["seed=1"]]),
     # one run diverges (recorded as diverged where train.py stops it); the others go on undisturbed
     "divergence": (["norm=none", "model.activation=relu", "log.stats_every=5"],
                    [["optim.lr=0.1"], ["optim.lr=1e3"], ["optim.lr=0.3", "seed=1"]]),
@@ -76,7 +80,8 @@ CASES = {
 def test_a_folded_network_computes_every_run_side_by_side(model, norm, make_cfg):
     # (Two-step comparisons of whole runs are above; this one checks every layer type in one forward and
     # backward, free of the chaos that 40 steps of a tiny GroupNorm CNN amplify round-off into.)
-    cfg = make_cfg(f"model={model}", f"norm={norm}", "model.channels=[4,8]", "model.width=16")
+    cfg = make_cfg(f"model={model}", f"norm={norm}", "model.channels=[4,8]", "model.width=16", "norm.eps=1e-2",
+                   "norm.momentum=0.5")  # not torch's defaults: the folded norms must take them over
     models = []
     for seed in range(3):
         torch.manual_seed(seed)
