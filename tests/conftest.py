@@ -27,7 +27,8 @@ def close_figures():
 
 @pytest.fixture
 def sgd_steps():
-    """Train `net` a few SGD steps on a random batch of 6; every step: logits of the right shape, a finite loss."""
+    """Train `net` a few SGD steps on a random batch of 6; every step: logits of the right shape, a finite loss;
+    and every parameter learns (a nonzero gradient: no layer is cut off from the loss)."""
     import torch
 
     def run(net, input_shape, steps: int = 3, num_classes: int = 10):
@@ -41,6 +42,8 @@ def sgd_steps():
             loss.backward()
             opt.step()
             assert torch.isfinite(loss)
+        for name, p in net.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
     return run
 
 

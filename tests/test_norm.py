@@ -310,6 +310,16 @@ def test_ln_normalizes_each_example_over_channels_and_positions(spatial_dims):
     assert norm.weight.shape == (6,)  # per-channel γ, not one per position
 
 
+def test_gn_normalizes_each_example_over_its_groups_of_channels():
+    norm = make_norm(NormConfig(name="gn", groups=4), 8, spatial_dims=2)
+    x = torch.randn(3, 8, 5, 5) * torch.arange(1.0, 9.0).view(1, 8, 1, 1)  # channels of different scales
+    y = norm(x)
+    for g in range(4):  # two channels a group, each group standardized on its own (γ = 1, β = 0)
+        part = x[:, 2 * g:2 * g + 2]
+        mean, var = part.mean((1, 2, 3), keepdim=True), part.var((1, 2, 3), unbiased=False, keepdim=True)
+        torch.testing.assert_close(y[:, 2 * g:2 * g + 2], (part - mean) / (var + norm.eps).sqrt())
+
+
 def test_unknown_norm_name_lists_the_known_ones():
     with pytest.raises(UserError, match="norm.name='batchnorm'") as error:
         make_norm(NormConfig(name="batchnorm"), 16)
