@@ -71,12 +71,15 @@ def test_statistics_stay_exact_when_the_mean_dwarfs_the_spread(shape):
     """Two-pass variance: E[x²] − μ² would lose every digit of σ² = 0.01 next to μ² = 10⁶."""
     torch.manual_seed(0)
     x = 1000.0 + 0.1 * torch.randn(shape)
-    ours, exact = BatchNorm(C), TORCH_BN[len(shape)](C, dtype=torch.float64)
+    # momentum None: after one batch the running mean is that batch's, ~1000, as extreme in eval as in training
+    ours, exact = BatchNorm(C, momentum=None), TORCH_BN[len(shape)](C, momentum=None, dtype=torch.float64)
     y, y_exact = ours(x), exact(x.double())
     torch.testing.assert_close(ours.running_mean, exact.running_mean.float())
     torch.testing.assert_close(ours.running_var, exact.running_var.float())
     # y inherits the float32 rounding of μ ≈ 1000 (3e-5), divided by σ = 0.1.
     torch.testing.assert_close(y, y_exact.float(), rtol=0, atol=1e-3)
+    # eval with the same (float32) running statistics: x·s + (β − μ·s) would lose ~1e-3 here
+    exact.load_state_dict(ours.state_dict())
     ours.eval(), exact.eval()
     torch.testing.assert_close(ours(x), exact(x.double()).float())
 

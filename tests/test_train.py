@@ -75,10 +75,10 @@ def test_hparams_go_into_the_runs_own_event_file(make_cfg, tmp_path):
 
 def test_a_diverging_run_is_a_result_not_a_crash(make_cfg, tmp_path):
     metrics = train(make_cfg(*TINY, "norm=none", "model.activation=relu", "optim.lr=1e3",
-                          "log.stats_every=1"),
+                          "log.stats_every=5"),
                     str(tmp_path))
-    assert metrics["diverged"] and 1 <= metrics["diverged_step"] <= 10
-    assert metrics["steps"] == metrics["diverged_step"] < metrics["steps_planned"]
+    # flagged on the device at the step it diverged, seen and stopped at the next logging step
+    assert metrics["diverged"] and 1 <= metrics["diverged_step"] < metrics["steps"] == 5 < metrics["steps_planned"]
     saved = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: NaN becomes null
     assert saved["diverged"] and saved["final_test_loss"] is None
 
