@@ -205,7 +205,7 @@ def test_unknown_name_lists_the_known_ones():
 # ---- the offline datasets -----------------------------------------------------------------------
 
 
-def test_digits():
+def test_digits(tmp_path):
     data = load_data(DataConfig(name="digits", normalize=False))
     assert data.input_shape == (1, 8, 8) and data.train_x.dtype == torch.uint8
     assert (len(data.train_y), len(data.test_y)) == (1347, 450)
@@ -213,10 +213,8 @@ def test_digits():
     # Stratified: a quarter of every class is in the test split.
     per_class = torch.bincount(data.train_y) + torch.bincount(data.test_y)
     assert (torch.bincount(data.test_y) - per_class / 4).abs().max() <= 1
-    again = load_data(DataConfig(name="digits"))
-    assert torch.equal(again.test_x, data.test_x)  # a fixed split
-
-
+    again = load_data(DataConfig(name="digits", root=str(tmp_path)))  # split anew, not read from the cache
+    assert torch.equal(again.test_x, data.test_x) and torch.equal(again.train_y, data.train_y)  # a fixed split
 
 def test_digits_are_split_once_and_cached(tmp_path, monkeypatch):
     import sklearn.model_selection

@@ -162,6 +162,23 @@ def test_a_run_records_its_accuracy_at_other_lengths(make_cfg, tmp_path):
     assert list(saved["series"]["act/layer1/p50"])  # the probe feeds the usual TensorBoard statistics
 
 
+def test_testing_at_another_length_reads_the_test_sequences_made_that_long(make_cfg):
+    from bnexp.data import load_data
+    from bnexp.train import evaluate, initialized_model
+
+    cfg = make_cfg("model=rnn", "model.width=8", "data=digits", "device=cpu")
+    data = load_data(cfg.data)
+    model = initialized_model(cfg, data, torch.device("cpu")).eval()
+    for n in (4, 12):
+        loss, correct = 0.0, 0
+        with torch.no_grad():
+            for x, y in data.eval_batches("test", 1000):
+                logits = model(change_length(data, x, n))
+                loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+        assert evaluate(model, data, "test", length=n) == (pytest.approx(loss / 450), correct / 450)
+
+
 def test_other_lengths_need_a_model_that_reads_any_length(make_cfg, tmp_path):
     with pytest.raises(UserError, match="model=rnn"):
         train(make_cfg("train.steps=2", "train.eval_lengths=[4]", "device=cpu"), str(tmp_path))

@@ -99,9 +99,20 @@ def test_epochs_replace_steps(make_cfg, tmp_path):
     assert metrics["steps"] == 22
 
 
-def test_bn_runs_also_record_test_accuracy_with_batch_statistics(make_cfg, tmp_path):
+def test_bn_runs_also_record_test_accuracy_with_batch_statistics(make_cfg, tmp_path, monkeypatch):
+    import bnexp.train as runner
+
+    calls, evaluate = [], runner.evaluate
+
+    def recorded(*args, **kwargs):
+        calls.append((kwargs, evaluate(*args, **kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(runner, "evaluate", recorded)
     bn = train(make_cfg(*TINY), str(tmp_path / "bn"))
-    assert bn["final_test_acc_batch_stats"] > 0.5  # 10 classes: chance is 0.1
+    with_batch_statistics = [result for kw, result in calls if kw.get("batch_statistics")]
+    assert len(with_batch_statistics) == 1  # once, at the end: the test split at the training batch size
+    assert bn["final_test_acc_batch_stats"] == with_batch_statistics[0][1] > 0.5  # 10 classes: chance is 0.1
     assert "final_test_acc_batch_stats" not in train(make_cfg(*TINY, "norm=gn"), str(tmp_path / "gn"))
 
 
