@@ -108,6 +108,32 @@ def test_landscape_numbers_are_consistent(norm):
     assert values["landscape/grad_norm"] == pytest.approx(float(grad_norm), rel=1e-5)
 
 
+def test_landscape_walks_down_the_gradient_and_keeps_the_extremes():
+    """Each point θ − η·g stepped to by hand on a copy: the loss's extremes over the points, the largest
+    gradient change, and the largest change per distance moved (β)."""
+    model, x, y = tiny("none")
+    lr = 0.5
+    values = landscape(model, x, y, lr=lr)
+    g = [p.grad.clone() for p in model.parameters()]
+    g_flat = torch.cat([t.flatten() for t in g])
+    losses, changes, betas = [], [], []
+    for k in LANDSCAPE_STEPS:
+        eta, moved = k * lr, deepcopy(model)
+        with torch.no_grad():
+            for p, gp in zip(moved.parameters(), g):
+                p.sub_(eta * gp)
+        moved.zero_grad()
+        loss = F.cross_entropy(moved(x), y)
+        loss.backward()
+        change = float((torch.cat([p.grad.flatten() for p in moved.parameters()]) - g_flat).norm())
+        losses.append(loss.item()), changes.append(change), betas.append(change / (eta * float(g_flat.norm())))
+    assert len(set(losses)) == len(losses)  # the points differ, so the extremes below say something
+    assert values["landscape/loss_min"] == pytest.approx(min(losses), rel=1e-5)
+    assert values["landscape/loss_max"] == pytest.approx(max(losses), rel=1e-5)
+    assert values["landscape/grad_change"] == pytest.approx(max(changes), rel=1e-4)
+    assert values["landscape/beta_smoothness"] == pytest.approx(max(betas), rel=1e-4)
+
+
 MODELS = sorted(p.stem for p in pathlib.Path(bnexp.conf.__path__[0]).glob("model/*.yaml"))
 
 
