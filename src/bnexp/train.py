@@ -27,12 +27,18 @@ from bnexp.monitor import Monitor
 log = logging.getLogger("bnexp")
 
 
-def resolve_device(name) -> torch.device:
-    """The device `device=` names (auto: the accelerator when there is one). For CUDA, cuDNN is also set
-    to full float32 precision and deterministic algorithms (exact_cuda)."""
+def device_name(name) -> str:
+    """cpu, cuda or mps: `device=` as named, auto made the accelerator when there is one (else cpu)."""
     name = getattr(name, "value", name)
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return name
+
+
+def resolve_device(name) -> torch.device:
+    """The device `device=` names, if PyTorch sees it. For CUDA, cuDNN is also set to full float32 precision
+    and deterministic algorithms (exact_cuda)."""
+    name = device_name(name)
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available[name]:
         raise UserError(f"device={name} was asked for, but PyTorch sees no {name} device here. "

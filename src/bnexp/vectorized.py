@@ -51,8 +51,8 @@ from bnexp.config import UserError, check_ranges
 from bnexp.data import load_data
 from bnexp.monitor import Monitor, captured
 from bnexp.norm import BatchNorm
-from bnexp.train import (check_batch_statistics, finish as finish_run, initialized_model, learning_rate,
-                         planned_steps, record_evaluation, resolve_device)
+from bnexp.train import (check_batch_statistics, device_name, finish as finish_run, initialized_model,
+                         learning_rate, planned_steps, record_evaluation, resolve_device)
 
 log = logging.getLogger("bnexp")
 
@@ -127,10 +127,7 @@ def unsupported_reason(cfg) -> Optional[str]:
 
 def _device_type(cfg) -> str:
     """The type of device the run would train on; an unavailable one as named (train.py then reports it)."""
-    try:
-        return resolve_device(cfg.device).type
-    except UserError:
-        return str(getattr(cfg.device, "value", cfg.device))
+    return device_name(cfg.device)
 
 
 def _schema_defaults() -> dict:
@@ -213,7 +210,7 @@ class _GroupedDropout(nn.Module):
         self.generators: list[torch.Generator] = []
 
     def forward(self, x):
-        if not self.training or self.p == 0:
+        if not self.training:  # (p > 0: models hold no Dropout(0))
             return x
         shape = (x.shape[0], x.shape[1] // self.k, *x.shape[2:])  # one run's part
         masks = [x.new_empty(shape).bernoulli_(1 - self.p, generator=g).div_(1 - self.p) for g in self.generators]
@@ -319,7 +316,7 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
     batch_size = cfg0.data.batch_size
     per_epoch = data.steps_per_epoch(batch_size)  # checks the batch size, as train_batches does
     steps = planned_steps(cfg0, data)
-    eval_every, stats_every, hist_every = cfg0.train.eval_every, cfg0.log.stats_every, cfg0.log.hist_every
+    eval_every = cfg0.train.eval_every
 
     momentum = cfg0.optim.name == "momentum"
     n_train, channels = len(data.train_y), data.input_shape[0]
@@ -368,13 +365,13 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         if i == 0:  # a new epoch: each run's own permutation from its own generator
             orders = torch.stack([torch.randperm(n_train, generator=g) for g in generators]).to(device)
         idx = orders[:, i * batch_size:(i + 1) * batch_size]  # (K, B)
-        x, y = data.prepare(data.train_x[idx]), data.train_y[idx]  # (K, B, *input_shape), (K, B)
-
         # All K runs' steps as one: run k's batch in channels k·C ... (k+1)·C − 1 of one folded batch. The
-        # sum of the runs' losses has each run's own loss gradient w.r.t. that run's parameters.
-        folded_x = x.transpose(0, 1).reshape(batch_size, K * channels, *data.input_shape[1:])
-        stats, hist = step % stats_every == 0, step % hist_every == 0
-        with captured(folded) if stats or hist else nullcontext({}) as folded_acts:
+        # sum of the runs' losses has each run's own loss gradient w.r.t. that run's parameters. Gathered as
+        # (B, K, *input_shape), the folded batch is a view: one copy of the batch, not two.
+        folded_x = data.prepare(data.train_x[idx.t()]).view(batch_size, K * channels, *data.input_shape[1:])
+        y = data.train_y[idx]  # (K, B)
+        stats, observed = runs[0].monitor.wants_stats(step), runs[0].monitor.observes(step)  # the same log config
+        with captured(folded) if observed else nullcontext({}) as folded_acts:
             logits = folded(folded_x).view(batch_size, K, -1).transpose(0, 1)  # (K, B, classes)
         loss = F.cross_entropy(logits.reshape(K * batch_size, -1), y.reshape(-1), reduction="none")
         loss = loss.view(K, batch_size).mean(1)
@@ -382,7 +379,7 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         loss, logits = loss.detach(), logits.detach()
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
 
-        if stats or hist:
+        if observed:
             # Each run's own Monitor sees exactly what train.py hands it: the probe values of this
             # batch's forward (run k's channels of the folded ones), its gradients (on its eager model,
             # for the per-layer norms), and the running sums of loss and accuracy so far.

@@ -159,7 +159,7 @@ def _run_group(hydra_context: HydraContext, task_function: TaskFunction, configs
             rets.append(ret)
             task_cfgs.append(task_cfg)
             run_dirs.append(config.hydra.runtime.output_dir)
-            loggers.append(_job_logger(config, len(loggers)))
+            loggers.append(_job_logger(config))
         try:
             metrics = train_vectorized(task_cfgs, run_dirs, loggers)
             for ret, m in zip(rets, metrics):
@@ -192,8 +192,8 @@ def _run_group(hydra_context: HydraContext, task_function: TaskFunction, configs
         HydraConfig.instance().cfg = orig_hydra_cfg
 
 
-def _job_logger(config: DictConfig, k: int) -> logging.Logger:
-    """Run k's logger: its lines go to its own job log file (<run folder>/<job name>.log) and, prefixed with
+def _job_logger(config: DictConfig) -> logging.Logger:
+    """The job's run logger: its lines go to its own job log file (<run folder>/<job name>.log) and, prefixed with
     the run's number, to the console."""
     logger = logging.getLogger(f"bnexp.vectorized.run{config.hydra.job.num}")
     logger.handlers.clear()
