@@ -172,12 +172,13 @@ def _channel_stats(x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
 # ---- the datasets ------------------------------------------------------------------------------
 
 
-def _cached(path: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The arrays x, y, x_test, y_test from the .npz at `path`, made by `make()` and saved there first if
+def _cached(path: str, make: Callable[[], dict[str, np.ndarray]]) -> list[Tensor]:
+    """The tensors x, y, x_test, y_test from the .npz at `path`, made by `make()` and saved there first if
     it is not there yet, or not readable. An unwritable data.root costs later runs only the making again."""
+    keys = ("x", "y", "x_test", "y_test")
     try:
         with np.load(path) as f:
-            return {key: f[key] for key in ("x", "y", "x_test", "y_test")}
+            return _tensors(*(f[key] for key in keys))
     except Exception:  # not there yet, or damaged (cut short, overwritten, ...): made (again) and saved
         pass
     arrays = make()
@@ -185,15 +186,14 @@ def _cached(path: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, n
         _write_atomically(path, arrays)
     except UserError:
         pass
-    return arrays
+    return _tensors(*(arrays[key] for key in keys))
 
 
 def _load_digits(cfg: DataConfig, root: str) -> _Arrays:
     """scikit-learn's bundled 8x8 digits (values 0..16) with a fixed stratified 75/25 split, cached under
     <root>/digits/: importing scikit-learn takes about 2 s, as long as the default run's training itself
     on two CPU cores."""
-    a = _cached(os.path.join(root, "digits", "digits.npz"), _split_digits)
-    return _Arrays(*_tensors(a["x"], a["y"], a["x_test"], a["y_test"]), num_classes=10, scale=1 / 16)
+    return _Arrays(*_cached(os.path.join(root, "digits", "digits.npz"), _split_digits), num_classes=10, scale=1 / 16)
 
 
 def _split_digits() -> dict[str, np.ndarray]:
@@ -210,8 +210,8 @@ def _split_digits() -> dict[str, np.ndarray]:
 
 def _load_mnist1d(cfg: DataConfig, root: str) -> _Arrays:
     """MNIST-1D, generated with the package's default (fixed-seed) arguments, cached under <root>/mnist1d/."""
-    a = _cached(os.path.join(root, "mnist1d", "mnist1d.npz"), _generate_mnist1d)
-    return _Arrays(*_tensors(a["x"], a["y"], a["x_test"], a["y_test"]), num_classes=10, scale=1.0)
+    return _Arrays(*_cached(os.path.join(root, "mnist1d", "mnist1d.npz"), _generate_mnist1d), num_classes=10,
+                   scale=1.0)
 
 
 def _generate_mnist1d() -> dict[str, np.ndarray]:
