@@ -113,7 +113,7 @@ def test_a_loss_logged_at_fewer_steps_than_every_one_is_refused():
     sparse = fake_run({}, [1.0, 0.5, 0.3])
     sparse.metrics["series"]["batch/loss"] = [[1, 1.0], [3, 0.3]]
     with pytest.raises(ValueError, match="log.stats_every=1"):
-        claim.losses(sparse)
+        claim.analyze([sparse])
 
 
 # ---- verdict logic ----------------------------------------------------------------------------------------

@@ -89,8 +89,8 @@ def report(sweep_dir, runs: Optional[list[Run]] = None) -> dict:
         tb.add_text(f"claims/{claim.name}/verdict", f"{finding.verdict}: {finding.summary}")
     result = dict(claim=claim.name, title=claim.title, verdict=finding.verdict, summary=finding.summary,
                   hypothesis=claim.hypothesis, criterion=claim.criterion, preregistered=claim.preregistered,
-                  passed=finding.passed,
-                  table=finding.table, notes=finding.notes, figure=figure, setup=setup(runs))
+                  passed=finding.passed, table=finding.table,
+                  notes=([claim.disclosure] if claim.disclosure else []) + finding.notes, figure=figure, setup=setup(runs))
     (sweep_dir / "report.md.tmp").write_text(render(result, figure))
     (sweep_dir / "report.md.tmp").replace(sweep_dir / "report.md")
     write_json(str(sweep_dir / "finding.json"), result)

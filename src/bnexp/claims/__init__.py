@@ -122,8 +122,14 @@ class Claim:
     criterion: str  # in plain words
     analyze: Callable[[list[Run]], Finding]
     paper: tuple[str, ...] = ()  # overrides that turn the quick sweep into the papers' setup
-    # Whether the criterion was fixed before any of its runs were seen; if not, its analysis discloses when.
-    preregistered: bool = True
+    # Set only where the criterion was fixed after some of its results had been seen: when and how, put
+    # first among the report's notes.
+    disclosure: str = ""
+
+    @property
+    def preregistered(self) -> bool:
+        """Whether the criterion was fixed before any of its runs were seen."""
+        return not self.disclosure
 
 
 def _registry() -> dict[str, Claim]:

@@ -192,9 +192,6 @@ def losses(run) -> list[float]:
     """The full-batch training loss after 0, 1, 2, ... updates (batch/loss at step t is the loss before
     update t; train/loss at the last step the loss after it). Non-finite values are None."""
     series = run.metrics["series"]
-    if [s for s, _ in series["batch/loss"]] != list(range(1, len(series["batch/loss"]) + 1)):
-        raise ValueError("the analysis needs the training loss of every step: run the sweep with log.stats_every=1, "
-                         "as conf/experiment/input_norm.yaml does")
     out = [v for _, v in series["batch/loss"]]
     last = series.get("train/loss", [])
     if last and last[-1][0] == run.metrics["steps"]:
@@ -244,6 +241,11 @@ def per_seed(runs, target: float) -> dict:
 
 def analyze(runs) -> Finding:
     runs = [r for r in runs if r.metrics]  # a failed run has no curve
+    for r in runs:  # `losses` reads list positions as steps
+        logged = [s for s, _ in r.metrics["series"]["batch/loss"]]
+        if logged != list(range(1, len(logged) + 1)):
+            raise ValueError("the analysis needs the training loss of every step: run the sweep with "
+                             "log.stats_every=1, as conf/experiment/input_norm.yaml does")
     curv = {normalize: curvature(rs) for (normalize,), rs in group(runs, "data.normalize").items()}
     min_loss = min(c["min_loss"] for c in curv.values())  # the same function class: one minimum
     target = min_loss + TARGET_GAP
@@ -296,8 +298,6 @@ def analyze(runs) -> Finding:
                f"{raw_reached} of {len(std_steps)} seeds within {budget} steps; the criterion held in {held} of "
                f"{len(passed)} seeds.")
     notes = [
-        "Disclosure: this criterion's thresholds were set after prototype runs on 3 seeds (10× fewer steps; at least "
-        "1/10 of the predicted gain), not before any data; they were not changed after the final sweeps.",
         "The two right panels are an illustration computed by the analysis, not sweep results: gradient descent on "
         "a two-weight problem where the quadratic model is exact (the least-squares fit of the labels by w·x, "
         f"without bias, on two synthetic features of scales {ILLUSTRATION_SCALES[0]:g} and "
@@ -420,5 +420,7 @@ CLAIM = Claim(
     # a finer learning-rate grid (three per decade), a longer budget, twenty starting points; on the CPU: six weights
     paper=("optim.lr=" + ",".join(f"{m}e{e}" for e in range(-5, 2) for m in (1, 2, 5)) + ",1e2",
            "train.steps=1000", "seed=" + ",".join(map(str, range(20))), "device=cpu"),
-    preregistered=False,  # thresholds set after prototype runs (the analysis's disclosure note)
+    disclosure="Disclosure: this criterion's thresholds were set after prototype runs on 3 seeds (10× fewer "
+               "steps; at least 1/10 of the predicted gain), not before any data; they were not changed after the "
+               "final sweeps.",
 )
