@@ -1,3 +1,4 @@
+import json
 import sys
 
 import pytest
@@ -45,6 +46,20 @@ def sgd_steps():
         for name, p in net.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
     return run
+
+
+@pytest.fixture
+def same_series():
+    """Assert that two run folders' metrics.json curves are equal up to float round-off (another kernel, another
+    summation order, another program): the same tags, steps and, but for round-off, values."""
+    def check(a, b, rel=1e-4, abs=1e-5):
+        sa, sb = (json.loads((folder / "metrics.json").read_text())["series"] for folder in (a, b))
+        assert sa.keys() == sb.keys()
+        for tag, points in sa.items():
+            assert [s for s, _ in sb[tag]] == [s for s, _ in points], tag
+            assert [v for _, v in sb[tag]] == [v if v is None else pytest.approx(v, rel=rel, abs=abs)
+                                              for _, v in points], tag
+    return check
 
 
 @pytest.fixture

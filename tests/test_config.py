@@ -77,13 +77,21 @@ def test_values_out_of_range_are_all_named_in_one_users_mistake(make_cfg):
     assert "model.depth" not in message  # values within range are not named
 
 
+# For each range, in its words: values at its edges (allowed) and just beyond each edge (refused).
+EDGES = {"at least 0": ([0], [-1]), "at least 1": ([1], [0]), "positive": ([1e-12], [0]),
+         "in [0, 1)": ([0, 0.99], [-0.01, 1]), "in [0, 1] (or null)": ([0, 1], [-0.01, 1.01])}
+
+
 @pytest.mark.parametrize("key", sorted(RANGES))
 def test_every_range_refuses_a_value_just_outside_it(make_cfg, key):
-    """Each entry's test is the range its words say: the edge value passes, one step beyond fails."""
+    """Each entry's test is the range its words say: the values at its edges pass, one step beyond either fails."""
     allowed, ok = RANGES[key]
-    edge = {"at least 0": 0, "at least 1": 1, "positive": 1e-12, "in [0, 1)": 0, "in [0, 1] (or null)": 1}[allowed]
-    beyond = {"at least 0": -1, "at least 1": 0, "positive": 0, "in [0, 1)": 1, "in [0, 1] (or null)": 1.5}[allowed]
-    assert ok(edge) and not ok(beyond)
-    value = f"[{beyond}]" if OmegaConf.is_list(OmegaConf.select(make_cfg(), key)) else beyond
-    with pytest.raises(UserError, match=re.escape(f"{key}=")):
-        check_ranges(make_cfg(f"{key}={value}"))
+    edges, beyond = EDGES[allowed]
+    is_list = OmegaConf.is_list(OmegaConf.select(make_cfg(), key))
+    for value in edges:
+        assert ok(value)
+        check_ranges(make_cfg(f"{key}={[value] if is_list else value}"))
+    for value in beyond:
+        assert not ok(value)
+        with pytest.raises(UserError, match=re.escape(f"{key}=")):
+            check_ranges(make_cfg(f"{key}={[value] if is_list else value}"))

@@ -251,10 +251,10 @@ def test_ics_gradient_refuses_a_sweep_without_one_of_its_three_networks(norm):
         CLAIMS["ics_gradient"].analyze(gradient_sweep(cells))
 
 
-def test_ics_refuses_a_sweep_without_bn_or_without_the_plain_network():
-    for norm in ("bn", "none"):
-        with pytest.raises(ValueError, match=f"norm.name={norm}"):
-            CLAIMS["ics"].analyze([r for r in ics_sweep([(0.4, 0.2)] * 3, [(2.0, 1.0)] * 3) if r["norm.name"] != norm])
+@pytest.mark.parametrize("norm", ["bn", "none"])
+def test_ics_refuses_a_sweep_without_bn_or_without_the_plain_network(norm):
+    with pytest.raises(ValueError, match=f"norm.name={norm}"):
+        CLAIMS["ics"].analyze([r for r in ics_sweep([(0.4, 0.2)] * 3, [(2.0, 1.0)] * 3) if r["norm.name"] != norm])
 
 
 def test_ics_gradient_is_supported_when_all_three_of_santurkars_claims_hold():
