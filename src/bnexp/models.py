@@ -25,6 +25,11 @@ ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 class Probe(nn.Identity):
     """A named point whose input is observed. Free unless someone registers a forward hook on it."""
 
+    @property
+    def observed(self) -> bool:
+        """Whether a forward hook is registered (bnexp.monitor's, while it observes a step)."""
+        return bool(self._forward_hooks)
+
 
 class Layer(nn.Module):
     """One hidden layer: x -> W x (+ b) -> norm -> probe -> g -> dropout."""
@@ -157,7 +162,7 @@ class Recurrent(Layer):
             h = self.g(a)
             pre.append(a)
             out.append(self.dropout(h))
-        if self.probe._forward_hooks:  # observed (bnexp.monitor hooks it): the stack is for observers only
+        if self.probe.observed:  # the stack is for observers only
             self.probe(torch.stack(pre, 2))
         return torch.stack(out, 2)
 
