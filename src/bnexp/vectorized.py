@@ -367,8 +367,8 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         idx = orders[:, i * batch_size:(i + 1) * batch_size]  # (K, B)
         # All K runs' steps as one: run k's batch in channels k·C ... (k+1)·C − 1 of one folded batch. The
         # sum of the runs' losses has each run's own loss gradient w.r.t. that run's parameters. Gathered as
-        # (B, K, *input_shape), the folded batch is a view: one copy of the batch, not two.
-        folded_x = data.prepare(data.train_x[idx.t()]).view(batch_size, K * channels, *data.input_shape[1:])
+        # (B, K, *input_shape), the folded batch is a view of contiguous data: one copy of the batch, not two.
+        folded_x = data.prepare(data.train_x[idx.t()]).reshape(batch_size, K * channels, *data.input_shape[1:])
         y = data.train_y[idx]  # (K, B)
         stats, observed = runs[0].monitor.wants_stats(step), runs[0].monitor.observes(step)  # the same log config
         with captured(folded) if observed else nullcontext({}) as folded_acts:
