@@ -66,8 +66,10 @@ CASES = {
     # dropout: each run's own masks, from its own generator, as its global RNG would draw them
     "dropout": (["model.dropout=0.3"], [["seed=0"], ["seed=1", "optim.lr=0.5"], ["seed=2"]]),
     # the per-example norms
-    "ln": (["norm=ln"], [["seed=0"], ["seed=1", "optim.lr=0.5"]]),
-    "gn": (["norm=gn"], [["seed=0"], ["seed=1"]]),  # (at lr 0.5 its percentiles drift ~1e-4 apart by step 40)
+    # (seeds only: at lr 0.5 round-off moves two neighbouring values of a percentile past each other by step
+    # 40, and the percentile then is the neighbour, ~1e-4 away)
+    "ln": (["norm=ln"], [["seed=0"], ["seed=1"]]),
+    "gn": (["norm=gn"], [["seed=0"], ["seed=1"]]),
 }
 
 
