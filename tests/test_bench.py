@@ -1,5 +1,6 @@
 """The benchmark code runs and reports what it promises; no timing is asserted here (a shared CI
 machine decides nothing about speed). `python -m bnexp.bench` measures; these tests only smoke it."""
+
 import json
 import math
 
@@ -12,7 +13,9 @@ from bnexp import bench
 def test_interleaved_alternates_blocks_and_reports_one_time_per_round():
     blocks = []
     times = bench.interleaved(
-        {"a": lambda: None, "b": lambda: None}, rounds=4, block_s=0.0005,
+        {"a": lambda: None, "b": lambda: None},
+        rounds=4,
+        block_s=0.0005,
         before_block={"a": lambda: blocks.append("a"), "b": lambda: blocks.append("b")},
     )
     # calibration (a, b), then one block of each per round, the order flipping every round
@@ -44,10 +47,18 @@ def test_quick_run_prints_the_table_and_writes_flat_json(tmp_path, capsys):
         assert key in figures
     assert figures["machine.torch_threads"] == 1
     expected = [
-        "norm.8x6.ratio", "norm.4x6x3x3.ratio", "norm.8x6.empty_function_ratio",
-        "data.batch.speedup", "data.mlp_step.speedup",
-        "logging.overhead", "vectorized.mlp.k2.speedup", "scaling.steps.per_step_ms", "scaling.mlp.norm.bn_vs_torch_bn",
-        "scaling.cnn.channels_last_speedup", "profile.mlp.forward_ms", "profile.cnn.our_batchnorm",
+        "norm.8x6.ratio",
+        "norm.4x6x3x3.ratio",
+        "norm.8x6.empty_function_ratio",
+        "data.batch.speedup",
+        "data.mlp_step.speedup",
+        "logging.overhead",
+        "vectorized.mlp.k2.speedup",
+        "scaling.steps.per_step_ms",
+        "scaling.mlp.norm.bn_vs_torch_bn",
+        "scaling.cnn.channels_last_speedup",
+        "profile.mlp.forward_ms",
+        "profile.cnn.our_batchnorm",
     ]
     for key in expected:
         assert isinstance(figures[key], float) and math.isfinite(figures[key]), key
@@ -67,9 +78,14 @@ def test_quick_startup_section_times_a_real_bnexp_process(tmp_path):
     assert figures["startup.loads_torchvision"] == 0  # the default run never imports torchvision
 
 
-@pytest.mark.parametrize("args,explained", [(["--only", "norm,speed"], "section(s) speed unknown"),
-                                            (["--out", "no/such/folder/bench.json"], "cannot write a file there"),
-                                            (["--out", "."], "cannot write a file there")])
+@pytest.mark.parametrize(
+    "args,explained",
+    [
+        (["--only", "norm,speed"], "section(s) speed unknown"),
+        (["--out", "no/such/folder/bench.json"], "cannot write a file there"),
+        (["--out", "."], "cannot write a file there"),
+    ],
+)
 def test_bad_arguments_are_refused_before_any_measuring(capsys, monkeypatch, args, explained):
     monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured before checking its arguments"))
     with pytest.raises(SystemExit) as error:

@@ -1,4 +1,5 @@
 """The claims' verdict logic on hand-made results, and each claim's pipeline end to end."""
+
 import json
 import os
 import pathlib
@@ -16,8 +17,13 @@ from bnexp.report import report
 def run(acc, diverged=False, train_acc=1.0, batch_stats=None, **config):
     config = {"claim": None, "seed": 0, "model.name": "mlp", "norm.name": "bn", **config}
     series = {"test/acc": [[100, acc / 2], [200, acc]]}
-    metrics = dict(final_test_acc=acc, final_train_acc=train_acc, diverged=diverged, series=series,
-                   final_test_acc_batch_stats=acc if batch_stats is None else batch_stats)
+    metrics = dict(
+        final_test_acc=acc,
+        final_train_acc=train_acc,
+        diverged=diverged,
+        series=series,
+        final_test_acc_batch_stats=acc if batch_stats is None else batch_stats,
+    )
     return Run(pathlib.Path("."), config, metrics)
 
 
@@ -38,8 +44,17 @@ LRS = [0.01, 0.1, 1, 10, 100]
 
 def lr_sweep(bn_good, plain_good, seeds=(0, 1, 2)):
     """BN and the plain MLP, good (acc 0.95) at the given learning rates, else diverged (acc 0.1)."""
-    return [run(0.95 if lr in good else 0.1, diverged=lr not in good, seed=s, **{"norm.name": norm, "optim.lr": lr})
-            for s in seeds for norm, good in (("bn", bn_good(s)), ("none", plain_good(s))) for lr in LRS]
+    return [
+        run(
+            0.95 if lr in good else 0.1,
+            diverged=lr not in good,
+            seed=s,
+            **{"norm.name": norm, "optim.lr": lr},
+        )
+        for s in seeds
+        for norm, good in (("bn", bn_good(s)), ("none", plain_good(s)))
+        for lr in LRS
+    ]
 
 
 def test_lr_tolerance_is_supported_when_bn_trains_over_a_10x_wider_and_higher_range():
@@ -54,17 +69,24 @@ def test_lr_tolerance_is_not_supported_when_both_tolerate_the_same_range():
 
 def test_lr_tolerance_is_inconclusive_when_seeds_disagree():
     finding = CLAIMS["lr_tolerance"].analyze(
-        lr_sweep(lambda s: [0.1, 1, 10] if s else [0.1], lambda s: [0.1]))
+        lr_sweep(lambda s: [0.1, 1, 10] if s else [0.1], lambda s: [0.1])
+    )
     assert finding.verdict == INCONCLUSIVE
 
 
 # ---- init_sensitivity ----------------------------------------------------------------------------
 def init_sweep(bn_accs, plain_accs):
     """Per seed, BN's and the plain net's accuracies across initializations (std 0.01, 1, 10)."""
-    return [run(acc, seed=s, **{"norm.name": norm, "model.activation": "relu", "init.name": "normal",
-                                "init.std": std})
-            for s in range(len(bn_accs)) for norm, accs in (("bn", bn_accs[s]), ("none", plain_accs[s]))
-            for std, acc in zip((0.01, 1, 10), accs)]
+    return [
+        run(
+            acc,
+            seed=s,
+            **{"norm.name": norm, "model.activation": "relu", "init.name": "normal", "init.std": std},
+        )
+        for s in range(len(bn_accs))
+        for norm, accs in (("bn", bn_accs[s]), ("none", plain_accs[s]))
+        for std, acc in zip((0.01, 1, 10), accs)
+    ]
 
 
 def test_init_sensitivity_is_supported_when_bn_is_flat_and_plain_is_not():
@@ -79,16 +101,19 @@ def test_init_sensitivity_is_not_supported_when_bn_varies_too():
 
 def test_init_sensitivity_is_inconclusive_when_seeds_disagree():
     f = CLAIMS["init_sensitivity"].analyze(
-        init_sweep([[0.95, 0.94, 0.95], [0.95, 0.5, 0.5]], [[0.9, 0.5, 0.1]] * 2))
+        init_sweep([[0.95, 0.94, 0.95], [0.95, 0.5, 0.5]], [[0.9, 0.5, 0.1]] * 2)
+    )
     assert f.verdict == INCONCLUSIVE
 
 
 # ---- regularization ------------------------------------------------------------------------------
 def reg_sweep(per_seed):
     """per_seed: [(plain, dropout, bn, bn + dropout) test accuracies] for each seed."""
-    return [run(acc, seed=s, **{"norm.name": norm, "model.dropout": p})
-            for s, accs in enumerate(per_seed)
-            for (norm, p), acc in zip((("none", 0.0), ("none", 0.5), ("bn", 0.0), ("bn", 0.5)), accs)]
+    return [
+        run(acc, seed=s, **{"norm.name": norm, "model.dropout": p})
+        for s, accs in enumerate(per_seed)
+        for (norm, p), acc in zip((("none", 0.0), ("none", 0.5), ("bn", 0.0), ("bn", 0.5)), accs)
+    ]
 
 
 def test_regularization_is_supported_when_bn_alone_matches_dropout():
@@ -106,8 +131,12 @@ def test_regularization_is_inconclusive_when_seeds_disagree():
 
 # ---- batch_size ----------------------------------------------------------------------------------
 def bs_sweep(bn_at_2, gn_at_2, seeds=3):
-    return [run(acc if bs == 2 else 0.95, seed=s, batch_stats=0.9, **{"norm.name": norm, "data.batch_size": bs})
-            for s in range(seeds) for norm, acc in (("bn", bn_at_2[s]), ("gn", gn_at_2[s])) for bs in (2, 32)]
+    return [
+        run(acc if bs == 2 else 0.95, seed=s, batch_stats=0.9, **{"norm.name": norm, "data.batch_size": bs})
+        for s in range(seeds)
+        for norm, acc in (("bn", bn_at_2[s]), ("gn", gn_at_2[s]))
+        for bs in (2, 32)
+    ]
 
 
 def test_batch_size_is_supported_when_bn_degrades_at_batch_2_and_gn_does_not():
@@ -127,16 +156,33 @@ def without(runs, key, value):
     return [r for r in runs if r[key] != value]
 
 
-@pytest.mark.parametrize("claim,runs,missing", [
-    ("lr_tolerance", without(lr_sweep(lambda s: [0.1, 1], lambda s: [0.1]), "norm.name", "none"), "norm.name=none"),
-    ("lr_tolerance", without(lr_sweep(lambda s: [0.1, 1], lambda s: [0.1]), "norm.name", "bn"), "norm.name=bn"),
-    ("init_sensitivity", without(init_sweep([[0.95] * 3] * 3, [[0.9] * 3] * 3), "norm.name", "none"),
-     "norm.name=none"),
-    ("init_sensitivity", [r for r in init_sweep([[0.95] * 3] * 3, [[0.9] * 3] * 3) if r["init.std"] == 1],
-     "one initialization"),
-    ("batch_size", without(bs_sweep([0.7] * 3, [0.94] * 3), "norm.name", "gn"), "norm.name=gn"),
-    ("batch_size", without(bs_sweep([0.7] * 3, [0.94] * 3), "data.batch_size", 2), "data.batch_size=2"),
-])
+@pytest.mark.parametrize(
+    "claim,runs,missing",
+    [
+        (
+            "lr_tolerance",
+            without(lr_sweep(lambda s: [0.1, 1], lambda s: [0.1]), "norm.name", "none"),
+            "norm.name=none",
+        ),
+        (
+            "lr_tolerance",
+            without(lr_sweep(lambda s: [0.1, 1], lambda s: [0.1]), "norm.name", "bn"),
+            "norm.name=bn",
+        ),
+        (
+            "init_sensitivity",
+            without(init_sweep([[0.95] * 3] * 3, [[0.9] * 3] * 3), "norm.name", "none"),
+            "norm.name=none",
+        ),
+        (
+            "init_sensitivity",
+            [r for r in init_sweep([[0.95] * 3] * 3, [[0.9] * 3] * 3) if r["init.std"] == 1],
+            "one initialization",
+        ),
+        ("batch_size", without(bs_sweep([0.7] * 3, [0.94] * 3), "norm.name", "gn"), "norm.name=gn"),
+        ("batch_size", without(bs_sweep([0.7] * 3, [0.94] * 3), "data.batch_size", 2), "data.batch_size=2"),
+    ],
+)
 def test_an_analysis_refuses_a_sweep_without_a_comparison_it_makes(claim, runs, missing):
     """Rather than a verdict on a comparison never made (e.g. BN's learning-rate range against nothing)."""
     with pytest.raises(ValueError, match=missing):
@@ -146,13 +192,25 @@ def test_an_analysis_refuses_a_sweep_without_a_comparison_it_makes(claim, runs, 
 # ---- end to end ----------------------------------------------------------------------------------
 TINY_SWEEPS = {
     "lr_tolerance": ["seed=0", "train.steps=8", "train.eval_every=4", "optim.lr=0.1,10"],
-    "init_sensitivity": ["seed=0", "train.steps=8", "init=normal", "init.std=0.01,1", "model.activation=relu"],
+    "init_sensitivity": [
+        "seed=0",
+        "train.steps=8",
+        "init=normal",
+        "init.std=0.01,1",
+        "model.activation=relu",
+    ],
     "regularization": ["seed=0", "train.steps=8", "data.subset=120"],
     "batch_size": ["seed=0", "train.epochs=null", "train.steps=8", "norm=bn,gn", "data.batch_size=2,32"],
     "affine": ["seed=0", "train.steps=8", "train.eval_every=4", "log.stats_every=4", "model.depth=1"],
     "ics": ["seed=0", "train.steps=8", "train.eval_every=4", "log.stats_every=2"],
-    "ics_gradient": ["seed=0", "train.steps=8", "train.eval_every=4", "log.stats_every=2", "measure.ics_every=4",
-                     "measure.landscape_every=8"],
+    "ics_gradient": [
+        "seed=0",
+        "train.steps=8",
+        "train.eval_every=4",
+        "log.stats_every=2",
+        "measure.ics_every=4",
+        "measure.landscape_every=8",
+    ],
     "input_norm": ["seed=0,1", "train.steps=30", "optim.lr=0.0001,10"],
     "rnn": ["seed=0", "train.steps=6", "train.eval_every=3", "model.width=8", "norm=none,bn"],
 }
@@ -164,9 +222,22 @@ def test_every_claims_pipeline_is_exercised():
 
 @pytest.mark.parametrize("claim", sorted(TINY_SWEEPS))
 def test_each_claims_sweep_runs_end_to_end_into_a_report(claim, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bnexp", "-m", f"experiment={claim}", "device=cpu",
-                          f"hydra.sweep.dir={tmp_path}", *TINY_SWEEPS[claim]],
-                         capture_output=True, text=True, timeout=600, env=os.environ)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bnexp",
+            "-m",
+            f"experiment={claim}",
+            "device=cpu",
+            f"hydra.sweep.dir={tmp_path}",
+            *TINY_SWEEPS[claim],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ,
+    )
     assert out.returncode == 0, out.stderr
     finding = json.loads((tmp_path / "finding.json").read_text())  # written by the end-of-sweep callback
     assert finding["claim"] == claim and finding["verdict"] in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
@@ -180,15 +251,34 @@ def test_each_claims_sweep_runs_end_to_end_into_a_report(claim, tmp_path):
 
 
 def test_a_report_refuses_duplicate_runs_counts_an_unreadable_one_as_failed_and_explains_a_narrowed_sweep(
-        tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bnexp", "-m", "experiment=lr_tolerance", "device=cpu",
-                          f"hydra.sweep.dir={tmp_path}", "seed=0", "train.steps=4", "model=mlp", "optim.lr=0.1"],
-                         capture_output=True, text=True, timeout=600, env=os.environ)
+    tmp_path,
+):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bnexp",
+            "-m",
+            "experiment=lr_tolerance",
+            "device=cpu",
+            f"hydra.sweep.dir={tmp_path}",
+            "seed=0",
+            "train.steps=4",
+            "model=mlp",
+            "optim.lr=0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "finding.json").read_text())["setup"]["failed runs"] == 0
     bn_run = next(tmp_path.glob("*norm=bn*/"))
     shutil.copytree(bn_run, tmp_path / "again")  # the same run twice: one would hide the other
-    with pytest.raises(UserError, match=f"again and {bn_run.name} in {tmp_path} are runs with the same settings"):
+    with pytest.raises(
+        UserError, match=f"again and {bn_run.name} in {tmp_path} are runs with the same settings"
+    ):
         report(tmp_path)
     shutil.rmtree(tmp_path / "again")
     damaged = next(tmp_path.glob("*norm=none*/metrics.json"))
@@ -204,15 +294,20 @@ def test_a_report_refuses_duplicate_runs_counts_an_unreadable_one_as_failed_and_
 # ---- affine --------------------------------------------------------------------------------------
 def affine_sweep(learned_fraction, bias_grad, bias_acc_shift=0.0, seeds=3):
     """Per seed: the four runs (γ/β learnable or fixed × bias before BN or not)."""
+
     def one(seed, affine, bias):
         fraction = learned_fraction[seed] if affine else 0.68
-        series = {"act/layer1/linear_frac": [[10, 0.68], [20, fraction]], "grad/layer1/norm": [[10, 0.1], [20, 0.1]],
-                  "test/acc": [[10, 0.9], [20, 0.95 + (bias_acc_shift if bias else 0)]]}
+        series = {
+            "act/layer1/linear_frac": [[10, 0.68], [20, fraction]],
+            "grad/layer1/norm": [[10, 0.1], [20, 0.1]],
+            "test/acc": [[10, 0.9], [20, 0.95 + (bias_acc_shift if bias else 0)]],
+        }
         if bias:
             series["grad/layer1/bias"] = [[10, bias_grad], [20, bias_grad]]
         r = run(0.95, seed=seed, **{"norm.affine": affine, "model.bias_before_norm": bias, "model.depth": 1})
         r.metrics["series"] = series
         return r
+
     return [one(s, a, b) for s in range(seeds) for a in (True, False) for b in (False, True)]
 
 
@@ -225,8 +320,11 @@ def test_affine_is_not_supported_when_gamma_beta_stay_linear_and_the_bias_matter
     assert f.verdict == NOT_SUPPORTED
 
 
-@pytest.mark.parametrize("bias", [dict(bias_grad=1e-2), dict(bias_grad=1e-9, bias_acc_shift=0.03)],
-                         ids=["bias-gets-a-gradient", "bias-changes-accuracy"])
+@pytest.mark.parametrize(
+    "bias",
+    [dict(bias_grad=1e-2), dict(bias_grad=1e-9, bias_acc_shift=0.03)],
+    ids=["bias-gets-a-gradient", "bias-changes-accuracy"],
+)
 def test_affine_is_not_supported_outright_when_only_the_bias_matters(bias):
     # γ/β leave the linear region in every seed, but the bias before BN is not inert: half the claim fails
     assert CLAIMS["affine"].analyze(affine_sweep([0.5] * 3, **bias)).verdict == INCONCLUSIVE
@@ -238,16 +336,35 @@ def test_affine_is_inconclusive_when_seeds_disagree():
 
 def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path):
     (tmp_path / "README.md").write_text("intro\n<!-- findings:start -->\nold\n<!-- findings:end -->\nrest\n")
-    out = subprocess.run([sys.executable, "-m", "bnexp.reproduce", "--claims", "regularization", "--jobs", "1",
-                          "--out", str(tmp_path / "repro"), "--update-experiments", str(tmp_path / "experiments"),
-                          "seed=0", "train.steps=8", "data.subset=120", "device=cpu"],
-                         capture_output=True, text=True, timeout=600, env=os.environ)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bnexp.reproduce",
+            "--claims",
+            "regularization",
+            "--jobs",
+            "1",
+            "--out",
+            str(tmp_path / "repro"),
+            "--update-experiments",
+            str(tmp_path / "experiments"),
+            "seed=0",
+            "train.steps=8",
+            "data.subset=120",
+            "device=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ,
+    )
     assert out.returncode == 0, out.stderr
     report_md = (tmp_path / "repro" / "REPORT.md").read_text()
     finding = json.loads((tmp_path / "repro" / "regularization" / "finding.json").read_text())
     assert f"**{finding['verdict']}**" in report_md and "`bnexp -m experiment=regularization" in report_md
     assert "hydra/launcher=vectorized" in report_md  # seeds and the like trained together
-    notebook = (tmp_path / "experiments" / "regularization")
+    notebook = tmp_path / "experiments" / "regularization"
     assert (notebook / "regularization.png").exists()
     assert CLAIMS["regularization"].criterion in (notebook / "README.md").read_text()
     readme = (tmp_path / "README.md").read_text()
@@ -255,17 +372,28 @@ def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path):
     assert "experiments/regularization/README.md" in readme
 
 
-@pytest.mark.parametrize("args,explained", [(["--claims", "nope"], "unknown claim(s) nope"),
-                                            (["--claims", ","], "--claims names no claim"),
-                                            (["--jobs", "0"], "--jobs 0"),
-                                            (["--out", "earlier"], "is not an empty folder"),
-                                            (["--out", "earlier/REPORT.md"], "is not an empty folder")])
+@pytest.mark.parametrize(
+    "args,explained",
+    [
+        (["--claims", "nope"], "unknown claim(s) nope"),
+        (["--claims", ","], "--claims names no claim"),
+        (["--jobs", "0"], "--jobs 0"),
+        (["--out", "earlier"], "is not an empty folder"),
+        (["--out", "earlier/REPORT.md"], "is not an empty folder"),
+    ],
+)
 def test_reproduce_refuses_bad_arguments_before_any_sweep(tmp_path, args, explained):
     """Nothing is trained or written, and an earlier reproduction's folder is left as it was."""
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / "REPORT.md").write_text("an earlier reproduction")
-    out = subprocess.run([sys.executable, "-m", "bnexp.reproduce", "--out", "new", *args], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120, env=os.environ)
+    out = subprocess.run(
+        [sys.executable, "-m", "bnexp.reproduce", "--out", "new", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ,
+    )
     assert out.returncode == 2 and explained in out.stderr and "Traceback" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]
     assert [p.name for p in (tmp_path / "earlier").iterdir()] == ["REPORT.md"]
@@ -273,8 +401,24 @@ def test_reproduce_refuses_bad_arguments_before_any_sweep(tmp_path, args, explai
 
 
 def test_reproduce_exits_non_zero_when_a_sweep_ends_without_a_report(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bnexp.reproduce", "--claims", "affine", "--jobs", "1",
-                          "--out", str(tmp_path / "repro"), "seed=0", "optim.lr=-1"],
-                         capture_output=True, text=True, timeout=300, env=os.environ)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bnexp.reproduce",
+            "--claims",
+            "affine",
+            "--jobs",
+            "1",
+            "--out",
+            str(tmp_path / "repro"),
+            "seed=0",
+            "optim.lr=-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ,
+    )
     assert out.returncode == 1, out.stderr
     assert "| **error** |" in (tmp_path / "repro" / "REPORT.md").read_text()

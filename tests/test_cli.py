@@ -1,4 +1,5 @@
 """End to end: the real `bnexp` command in a subprocess, as a user runs it."""
+
 import json
 import os
 import pathlib
@@ -13,7 +14,9 @@ TINY = ["train.steps=10", "train.eval_every=5", "log.stats_every=5", "log.hist_e
 
 
 def bnexp(*args, cwd):
-    return subprocess.run([BNEXP, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ)
+    return subprocess.run(
+        [BNEXP, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ
+    )
 
 
 def test_a_single_run_writes_its_folder_and_says_where(tmp_path):
@@ -31,10 +34,13 @@ def test_a_sweep_names_each_run_folder_from_its_overrides(tmp_path):
     out = bnexp("-m", *TINY, "norm=none,bn", "optim.lr=0.5", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert runs == ["norm=bn,optim.lr=0.5,train.eval_every=5,train.steps=10",
-                    "norm=none,optim.lr=0.5,train.eval_every=5,train.steps=10"]
-    assert {json.loads((tmp_path / "sweep" / r / "metrics.json").read_text())["config"]["norm.name"] for r in runs} \
-        == {"none", "bn"}
+    assert runs == [
+        "norm=bn,optim.lr=0.5,train.eval_every=5,train.steps=10",
+        "norm=none,optim.lr=0.5,train.eval_every=5,train.steps=10",
+    ]
+    assert {
+        json.loads((tmp_path / "sweep" / r / "metrics.json").read_text())["config"]["norm.name"] for r in runs
+    } == {"none", "bn"}
     assert "tensorboard --logdir" in out.stdout + out.stderr
 
 
@@ -45,8 +51,13 @@ def test_a_mistyped_key_fails_before_any_work_with_hydras_message(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("mistake,explained", [("data=mnist", "data.download=true"),  # files not there
-                                               ("model.width=-1", "model.width=-1 (must be at least 1)")])
+@pytest.mark.parametrize(
+    "mistake,explained",
+    [
+        ("data=mnist", "data.download=true"),  # files not there
+        ("model.width=-1", "model.width=-1 (must be at least 1)"),
+    ],
+)
 def test_a_users_mistake_gets_one_paragraph_not_a_traceback(tmp_path, mistake, explained):
     out = bnexp(mistake, "hydra.run.dir=run", cwd=tmp_path)
     assert out.returncode == 2
@@ -57,7 +68,9 @@ def test_a_users_mistake_gets_one_paragraph_not_a_traceback(tmp_path, mistake, e
 def test_a_failing_run_does_not_stop_the_sweep(tmp_path):
     out = bnexp("-m", *TINY, "data.batch_size=30,5000", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "sweep" / "data.batch_size=30,train.eval_every=5,train.steps=10" / "metrics.json").exists()
+    assert (
+        tmp_path / "sweep" / "data.batch_size=30,train.eval_every=5,train.steps=10" / "metrics.json"
+    ).exists()
     assert "data.batch_size" in out.stderr and "Traceback" not in out.stderr  # the mistake, in one paragraph
     assert "1 of 2 runs failed" in out.stdout + out.stderr
 

@@ -1,14 +1,15 @@
 """The config schema: every option composes, and mistakes fail at start-up with Hydra's message (or, for a
 value out of its range, with one paragraph naming each)."""
+
 import pathlib
 import re
 
+import bnexp.conf
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-import bnexp.conf
 from bnexp.config import RANGES, UserError, check_ranges
 
 CONF = pathlib.Path(bnexp.conf.__file__).parent
@@ -26,9 +27,23 @@ def test_every_option_composes_and_names_itself(make_cfg, group, option):
 
 
 def test_the_keys_users_type_exist(make_cfg):
-    cfg = make_cfg("model.depth=4", "model.width=50", "model.activation=relu", "model.dropout=0.2", "norm=gn",
-                   "norm.groups=4", "init=normal", "init.std=0.1", "optim=adam", "optim.lr=0.01", "data=mnist1d",
-                   "data.batch_size=32", "train.steps=7", "seed=3", "device=cpu")
+    cfg = make_cfg(
+        "model.depth=4",
+        "model.width=50",
+        "model.activation=relu",
+        "model.dropout=0.2",
+        "norm=gn",
+        "norm.groups=4",
+        "init=normal",
+        "init.std=0.1",
+        "optim=adam",
+        "optim.lr=0.01",
+        "data=mnist1d",
+        "data.batch_size=32",
+        "train.steps=7",
+        "seed=3",
+        "device=cpu",
+    )
     assert (cfg.model.depth, cfg.model.width, cfg.model.activation.value) == (4, 50, "relu")
     assert (cfg.norm.groups, cfg.init.std, cfg.optim.lr, cfg.data.batch_size) == (4, 0.1, 0.01, 32)
     assert (cfg.train.steps, cfg.seed, cfg.device.value) == (7, 3, "cpu")
@@ -36,7 +51,12 @@ def test_the_keys_users_type_exist(make_cfg):
 
 def test_the_default_run_is_the_bn_papers_mlp_on_digits(make_cfg):
     cfg = make_cfg()
-    assert (cfg.model.name, cfg.model.depth, cfg.model.width, cfg.model.activation.value) == ("mlp", 3, 100, "sigmoid")
+    assert (cfg.model.name, cfg.model.depth, cfg.model.width, cfg.model.activation.value) == (
+        "mlp",
+        3,
+        100,
+        "sigmoid",
+    )
     assert (cfg.norm.name, cfg.data.name, cfg.data.batch_size) == ("bn", "digits", 60)
 
 
@@ -46,8 +66,10 @@ def test_a_mistyped_key_is_rejected(make_cfg, override):
         make_cfg(override)
 
 
-@pytest.mark.parametrize("override", ["model.depth=three", "optim.lr=fast", "model.activation=softplus",
-                                      "device=tpu", "data.normalize=maybe"])
+@pytest.mark.parametrize(
+    "override",
+    ["model.depth=three", "optim.lr=fast", "model.activation=softplus", "device=tpu", "data.normalize=maybe"],
+)
 def test_a_value_of_the_wrong_type_is_rejected(make_cfg, override):
     with pytest.raises(ConfigCompositionException) as e:
         make_cfg(override)
@@ -66,25 +88,37 @@ def test_the_default_config_and_every_experiment_are_within_range(make_cfg):
 
 
 def test_values_out_of_range_are_all_named_in_one_users_mistake(make_cfg):
-    cfg = make_cfg("model.width=-1", "model.channels=[16,0]", "optim.lr=-0.1", "norm.momentum=2", "model.dropout=1")
+    cfg = make_cfg(
+        "model.width=-1", "model.channels=[16,0]", "optim.lr=-0.1", "norm.momentum=2", "model.dropout=1"
+    )
     with pytest.raises(UserError) as e:
         check_ranges(cfg)
     message = str(e.value)
-    for wrong in ["model.width=-1 (must be at least 1)", "model.channels=[16, 0] (must be at least 1)",
-                  "optim.lr=-0.1 (must be at least 0)", "norm.momentum=2.0 (must be in [0, 1] (or null))",
-                  "model.dropout=1.0 (must be in [0, 1))"]:
+    for wrong in [
+        "model.width=-1 (must be at least 1)",
+        "model.channels=[16, 0] (must be at least 1)",
+        "optim.lr=-0.1 (must be at least 0)",
+        "norm.momentum=2.0 (must be in [0, 1] (or null))",
+        "model.dropout=1.0 (must be in [0, 1))",
+    ]:
         assert wrong in message
     assert "model.depth" not in message  # values within range are not named
 
 
 # For each range, in its words: values at its edges (allowed) and just beyond each edge (refused).
-EDGES = {"at least 0": ([0], [-1]), "at least 1": ([1], [0]), "positive": ([1e-12], [0]),
-         "in [0, 1)": ([0, 0.99], [-0.01, 1]), "in [0, 1] (or null)": ([0, 1], [-0.01, 1.01])}
+EDGES = {
+    "at least 0": ([0], [-1]),
+    "at least 1": ([1], [0]),
+    "positive": ([1e-12], [0]),
+    "in [0, 1)": ([0, 0.99], [-0.01, 1]),
+    "in [0, 1] (or null)": ([0, 1], [-0.01, 1.01]),
+}
 
 
 @pytest.mark.parametrize("key", sorted(RANGES))
 def test_every_range_refuses_a_value_just_outside_it(make_cfg, key):
-    """Each entry's test is the range its words say: the values at its edges pass, one step beyond either fails."""
+    """Each entry's test is the range its words say: the values at its edges pass, one step beyond either
+    fails."""
     allowed, ok = RANGES[key]
     edges, beyond = EDGES[allowed]
     is_list = OmegaConf.is_list(OmegaConf.select(make_cfg(), key))

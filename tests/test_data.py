@@ -5,6 +5,7 @@ for MNIST and Fashion-MNIST, Python 2 pickles for CIFAR-10) and read by torchvis
 Every test points data.root at tmp_path (and conftest.py points BNEXP_DATA at a temporary folder),
 so nothing is written to the home folder or the repository.
 """
+
 import io
 import os
 import pickle
@@ -19,7 +20,6 @@ from omegaconf import OmegaConf
 from bnexp.bench import write_mnist_files  # MNIST's idx files (the benchmarks need them too)
 from bnexp.config import DataConfig, UserError
 from bnexp.data import InMemoryData, load_data
-
 
 # ---- the real on-disk formats -------------------------------------------------------------------
 
@@ -147,8 +147,10 @@ def test_one_missing_file_is_named(tmp_path):
         load_data(DataConfig(name="mnist", root=str(tmp_path)))
 
 
-@pytest.mark.parametrize("name, damaged", [("mnist", "MNIST/raw/train-images-idx3-ubyte"),
-                                           ("cifar10", "cifar-10-batches-py/data_batch_3")])
+@pytest.mark.parametrize(
+    "name, damaged",
+    [("mnist", "MNIST/raw/train-images-idx3-ubyte"), ("cifar10", "cifar-10-batches-py/data_batch_3")],
+)
 def test_damaged_files_are_named_in_one_paragraph_and_left_alone(tmp_path, name, damaged):
     write_mnist_files(tmp_path, n_train=5, n_test=3) if name == "mnist" else make_cifar_files(tmp_path)
     path = tmp_path / damaged
@@ -161,8 +163,9 @@ def test_damaged_files_are_named_in_one_paragraph_and_left_alone(tmp_path, name,
 
 
 def test_failed_download_says_so_in_one_paragraph(tmp_path, monkeypatch):
-    import torchvision.datasets.mnist
     from urllib.error import URLError
+
+    import torchvision.datasets.mnist
 
     def offline(url, *args, **kwargs):
         raise URLError("no route to host")
@@ -214,7 +217,10 @@ def test_digits(tmp_path):
     per_class = torch.bincount(data.train_y) + torch.bincount(data.test_y)
     assert (torch.bincount(data.test_y) - per_class / 4).abs().max() <= 1
     again = load_data(DataConfig(name="digits", root=str(tmp_path)))  # split anew, not read from the cache
-    assert torch.equal(again.test_x, data.test_x) and torch.equal(again.train_y, data.train_y)  # a fixed split
+    assert torch.equal(again.test_x, data.test_x) and torch.equal(
+        again.train_y, data.train_y
+    )  # a fixed split
+
 
 def test_digits_are_split_once_and_cached(tmp_path, monkeypatch):
     import sklearn.model_selection
@@ -320,8 +326,10 @@ def test_subset_keeps_the_first_examples_and_their_statistics():
         synthetic(subset=5000)
 
 
-@pytest.mark.parametrize("sizes", [dict(feature_scales=[]), dict(num_classes=1), dict(num_train=2, num_classes=3),
-                                   dict(num_test=1)])
+@pytest.mark.parametrize(
+    "sizes",
+    [dict(feature_scales=[]), dict(num_classes=1), dict(num_train=2, num_classes=3), dict(num_test=1)],
+)
 def test_synthetic_sizes_that_cannot_make_a_dataset_are_explained(sizes):
     with pytest.raises(UserError, match="The synthetic dataset needs"):
         synthetic(**sizes)

@@ -1,5 +1,6 @@
 """The input_norm claim: the Hessian computations on cases with known answers, the run measures, the verdict
 logic on hand-made runs (its sweep end to end: tests/test_claims.py)."""
+
 import json
 import pathlib
 
@@ -25,8 +26,9 @@ def test_power_iteration_finds_the_top_eigenvalue_of_a_quadratic():
     theta = torch.randn(6, generator=g, dtype=torch.float64)
     assert claim.top_eigenvalue(loss, theta) == pytest.approx(1e4, rel=1e-8)
     close = torch.diag(torch.tensor([2.0, 1.9, 1.0], dtype=torch.float64))  # a slow case: ratio 0.95
-    assert claim.top_eigenvalue(lambda t: 0.5 * t @ close @ t, torch.zeros(3, dtype=torch.float64)) == \
-        pytest.approx(2.0, rel=1e-6)
+    assert claim.top_eigenvalue(
+        lambda t: 0.5 * t @ close @ t, torch.zeros(3, dtype=torch.float64)
+    ) == pytest.approx(2.0, rel=1e-6)
 
 
 def test_minimize_finds_the_minimum_of_an_ill_conditioned_quadratic():
@@ -92,9 +94,15 @@ def metrics_config(cfg) -> dict:
 def fake_run(config: dict, values: list, diverged: bool = False) -> Run:
     """A finished run whose full-batch loss after 0, 1, ... updates was `values`."""
     steps = len(values) - 1
-    series = {"batch/loss": [[t + 1, v] for t, v in enumerate(values[:-1])], "train/loss": [[steps, values[-1]]]}
-    return Run(pathlib.Path("."), config, dict(series=series, steps=steps, steps_planned=steps, diverged=diverged,
-                                               final_test_acc=0.9))
+    series = {
+        "batch/loss": [[t + 1, v] for t, v in enumerate(values[:-1])],
+        "train/loss": [[steps, values[-1]]],
+    }
+    return Run(
+        pathlib.Path("."),
+        config,
+        dict(series=series, steps=steps, steps_planned=steps, diverged=diverged, final_test_acc=0.9),
+    )
 
 
 def test_stability_and_steps_to_target_read_the_loss_curve():
@@ -102,7 +110,8 @@ def test_stability_and_steps_to_target_read_the_loss_curve():
     assert claim.stable(ok) and claim.steps_to(ok, 0.3) == 2 and claim.steps_to(ok, 0.1) is None
     bumpy = fake_run({}, [1.0, 0.5, 0.6, 0.2, 0.2])
     assert not claim.stable(bumpy) and claim.steps_to(bumpy, 0.3) == 3
-    # the criterion's "reaches": the first time, even if the loss leaves the target again (as an unstable run's may)
+    # the criterion's "reaches": the first time, even if the loss leaves the target again (as an unstable
+    # run's may)
     assert claim.steps_to(fake_run({}, [1.0, 0.2, 0.5]), 0.3) == 1
     assert claim.stable(fake_run({}, [1.0, 0.5, 0.5 * (1 + 1e-7)]))  # rounding is not a rise
     assert not claim.stable(fake_run({}, [1.0, 0.5, 0.4], diverged=True))
@@ -126,10 +135,19 @@ def configs():
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="bnexp.conf", version_base="1.3"):
+
         def cfg(normalize, lr, seed):
-            c = compose(config_name="config", overrides=["experiment=input_norm", f"data.normalize={normalize}",
-                                                         f"optim.lr={lr}", f"seed={seed}"])
+            c = compose(
+                config_name="config",
+                overrides=[
+                    "experiment=input_norm",
+                    f"data.normalize={normalize}",
+                    f"optim.lr={lr}",
+                    f"seed={seed}",
+                ],
+            )
             return {**flat_config(c), "claim": "input_norm"}
+
         return {(n, lr, s): cfg(n, lr, s) for n in (False, True) for lr in LRS for s in (0, 1)}
 
 
@@ -154,7 +172,10 @@ def sweep(configs, std_stable, std_reach, raw_stable, raw_reach, seeds=(0, 1)):
     target = min_loss + claim.TARGET_GAP
     runs = []
     for s in seeds:
-        for normalize, largest, reach in ((True, std_stable(s), std_reach(s)), (False, raw_stable(s), raw_reach(s))):
+        for normalize, largest, reach in (
+            (True, std_stable(s), std_reach(s)),
+            (False, raw_stable(s), raw_reach(s)),
+        ):
             for lr in LRS:
                 values = curve(0.7, target, reach.get(lr), stable=lr <= largest)
                 runs.append(fake_run(configs[normalize, lr, s], values))
@@ -163,25 +184,29 @@ def sweep(configs, std_stable, std_reach, raw_stable, raw_reach, seeds=(0, 1)):
 
 def test_input_norm_is_supported_when_standardized_inputs_are_stable_far_higher_and_much_faster(configs):
     finding = CLAIMS["input_norm"].analyze(
-        sweep(configs, lambda s: 10, lambda s: {10: 3, 1: 20}, lambda s: 1e-4, lambda s: {}))
+        sweep(configs, lambda s: 10, lambda s: {10: 3, 1: 20}, lambda s: 1e-4, lambda s: {})
+    )
     assert finding.verdict == SUPPORTED
     assert finding.figure is not None and len(finding.table) == 2
 
 
 def test_input_norm_is_not_supported_when_standardized_inputs_are_no_faster(configs):
     finding = CLAIMS["input_norm"].analyze(
-        sweep(configs, lambda s: 10, lambda s: {10: 20}, lambda s: 1e-4, lambda s: {1e-4: 30}))
+        sweep(configs, lambda s: 10, lambda s: {10: 20}, lambda s: 1e-4, lambda s: {1e-4: 30})
+    )
     assert finding.verdict == NOT_SUPPORTED
 
 
 def test_input_norm_is_not_supported_when_the_stable_range_barely_moves(configs):
     # much faster, but the largest stable learning rate only 10× higher: far below the predicted ~10⁴
     finding = CLAIMS["input_norm"].analyze(
-        sweep(configs, lambda s: 10, lambda s: {10: 3}, lambda s: 1, lambda s: {}))
+        sweep(configs, lambda s: 10, lambda s: {10: 3}, lambda s: 1, lambda s: {})
+    )
     assert finding.verdict == NOT_SUPPORTED
 
 
 def test_input_norm_is_inconclusive_when_starting_points_disagree(configs):
     finding = CLAIMS["input_norm"].analyze(
-        sweep(configs, lambda s: 10, lambda s: {10: 3} if s == 0 else {10: 20}, lambda s: 1e-4, lambda s: {}))
+        sweep(configs, lambda s: 10, lambda s: {10: 3} if s == 0 else {10: 20}, lambda s: 1e-4, lambda s: {})
+    )
     assert finding.verdict == INCONCLUSIVE

@@ -1,4 +1,5 @@
 """Sweeps on more than one core: the Hydra launchers of the `joblib` and `slurm` extras."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,22 @@ TINY = ["train.steps=6", "train.eval_every=3", "device=cpu"]
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_a_sweep_runs_through_the_launcher_into_one_folder_per_run(launcher, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bnexp", "-m", f"hydra/launcher={launcher}", "norm=none,bn", *TINY,
-                          f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, timeout=600, env=os.environ)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bnexp",
+            "-m",
+            f"hydra/launcher={launcher}",
+            "norm=none,bn",
+            *TINY,
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ,
+    )
     assert out.returncode == 0, out.stderr
     runs = sorted(p.name for p in tmp_path.iterdir() if (p / "metrics.json").exists())
     assert runs == ["norm=bn,train.eval_every=3,train.steps=6", "norm=none,train.eval_every=3,train.steps=6"]

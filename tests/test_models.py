@@ -1,4 +1,5 @@
 """Every model runs with every norm on every kind of input, and names its probe points."""
+
 import pytest
 import torch
 from torch import nn
@@ -8,12 +9,24 @@ from bnexp.models import MLP, build_model
 
 NORMS = ["none", "bn", "torch_bn", "ln", "gn"]
 # (C, H, W) images: digits, MNIST, CIFAR-10; (C, L) sequences: MNIST-1D; (F,) features: synthetic.
-SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32), "mnist1d": (1, 40), "synthetic": (3,)}
+SHAPES = {
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "mnist1d": (1, 40),
+    "synthetic": (3,),
+}
 
 
 def model(make_cfg, name, norm, shape, *overrides):
-    cfg = make_cfg(f"model={name}", f"norm={norm}", "norm.groups=4", "model.width=16", "model.channels=[8,16]",
-                   *overrides)
+    cfg = make_cfg(
+        f"model={name}",
+        f"norm={norm}",
+        "norm.groups=4",
+        "model.width=16",
+        "model.channels=[8,16]",
+        *overrides,
+    )
     return build_model(cfg, shape, num_classes=10)
 
 
@@ -52,7 +65,9 @@ def test_mlp_puts_the_norm_between_the_linear_map_and_the_nonlinearity(make_cfg)
     torch.testing.assert_close(layer(x), torch.sigmoid(layer.norm(layer.linear(x))))
 
 
-@pytest.mark.parametrize("norm,keep,has_bias", [("bn", False, False), ("bn", True, True), ("none", False, True)])
+@pytest.mark.parametrize(
+    "norm,keep,has_bias", [("bn", False, False), ("bn", True, True), ("none", False, True)]
+)
 def test_the_bias_before_a_norm_is_dropped_unless_asked_for(make_cfg, norm, keep, has_bias):
     net = model(make_cfg, "mlp", norm, (1, 8, 8), f"model.bias_before_norm={keep}")
     assert all((layer.linear.bias is not None) == has_bias for layer in net.layers().values())
@@ -65,6 +80,7 @@ def test_cnn_uses_1d_convolutions_for_sequences_and_2d_for_images(make_cfg):
 
 def test_cnn_rejects_flat_features(make_cfg):
     from bnexp.config import UserError
+
     with pytest.raises(UserError, match="model=mlp"):
         model(make_cfg, "cnn", "bn", (3,))
 
@@ -73,7 +89,9 @@ def test_mlp_depth_width_and_dropout_follow_the_config(make_cfg):
     net = model(make_cfg, "mlp", "none", (1, 8, 8), "model.depth=5", "model.width=7", "model.dropout=0.5")
     assert isinstance(net, MLP) and len(net.layers()) == 5
     assert all(layer.linear.out_features == 7 for layer in net.layers().values())
-    assert all(isinstance(layer.dropout, nn.Dropout) and layer.dropout.p == 0.5 for layer in net.layers().values())
+    assert all(
+        isinstance(layer.dropout, nn.Dropout) and layer.dropout.p == 0.5 for layer in net.layers().values()
+    )
 
 
 @pytest.mark.parametrize("scheme", ["normal", "uniform"])
@@ -100,6 +118,7 @@ def test_gain_scales_xavier_kaiming_and_orthogonal(make_cfg):
         for gain in (1.0, 3.0):
             torch.manual_seed(0)
             cfg = make_cfg(f"init={scheme}", f"init.gain={gain}", "model.width=300")
-            stds.append(initialize(build_model(cfg, (1, 8, 8), 10), cfg.init).layers()["layer2"].linear.weight.std())
+            stds.append(
+                initialize(build_model(cfg, (1, 8, 8), 10), cfg.init).layers()["layer2"].linear.weight.std()
+            )
         assert abs(stds[1] / stds[0] - 3.0) < 0.05, scheme
-

@@ -1,11 +1,12 @@
 """NoisyBatchNorm (Santurkar et al. 2018): BN plus per-unit noise redrawn every training step."""
+
 from pathlib import Path
 
+import bnexp.conf
 import pytest
 import torch
 from torch import nn
 
-import bnexp.conf
 from bnexp.models import build_model
 from bnexp.norm import NORMS, BatchNorm, NoisyBatchNorm, held_noise
 
@@ -23,16 +24,16 @@ def test_the_noise_follows_santurkars_distributions():
         # Per unit: m ~ U(μ − 0.1, μ + 0.1), s ~ N(σ, 0.1²), one μ and σ for the whole layer.
         mu = (m.max() + m.min()) / 2
         assert 0.19 < float(m.max() - m.min()) <= 0.2
-        assert float(m.std()) == pytest.approx(0.2 / 12 ** 0.5, rel=0.06)
+        assert float(m.std()) == pytest.approx(0.2 / 12**0.5, rel=0.06)
         assert float(s.std()) == pytest.approx(0.1, rel=0.06)
         mus.append(float(mu)), sigmas.append(float(s.mean()))
     mus, sigmas = torch.tensor(mus), torch.tensor(sigmas)
     # Per step: μ ~ U(−0.5, 0.5), σ ~ U(1, 1.25).
     assert -0.5 <= mus.min() < -0.45 and 0.45 < mus.max() <= 0.5
     assert float(mus.mean()) == pytest.approx(0, abs=0.05)
-    assert float(mus.std()) == pytest.approx(1 / 12 ** 0.5, rel=0.1)
+    assert float(mus.std()) == pytest.approx(1 / 12**0.5, rel=0.1)
     assert 0.99 < sigmas.min() < 1.02 and 1.23 < sigmas.max() < 1.26
-    assert float(sigmas.std()) == pytest.approx(0.25 / 12 ** 0.5, rel=0.15)
+    assert float(sigmas.std()) == pytest.approx(0.25 / 12**0.5, rel=0.15)
 
 
 def test_training_output_is_the_bn_output_scaled_and_shifted_per_unit():
@@ -43,7 +44,9 @@ def test_training_output_is_the_bn_output_scaled_and_shifted_per_unit():
     s, m = noisy.noise
     assert torch.allclose(z, s * y + m, atol=1e-6)
     # Noise after the normalization does not touch the running statistics.
-    assert torch.equal(noisy.running_mean, plain.running_mean) and torch.equal(noisy.running_var, plain.running_var)
+    assert torch.equal(noisy.running_mean, plain.running_mean) and torch.equal(
+        noisy.running_var, plain.running_var
+    )
     # Conv-shaped input: one (s, m) per channel, the same at every position.
     x4 = torch.randn(6, 8, 5, 5)
     z4, y4 = noisy(x4), plain(x4)
@@ -99,7 +102,9 @@ def test_gradients_reach_gamma_beta_and_the_input():
     layer = NoisyBatchNorm(8)
     x = torch.randn(16, 8, requires_grad=True)
     (layer(x) ** 2).sum().backward()
-    assert all(t is not None and torch.isfinite(t).all() for t in (x.grad, layer.weight.grad, layer.bias.grad))
+    assert all(
+        t is not None and torch.isfinite(t).all() for t in (x.grad, layer.weight.grad, layer.bias.grad)
+    )
 
 
 def test_the_registry_builds_it():

@@ -1,5 +1,6 @@
 """Claims about bnexp.norm: our BatchNorm is torch's BatchNorm, also under torch.func, and the
 registry builds every norm for every input rank."""
+
 import dataclasses
 
 import pytest
@@ -8,8 +9,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-from bnexp.config import NormConfig, UserError
 from bnexp import norm as norm_module
+from bnexp.config import NormConfig, UserError
 from bnexp.norm import NORMS, BatchNorm, make_norm
 
 TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
@@ -55,7 +56,9 @@ def assert_same_step(ours, ref, x, dy=None):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_torch_in_eval_then_training_steps_then_eval(shape, affine, track_running_stats, momentum):
     torch.manual_seed(0)
-    ours, ref = randomized_pair(shape, momentum=momentum, affine=affine, track_running_stats=track_running_stats)
+    ours, ref = randomized_pair(
+        shape, momentum=momentum, affine=affine, track_running_stats=track_running_stats
+    )
     ours.eval(), ref.eval()
     assert_same_step(ours, ref, torch.randn(shape))
     ours.train(), ref.train()
@@ -71,7 +74,8 @@ def test_statistics_stay_exact_when_the_mean_dwarfs_the_spread(shape):
     """Two-pass variance: E[x²] − μ² would lose every digit of σ² = 0.01 next to μ² = 10⁶."""
     torch.manual_seed(0)
     x = 1000.0 + 0.1 * torch.randn(shape)
-    # momentum None: after one batch the running mean is that batch's, ~1000, as extreme in eval as in training
+    # momentum None: after one batch the running mean is that batch's, ~1000, as extreme in eval as in
+    # training
     ours, exact = BatchNorm(C, momentum=None), TORCH_BN[len(shape)](C, momentum=None, dtype=torch.float64)
     y, y_exact = ours(x), exact(x.double())
     torch.testing.assert_close(ours.running_mean, exact.running_mean.float())
@@ -153,7 +157,9 @@ def test_one_value_per_channel_is_refused_when_batch_statistics_are_needed(shape
 
 @pytest.mark.parametrize("shape", [(4, C + 1), (4, C - 1, 3), (C,), ()])
 def test_input_of_the_wrong_shape_is_refused_with_the_expected_shape(shape):
-    with pytest.raises(ValueError, match=rf"expected input of shape \(N, {C}\) or \(N, {C}, \*\).*got input of shape"):
+    with pytest.raises(
+        ValueError, match=rf"expected input of shape \(N, {C}\) or \(N, {C}, \*\).*got input of shape"
+    ):
         BatchNorm(C)(torch.randn(shape))
 
 
@@ -206,7 +212,6 @@ def test_vmap_over_stacked_copies_equals_running_them_one_by_one(shape, momentum
         for name, stacked in buffers.items():  # updated in place, per copy
             torch.testing.assert_close(stacked, torch.stack([bn.get_buffer(name) for bn in copies]), msg=name)
     assert buffers["num_batches_tracked"].tolist() == [2, 3, 4]
-
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -298,7 +303,12 @@ def test_bn_entries_follow_the_config():
     ours = make_norm(cfg, 7, spatial_dims=2)
     assert type(ours) is BatchNorm
     assert (ours.num_features, ours.eps, ours.momentum, ours.affine) == (7, 1e-3, None, False)
-    for spatial_dims, cls in [(0, nn.BatchNorm1d), (1, nn.BatchNorm1d), (2, nn.BatchNorm2d), (3, nn.BatchNorm3d)]:
+    for spatial_dims, cls in [
+        (0, nn.BatchNorm1d),
+        (1, nn.BatchNorm1d),
+        (2, nn.BatchNorm2d),
+        (3, nn.BatchNorm3d),
+    ]:
         ref = make_norm(dataclasses.replace(cfg, name="torch_bn"), 7, spatial_dims)
         assert type(ref) is cls
         assert (ref.num_features, ref.eps, ref.momentum, ref.affine) == (7, 1e-3, None, False)
@@ -318,9 +328,9 @@ def test_gn_normalizes_each_example_over_its_groups_of_channels():
     x = torch.randn(3, 8, 5, 5) * torch.arange(1.0, 9.0).view(1, 8, 1, 1)  # channels of different scales
     y = norm(x)
     for g in range(4):  # two channels a group, each group standardized on its own (γ = 1, β = 0)
-        part = x[:, 2 * g:2 * g + 2]
+        part = x[:, 2 * g : 2 * g + 2]
         mean, var = part.mean((1, 2, 3), keepdim=True), part.var((1, 2, 3), unbiased=False, keepdim=True)
-        torch.testing.assert_close(y[:, 2 * g:2 * g + 2], (part - mean) / (var + norm.eps).sqrt())
+        torch.testing.assert_close(y[:, 2 * g : 2 * g + 2], (part - mean) / (var + norm.eps).sqrt())
 
 
 def test_unknown_norm_name_lists_the_known_ones():

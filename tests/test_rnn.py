@@ -1,5 +1,6 @@
 """The recurrent model (every norm, probes, per-step statistics, any length), the evaluation at other
 lengths, the rnn claim's verdict logic on hand-made runs (its sweep end to end: tests/test_claims.py)."""
+
 import json
 import pathlib
 
@@ -109,7 +110,8 @@ def test_steps_beyond_the_training_length_reuse_the_last_steps_statistics(make_c
 
 
 def test_per_step_and_shared_bn_train_identically(make_cfg):
-    """Training normalizes each step by its own batch statistics either way; only the running averages differ."""
+    """Training normalizes each step by its own batch statistics either way; only the running averages
+    differ."""
     nets = []
     for per_step in (False, True):
         torch.manual_seed(0)
@@ -151,8 +153,17 @@ def test_change_length_aligns_sequences_at_their_end(make_cfg):
 
 
 def test_a_run_records_its_accuracy_at_other_lengths(make_cfg, tmp_path):
-    cfg = make_cfg("model=rnn", "model.width=8", "data=digits", "train.steps=6", "train.eval_every=3", "device=cpu",
-                   "train.eval_lengths=[4,8,12]", "model.per_step_stats=true", "log.stats_every=3")
+    cfg = make_cfg(
+        "model=rnn",
+        "model.width=8",
+        "data=digits",
+        "train.steps=6",
+        "train.eval_every=3",
+        "device=cpu",
+        "train.eval_lengths=[4,8,12]",
+        "model.per_step_stats=true",
+        "log.stats_every=3",
+    )
     metrics = train(cfg, str(tmp_path))
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["train_length"] == 8
@@ -187,28 +198,45 @@ def test_other_lengths_need_a_model_that_reads_any_length(make_cfg, tmp_path):
 # ---- verdict logic --------------------------------------------------------------------------------------
 def fake(norm, per_step, seed, accs, train_length=8):
     """A finished run with test accuracy accs[n] at each length n (accs[train_length]: final_test_acc)."""
-    metrics = dict(final_test_acc=accs[train_length], diverged=False, train_length=train_length,
-                   final_test_acc_batch_stats=0.9,
-                   series={"test/acc": [[50, accs[train_length] / 2], [100, accs[train_length]]]},
-                   **{f"final_test_acc_length_{n}": a for n, a in accs.items() if n != train_length})
-    config = {"claim": "rnn", "seed": seed, "norm.name": norm, "model.per_step_stats": per_step,
-              "model.name": "rnn"}
+    metrics = dict(
+        final_test_acc=accs[train_length],
+        diverged=False,
+        train_length=train_length,
+        final_test_acc_batch_stats=0.9,
+        series={"test/acc": [[50, accs[train_length] / 2], [100, accs[train_length]]]},
+        **{f"final_test_acc_length_{n}": a for n, a in accs.items() if n != train_length},
+    )
+    config = {
+        "claim": "rnn",
+        "seed": seed,
+        "norm.name": norm,
+        "model.per_step_stats": per_step,
+        "model.name": "rnn",
+    }
     return Run(pathlib.Path("."), config, metrics)
 
 
 def rnn_sweep(step_accs, shared_accs, seeds=3):
     """step_accs(seed), shared_accs(seed): {length: accuracy} of per-step and shared BN."""
     plain = {4: 0.7, 8: 0.97, 16: 0.9}
-    return [fake(norm, per_step, s, accs)
-            for s in range(seeds)
-            for norm, per_step, accs in (("bn", True, step_accs(s)), ("bn", False, shared_accs(s)),
-                                         ("none", False, plain), ("none", True, plain),
-                                         ("ln", False, plain), ("ln", True, plain))]
+    return [
+        fake(norm, per_step, s, accs)
+        for s in range(seeds)
+        for norm, per_step, accs in (
+            ("bn", True, step_accs(s)),
+            ("bn", False, shared_accs(s)),
+            ("none", False, plain),
+            ("none", True, plain),
+            ("ln", False, plain),
+            ("ln", True, plain),
+        )
+    ]
 
 
 def test_rnn_is_supported_when_per_step_statistics_win_and_extend_to_longer_sequences():
-    finding = CLAIMS["rnn"].analyze(rnn_sweep(lambda s: {4: 0.6, 8: 0.98, 16: 0.92},
-                                              lambda s: {4: 0.7, 8: 0.95, 16: 0.92}))
+    finding = CLAIMS["rnn"].analyze(
+        rnn_sweep(lambda s: {4: 0.6, 8: 0.98, 16: 0.92}, lambda s: {4: 0.7, 8: 0.95, 16: 0.92})
+    )
     assert finding.verdict == SUPPORTED
     assert [row["variant"] for row in finding.table] == list(claim.VARIANTS.values())
     assert not any("Warning" in n for n in finding.notes)
@@ -216,27 +244,33 @@ def test_rnn_is_supported_when_per_step_statistics_win_and_extend_to_longer_sequ
 
 def test_rnn_refuses_a_sweep_that_tested_no_longer_sequence():
     # part (2) is about lengths beyond training: without one it cannot hold, nor fail
-    runs = [fake(norm, per_step, seed, {4: 0.7, 8: 0.95})
-            for seed in range(3) for norm, per_step in (("bn", True), ("bn", False), ("none", False), ("ln", False))]
+    runs = [
+        fake(norm, per_step, seed, {4: 0.7, 8: 0.95})
+        for seed in range(3)
+        for norm, per_step in (("bn", True), ("bn", False), ("none", False), ("ln", False))
+    ]
     with pytest.raises(ValueError, match="no sequence longer than the training length 8"):
         CLAIMS["rnn"].analyze(runs)
 
 
 def test_rnn_is_not_supported_when_per_step_statistics_do_not_help():
-    finding = CLAIMS["rnn"].analyze(rnn_sweep(lambda s: {4: 0.7, 8: 0.955, 16: 0.92},
-                                              lambda s: {4: 0.7, 8: 0.95, 16: 0.92}))
+    finding = CLAIMS["rnn"].analyze(
+        rnn_sweep(lambda s: {4: 0.7, 8: 0.955, 16: 0.92}, lambda s: {4: 0.7, 8: 0.95, 16: 0.92})
+    )
     assert finding.verdict == NOT_SUPPORTED
 
 
 def test_rnn_is_not_supported_when_reusing_the_last_statistics_fails_on_longer_sequences():
-    finding = CLAIMS["rnn"].analyze(rnn_sweep(lambda s: {4: 0.7, 8: 0.98, 16: 0.5},
-                                              lambda s: {4: 0.7, 8: 0.95, 16: 0.9}))
+    finding = CLAIMS["rnn"].analyze(
+        rnn_sweep(lambda s: {4: 0.7, 8: 0.98, 16: 0.5}, lambda s: {4: 0.7, 8: 0.95, 16: 0.9})
+    )
     assert finding.verdict == NOT_SUPPORTED
 
 
 def test_rnn_is_inconclusive_when_seeds_disagree():
-    finding = CLAIMS["rnn"].analyze(rnn_sweep(lambda s: {4: 0.7, 8: 0.98 if s else 0.95, 16: 0.92},
-                                              lambda s: {4: 0.7, 8: 0.95, 16: 0.92}))
+    finding = CLAIMS["rnn"].analyze(
+        rnn_sweep(lambda s: {4: 0.7, 8: 0.98 if s else 0.95, 16: 0.92}, lambda s: {4: 0.7, 8: 0.95, 16: 0.92})
+    )
     assert finding.verdict == INCONCLUSIVE
 
 

@@ -1,4 +1,5 @@
 """The training runner: what a run records, divergence as a result, repeatability."""
+
 import copy
 import json
 
@@ -6,11 +7,18 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bnexp.monitor import percentiles
 from bnexp.models import build_model
+from bnexp.monitor import percentiles
 from bnexp.train import step_module, train
 
-TINY = ["optim.lr=0.5", "train.steps=40", "train.eval_every=20", "log.stats_every=10", "log.hist_every=20", "device=cpu"]
+TINY = [
+    "optim.lr=0.5",
+    "train.steps=40",
+    "train.eval_every=20",
+    "log.stats_every=10",
+    "log.hist_every=20",
+    "device=cpu",
+]
 
 
 def events(run_dir):
@@ -69,16 +77,22 @@ def test_hparams_go_into_the_runs_own_event_file(make_cfg, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no stray sub-run folder
     ev = events(tmp_path)
     plugins = ev.PluginTagToContent("hparams")
-    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(plugins)
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(
+        plugins
+    )
     assert "hparam/final_test_acc" in ev.Tags()["scalars"]
 
 
 def test_a_diverging_run_is_a_result_not_a_crash(make_cfg, tmp_path):
-    metrics = train(make_cfg(*TINY, "norm=none", "model.activation=relu", "optim.lr=1e3",
-                          "log.stats_every=5"),
-                    str(tmp_path))
+    metrics = train(
+        make_cfg(*TINY, "norm=none", "model.activation=relu", "optim.lr=1e3", "log.stats_every=5"),
+        str(tmp_path),
+    )
     # flagged on the device at the step it diverged, seen and stopped at the next logging step
-    assert metrics["diverged"] and 1 <= metrics["diverged_step"] < metrics["steps"] == 5 < metrics["steps_planned"]
+    assert (
+        metrics["diverged"]
+        and 1 <= metrics["diverged_step"] < metrics["steps"] == 5 < metrics["steps_planned"]
+    )
     saved = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: NaN becomes null
     assert saved["diverged"] and saved["final_test_loss"] is None
 
@@ -142,7 +156,9 @@ def test_testing_with_batch_statistics_normalizes_each_batch_by_its_own(make_cfg
     with torch.no_grad():
         for x, y in data.eval_batches("test", 64):  # 450 examples: 7 batches of 64 and a last one of 2
             correct, n = correct + int((reference(x).argmax(1) == y).sum()), n + len(y)
-    assert acc == correct / n > evaluate(model, data, "test")[1] + 0.2  # far better than with the running ones
+    assert (
+        acc == correct / n > evaluate(model, data, "test")[1] + 0.2
+    )  # far better than with the running ones
     for key, value in model.state_dict().items():  # the model itself is untouched
         assert torch.equal(value, state[key]), key
 
@@ -155,21 +171,29 @@ def test_lr_batch_size_scales_the_learning_rate_linearly(make_cfg, tmp_path):
 
 def test_a_batch_of_one_is_refused_only_where_a_norm_needs_batch_statistics(make_cfg, tmp_path):
     from bnexp.config import UserError
+
     for norm in ("bn", "torch_bn", "noisy_bn"):
         with pytest.raises(UserError, match="set data.batch_size to 2 or more"):
             train(make_cfg(*TINY, f"norm={norm}", "data.batch_size=1"), str(tmp_path / norm))
     assert train(make_cfg(*TINY, "norm=gn", "data.batch_size=1"), str(tmp_path / "gn"))["steps"] == 40
 
 
-@pytest.mark.skipif(not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"),
-                    reason="torch < 2.9 has only the older allow_tf32 switch")
+@pytest.mark.skipif(
+    not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"),
+    reason="torch < 2.9 has only the older allow_tf32 switch",
+)
 def test_a_cuda_run_asks_cudnn_for_full_float32_precision_and_deterministic_algorithms(monkeypatch):
     from bnexp.train import resolve_device
+
     cudnn = torch.backends.cudnn
     before = (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # resolve_device's view of a GPU machine
     try:
-        cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark = "tf32", False, True  # cuDNN's own choices
+        cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark = (
+            "tf32",
+            False,
+            True,
+        )  # cuDNN's own choices
         assert resolve_device("auto") == torch.device("cuda")
         assert (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark) == ("ieee", True, False)
     finally:
@@ -178,6 +202,7 @@ def test_a_cuda_run_asks_cudnn_for_full_float32_precision_and_deterministic_algo
 
 def test_bad_step_counts_are_a_users_mistake(make_cfg, tmp_path):
     from bnexp.config import UserError
+
     with pytest.raises(UserError, match="at least 1"):
         train(make_cfg(*TINY, "train.eval_every=0"), str(tmp_path))
 
@@ -197,6 +222,7 @@ def test_channels_last_trains_the_cnn_as_the_default_layout_does(make_cfg, same_
 
 def test_channels_last_without_images_is_a_users_mistake(make_cfg, tmp_path):
     from bnexp.config import UserError
+
     with pytest.raises(UserError, match="model=cnn and a dataset of images"):
         train(make_cfg(*TINY, "train.channels_last=true"), str(tmp_path))
     assert not (tmp_path / "metrics.json").exists()

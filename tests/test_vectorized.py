@@ -1,5 +1,6 @@
 """Vectorized sweeps (bnexp.vectorized, hydra/launcher=vectorized): K runs trained as one program record
 what each would have recorded if trained alone."""
+
 import json
 import os
 import subprocess
@@ -20,8 +21,9 @@ CLOSE = dict(rel=1e-4, abs=1e-5)
 
 # The `bnexp` command with the launcher registered explicitly: Hydra's plugin scan cannot list packages
 # of a default editable install (see hydra_plugins.bnexp_vectorized.register).
-BNEXP = ("from hydra_plugins.bnexp_vectorized import register; register(); "
-         "from bnexp.__main__ import main; main()")
+BNEXP = (
+    "from hydra_plugins.bnexp_vectorized import register; register(); from bnexp.__main__ import main; main()"
+)
 
 
 def events(run_dir):
@@ -36,7 +38,9 @@ def assert_same_records(sequential, vectorized):
     b = json.loads((vectorized / "metrics.json").read_text())
     assert a.keys() == b.keys() and a["config"] == b["config"]
     for key in a.keys() - {"series", "config", "wall_time_s"}:
-        assert b[key] == (a[key] if a[key] is None or isinstance(a[key], (bool, str)) else pytest.approx(a[key], **CLOSE)), key
+        assert b[key] == (
+            a[key] if a[key] is None or isinstance(a[key], (bool, str)) else pytest.approx(a[key], **CLOSE)
+        ), key
     ea, eb = events(sequential), events(vectorized)
     assert ea.Tags()["scalars"] == eb.Tags()["scalars"] and ea.Tags()["histograms"] == eb.Tags()["histograms"]
     for tag in ea.Tags()["scalars"]:
@@ -47,22 +51,37 @@ def assert_same_records(sequential, vectorized):
 
 CASES = {
     # seeds and learning rates: the common sweep
-    "sgd": (["optim=sgd"], [["seed=0", "optim.lr=0.1"], ["seed=1", "optim.lr=0.5"], ["seed=2", "optim.lr=0.5"]]),
+    "sgd": (
+        ["optim=sgd"],
+        [["seed=0", "optim.lr=0.1"], ["seed=1", "optim.lr=0.5"], ["seed=2", "optim.lr=0.5"]],
+    ),
     # per-run momentum, weight decay and init scale, through the momentum optimizer
-    "momentum": (["optim=momentum", "init=normal", "optim.lr=0.05"],
-                 [["optim.momentum=0.9", "init.std=0.1"], ["optim.momentum=0.5", "optim.weight_decay=0.01",
-                                                            "init.std=0.3", "seed=1"]]),
-    # momentum and weight decay shared by the runs (a seeds-only sweep): taken as numbers, not per-run factors;
+    "momentum": (
+        ["optim=momentum", "init=normal", "optim.lr=0.05"],
+        [
+            ["optim.momentum=0.9", "init.std=0.1"],
+            ["optim.momentum=0.5", "optim.weight_decay=0.01", "init.std=0.3", "seed=1"],
+        ],
+    ),
+    # momentum and weight decay shared by the runs (a seeds-only sweep): taken as numbers, not per-run
+    # factors;
     # BN with its own eps and momentum, which the folded BN must keep
-    "shared": (["optim=momentum", "optim.weight_decay=0.01", "norm.eps=1e-3", "norm.momentum=0.5"],
-               [["seed=0"], ["seed=1"]]),
+    "shared": (
+        ["optim=momentum", "optim.weight_decay=0.01", "norm.eps=1e-3", "norm.momentum=0.5"],
+        [["seed=0"], ["seed=1"]],
+    ),
     # one run diverges (recorded as diverged where train.py stops it); the others go on undisturbed
-    "divergence": (["norm=none", "model.activation=relu", "log.stats_every=5"],
-                   [["optim.lr=0.1"], ["optim.lr=1e3"], ["optim.lr=0.3", "seed=1"]]),
-    # the CNN: grouped convolutions, BN over (N, C, H, W), pooling, dropout masks over (N, C, H, W). (At lr 0.5
+    "divergence": (
+        ["norm=none", "model.activation=relu", "log.stats_every=5"],
+        [["optim.lr=0.1"], ["optim.lr=1e3"], ["optim.lr=0.3", "seed=1"]],
+    ),
+    # the CNN: grouped convolutions, BN over (N, C, H, W), pooling, dropout masks over (N, C, H, W). (At lr
+    # 0.5
     # a near-tie in a max-pooling window flips after ~30 steps and the runs part: round-off, amplified.)
-    "cnn": (["model=cnn", "model.channels=[4,8]", "model.width=16", "model.dropout=0.2"],
-            [["seed=0"], ["seed=1", "optim.lr=0.05"]]),
+    "cnn": (
+        ["model=cnn", "model.channels=[4,8]", "model.width=16", "model.dropout=0.2"],
+        [["seed=0"], ["seed=1", "optim.lr=0.05"]],
+    ),
     # dropout: each run's own masks, from its own generator, as its global RNG would draw them
     "dropout": (["model.dropout=0.3"], [["seed=0"], ["seed=1", "optim.lr=0.5"], ["seed=2"]]),
     # the per-example norms
@@ -78,8 +97,14 @@ CASES = {
 def test_a_folded_network_computes_every_run_side_by_side(model, norm, make_cfg):
     # (Two-step comparisons of whole runs are above; this one checks every layer type in one forward and
     # backward, free of the chaos that 40 steps of a tiny GroupNorm CNN amplify round-off into.)
-    cfg = make_cfg(f"model={model}", f"norm={norm}", "model.channels=[4,8]", "model.width=16", "norm.eps=1e-2",
-                   "norm.momentum=0.5")  # not torch's defaults: the folded norms must take them over
+    cfg = make_cfg(
+        f"model={model}",
+        f"norm={norm}",
+        "model.channels=[4,8]",
+        "model.width=16",
+        "norm.eps=1e-2",
+        "norm.momentum=0.5",
+    )  # not torch's defaults: the folded norms must take them over
     models = []
     for seed in range(3):
         torch.manual_seed(seed)
@@ -125,7 +150,11 @@ def test_vectorized_runs_record_what_sequential_runs_record(case, make_cfg, same
     vectorized = train_vectorized(cfgs, [str(tmp_path / f"vec{k}") for k in range(len(cfgs))])
     for k, (s, v) in enumerate(zip(sequential, vectorized)):
         assert s.keys() == v.keys()
-        assert (s["diverged"], s["diverged_step"], s["steps"]) == (v["diverged"], v["diverged_step"], v["steps"])
+        assert (s["diverged"], s["diverged_step"], s["steps"]) == (
+            v["diverged"],
+            v["diverged_step"],
+            v["steps"],
+        )
         same_series(tmp_path / f"seq{k}", tmp_path / f"vec{k}", **CLOSE)
         assert_same_records(tmp_path / f"seq{k}", tmp_path / f"vec{k}")
     if case == "divergence":
@@ -133,10 +162,21 @@ def test_vectorized_runs_record_what_sequential_runs_record(case, make_cfg, same
 
 
 def test_grouping_rule(make_cfg):
-    cfgs = [make_cfg(*TINY, *o) for o in (["seed=0"], ["seed=1", "optim.lr=0.5"], ["norm=none"], ["seed=2"],
-                                          ["model.dropout=0.1"], ["model.dropout=0.1", "seed=1"], ["optim=adam"],
-                                          ["init=normal", "init.std=0.1"], ["init=normal", "init.std=1"],
-                                          ["seed=3", "optim.lr=-1"])]
+    cfgs = [
+        make_cfg(*TINY, *o)
+        for o in (
+            ["seed=0"],
+            ["seed=1", "optim.lr=0.5"],
+            ["norm=none"],
+            ["seed=2"],
+            ["model.dropout=0.1"],
+            ["model.dropout=0.1", "seed=1"],
+            ["optim=adam"],
+            ["init=normal", "init.std=0.1"],
+            ["init=normal", "init.std=1"],
+            ["seed=3", "optim.lr=-1"],
+        )
+    ]
     # shape-free differences share a program; anything else (norm), or unsupported runs, do not
     assert plan_groups(cfgs) == [[0, 1, 3], [2], [4, 5], [6], [7, 8], [9]]
     assert plan_groups(cfgs, max_batch=2) == [[0, 1], [2], [3], [4, 5], [6], [7, 8], [9]]
@@ -145,9 +185,26 @@ def test_grouping_rule(make_cfg):
 
 
 def run_bnexp(tmp_path, *args):
-    out = subprocess.run([sys.executable, "-c", BNEXP, "-m", "hydra/launcher=vectorized", *args,
-                          "train.steps=10", "train.eval_every=5", "log.stats_every=5", "log.hist_every=10", "device=cpu",
-                          f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, timeout=300, env=os.environ)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BNEXP,
+            "-m",
+            "hydra/launcher=vectorized",
+            *args,
+            "train.steps=10",
+            "train.eval_every=5",
+            "log.stats_every=5",
+            "log.hist_every=10",
+            "device=cpu",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout + out.stderr
 
@@ -156,7 +213,9 @@ def test_a_sweep_through_the_vectorized_launcher_writes_one_folder_per_run(tmp_p
     output = run_bnexp(tmp_path, "seed=0,1", "optim.lr=0.1,0.5")
     assert "as 1 programs (1 vectorized)" in output
     runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert runs == [f"optim.lr={lr},seed={s},train.eval_every=5,train.steps=10" for lr in (0.1, 0.5) for s in (0, 1)]
+    assert runs == [
+        f"optim.lr={lr},seed={s},train.eval_every=5,train.steps=10" for lr in (0.1, 0.5) for s in (0, 1)
+    ]
     for r in runs:
         metrics = json.loads((tmp_path / r / "metrics.json").read_text())
         assert metrics["steps"] == 10 and [s for s, _ in metrics["series"]["test/acc"]] == [5, 10]

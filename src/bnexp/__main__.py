@@ -1,13 +1,12 @@
 """The `bnexp` command: one training run per Hydra job (`bnexp -m ...` for sweeps).
 
-    bnexp                                  # the default run: BN-MLP on digits
-    bnexp norm=none optim.lr=0.5           # overrides
-    bnexp -m norm=none,bn optim.lr=0.1,1   # a sweep, one run folder per combination
+bnexp                                  # the default run: BN-MLP on digits
+bnexp norm=none optim.lr=0.5           # overrides
+bnexp -m norm=none,bn optim.lr=0.1,1   # a sweep, one run folder per combination
 """
+
 import logging
 import sys
-
-from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,7 +22,7 @@ register_vectorized_launcher()  # hydra/launcher=vectorized, also where Hydra's 
 
 
 @hydra.main(version_base="1.3", config_path="pkg://bnexp.conf", config_name="config")
-def main(cfg) -> Optional[float]:
+def main(cfg) -> float | None:
     hc = HydraConfig.get()
     run_dir, sweeping = hc.runtime.output_dir, hc.mode == RunMode.MULTIRUN
     try:
@@ -38,7 +37,9 @@ def main(cfg) -> Optional[float]:
         if not sweeping:
             raise
         # Hydra would skip the end-of-sweep report if a job raised: record the failure, go on.
-        log.exception(f"this run failed; the sweep goes on and its report counts the run as failed ({run_dir})")
+        log.exception(
+            f"this run failed; the sweep goes on and its report counts the run as failed ({run_dir})"
+        )
         return None
     if not sweeping:
         log.info(f"outputs in {run_dir}\n  view them with: tensorboard --logdir {run_dir}")

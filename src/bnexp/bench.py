@@ -26,6 +26,7 @@ Sections (the targets of issue 6; the table marks each judged figure ok / MISSED
   scaling   run time vs steps; step time vs batch size, width, norm, memory layout and threads;
             where the time of one MLP and one CNN step goes (phases, top ops, our BatchNorm)
 """
+
 import argparse
 import copy
 import functools
@@ -38,8 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -49,7 +50,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 SECTIONS = ("norm", "data", "logging", "vectorized", "startup", "scaling")
-DEVICE_SECTIONS = ("norm", "vectorized")  # the ones that run on a GPU (--device cuda); the rest measure CPU work
+DEVICE_SECTIONS = (
+    "norm",
+    "vectorized",
+)  # the ones that run on a GPU (--device cuda); the rest measure CPU work
 # glibc: never give freed memory back to the system, never serve big blocks by mmap
 _NO_TRIM_ENV = ("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
 _NO_MMAP_ENV = ("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
@@ -66,7 +70,7 @@ class Row:
     value: object  # a number, or a short string
     unit: str = ""
     target: str = ""  # e.g. "<= 1.2"; empty for figures that only inform
-    ok: Optional[bool] = None
+    ok: bool | None = None
 
 
 class Results:
@@ -127,7 +131,7 @@ def interleaved(
     rounds: int,
     block_s: float,
     clock: Callable[[], float] = time.thread_time,
-    before_block: Optional[dict[str, Callable[[], object]]] = None,
+    before_block: dict[str, Callable[[], object]] | None = None,
     sync: Callable[[], object] = lambda: None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each candidate, one value per round.
@@ -179,7 +183,7 @@ def _shape_key(shape) -> str:
     return "x".join(map(str, shape))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compose_groups(overrides: tuple[str, ...]):
     from hydra import compose, initialize_config_module
 
@@ -243,18 +247,23 @@ def bench_norm(res: Results, quick: bool, device: torch.device = torch.device("c
         empty = _EmptyNorm(channels).to(device)
         x, dy = torch.randn(shape, device=device), torch.randn(shape, device=device)
 
-        def step(bn, x=x.clone().requires_grad_()):
+        def step(bn, x=x.clone().requires_grad_(), dy=dy):
             # forward + backward in training mode: gradients for the input, γ and β
             torch.autograd.grad(bn(x), (x, bn.weight, bn.bias), dy)
 
-        candidates = {"torch": lambda: step(native), "ours": lambda: step(ours), "empty": lambda: step(empty)}
+        candidates = {
+            "torch": functools.partial(step, native),
+            "ours": functools.partial(step, ours),
+            "empty": functools.partial(step, empty),
+        }
         # train.compile's path: our BatchNorm through torch.compile (~10 s to compile each shape); not in the
         # allocator pass below, which reads back only the ratio
         if not quick and os.environ.get(_NO_TRIM_ENV[0]) is None:
             compiled = torch.compile(BatchNorm(channels).to(device))
-            candidates["compiled"] = lambda: step(compiled)
-        times = interleaved(candidates, rounds=3 if quick else 41, block_s=0.002 if quick else 0.02, clock=clock,
-                            sync=sync)
+            candidates["compiled"] = functools.partial(step, compiled)
+        times = interleaved(
+            candidates, rounds=3 if quick else 41, block_s=0.002 if quick else 0.02, clock=clock, sync=sync
+        )
         key = f"norm.{_shape_key(shape)}"
         res.add(f"{key}.torch_us", median(times["torch"]) * 1e6, "us")
         res.add(f"{key}.ours_us", median(times["ours"]) * 1e6, "us")
@@ -271,8 +280,10 @@ def bench_norm(res: Results, quick: bool, device: torch.device = torch.device("c
         # depends on the process's history. This pass shows the arithmetic alone.
         with tempfile.TemporaryDirectory(prefix="bnexp-bench-") as tmp:
             out = os.path.join(tmp, "norm.json")
-            _run_child(["-m", "bnexp.bench", "--only", "norm", "--out", out],
-                       {**os.environ, **dict([_NO_TRIM_ENV, _NO_MMAP_ENV])})
+            _run_child(
+                ["-m", "bnexp.bench", "--only", "norm", "--out", out],
+                {**os.environ, **dict([_NO_TRIM_ENV, _NO_MMAP_ENV])},
+            )
             with open(out) as f:
                 figures = json.load(f)
         for shape in shapes:
@@ -320,9 +331,7 @@ def bench_data(res: Results, quick: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="bnexp-bench-") as root:
         write_mnist_files(root, n_train=300 if quick else 6000, n_test=100)
         data = load_data(DataConfig(name="mnist", root=root, batch_size=batch_size))
-        reference = torchvision.datasets.MNIST(
-            root, train=True, transform=torchvision.transforms.ToTensor()
-        )
+        reference = torchvision.datasets.MNIST(root, train=True, transform=torchvision.transforms.ToTensor())
 
         def ours():
             return data.train_batches(batch_size, torch.Generator().manual_seed(0))
@@ -335,7 +344,8 @@ def bench_data(res: Results, quick: bool) -> None:
         rounds, block_s = (3, 0.005) if quick else (21, 0.05)
         times = interleaved(
             {"torchvision": lambda: next(their_batches), "ours": lambda: next(ours_batches)},
-            rounds, block_s,
+            rounds,
+            block_s,
         )
         res.add("data.batch.torchvision_us", median(times["torchvision"]) * 1e6, "us")
         res.add("data.batch.ours_us", median(times["ours"]) * 1e6, "us")
@@ -344,8 +354,11 @@ def bench_data(res: Results, quick: bool) -> None:
         # A step of the default network (3x100 sigmoid MLP, our BN) on batches from each path
         their_step, our_step = Trainer(["data=mnist"], data), Trainer(["data=mnist"], data)
         their_batches = theirs()
-        times = interleaved({"torchvision": lambda: their_step.step(next(their_batches)), "ours": our_step.step},
-                            rounds, block_s)
+        times = interleaved(
+            {"torchvision": lambda: their_step.step(next(their_batches)), "ours": our_step.step},
+            rounds,
+            block_s,
+        )
         res.add("data.mlp_step.torchvision_us", median(times["torchvision"]) * 1e6, "us")
         res.add("data.mlp_step.ours_us", median(times["ours"]) * 1e6, "us")
         res.add("data.mlp_step.speedup", median_ratio(times["torchvision"], times["ours"]), "x")
@@ -412,22 +425,29 @@ def bench_vectorized(res: Results, quick: bool, device: torch.device = torch.dev
 
     clock = time.process_time if device.type == "cpu" else time.perf_counter  # runs end in a sync anyway
     ks = (8, 16, 32) if device.type == "cpu" else (8, 32, 128)
-    cases = ([("mlp", 2, ["data=synthetic", "train.steps=5"])] if quick else
-             [("mlp", k, ["train.steps=200"]) for k in ks] + [("cnn", 8, ["model=cnn", "train.steps=60"])])
+    cases = (
+        [("mlp", 2, ["data=synthetic", "train.steps=5"])]
+        if quick
+        else [("mlp", k, ["train.steps=200"]) for k in ks] + [("cnn", 8, ["model=cnn", "train.steps=60"])]
+    )
     for model, k, overrides in cases:
         cfgs = [_compose([f"device={device.type}", *overrides, f"seed={s}"]) for s in range(k)]
         times = {"sequential": [], "vectorized": []}
         with tempfile.TemporaryDirectory(prefix="bnexp-bench-vec-") as tmp:
-            def sequential(r):
+
+            def sequential(r, cfgs=cfgs):
                 for s, cfg in enumerate(cfgs):
                     train(cfg, os.path.join(tmp, f"seq{r}_{s}"))
 
-            def vectorized(r):
-                train_vectorized(cfgs, [os.path.join(tmp, f"vec{r}_{s}") for s in range(k)])
+            def vectorized(r, cfgs=cfgs):
+                train_vectorized(cfgs, [os.path.join(tmp, f"vec{r}_{s}") for s in range(len(cfgs))])
 
             for r in range(1 if quick else 3):
-                for name, fn in ((("sequential", sequential), ("vectorized", vectorized)) if r % 2 == 0 else
-                                 (("vectorized", vectorized), ("sequential", sequential))):
+                for name, fn in (
+                    (("sequential", sequential), ("vectorized", vectorized))
+                    if r % 2 == 0
+                    else (("vectorized", vectorized), ("sequential", sequential))
+                ):
                     t = clock()
                     fn(r)
                     times[name].append(clock() - t)
@@ -435,7 +455,9 @@ def bench_vectorized(res: Results, quick: bool, device: torch.device = torch.dev
         res.add(f"{key}.sequential_s", median(times["sequential"]), "s")
         res.add(f"{key}.vectorized_s", median(times["vectorized"]), "s")
         at_least = 2 if (model, k) == ("mlp", 8) else None  # issue 6's target; the others inform
-        res.add(f"{key}.speedup", median_ratio(times["sequential"], times["vectorized"]), "x", at_least=at_least)
+        res.add(
+            f"{key}.speedup", median_ratio(times["sequential"], times["vectorized"]), "x", at_least=at_least
+        )
 
 
 # ---- 5. start-up vs training of the default run --------------------------------------------------
@@ -490,9 +512,7 @@ finally:
 def _run_child(args: list[str], env: dict) -> tuple[dict, float]:
     """Run a Python child; return its marks (if it printed any) and its wall time."""
     t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, text=True, check=False
-    )
+    out = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -504,8 +524,10 @@ def _run_child(args: list[str], env: dict) -> tuple[dict, float]:
 
 def _import_times(module: str, env: dict, repeats: int) -> tuple[float, float]:
     """Median (CPU, wall) seconds of a fresh `python -c "import <module>"`."""
-    code = (f"import json, time; import {module}; "
-            f"print('BNEXP_BENCH_MARKS ' + json.dumps({{'cpu': time.process_time()}}))")
+    code = (
+        f"import json, time; import {module}; "
+        f"print('BNEXP_BENCH_MARKS ' + json.dumps({{'cpu': time.process_time()}}))"
+    )
     cpus, walls = [], []
     for _ in range(repeats):
         marks, wall = _run_child(["-c", code], env)
@@ -519,12 +541,16 @@ def bench_startup(res: Results, quick: bool) -> None:
         env = {**os.environ, "BNEXP_DATA": os.path.join(tmp, "data")}
         if not quick:  # what importing costs, each in a fresh interpreter
             python_cpu, python_wall = _import_times("sys", env, repeats=3)
-            for module, key in (("torch", "torch"), ("bnexp.__main__", "bnexp"), ("torchvision", "torchvision")):
+            for module, key in (
+                ("torch", "torch"),
+                ("bnexp.__main__", "bnexp"),
+                ("torchvision", "torchvision"),
+            ):
                 cpu, wall = _import_times(module, env, repeats=3)
                 res.add(f"startup.import_{key}_s", cpu - python_cpu, "s")
                 res.add(f"startup.import_{key}_wall_s", wall - python_wall, "s")
 
-        def timeline(steps: int, threads: Optional[int] = None) -> tuple[dict, float]:
+        def timeline(steps: int, threads: int | None = None) -> tuple[dict, float]:
             run_dir = os.path.join(tmp, f"run{steps}-{threads}")
             overrides = [f"hydra.run.dir={run_dir}", f"train.steps={steps}", "device=cpu"]
             threads_env = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
@@ -543,6 +569,7 @@ def bench_startup(res: Results, quick: bool) -> None:
 
     res.add("startup.load_data_cold_s", cold["load_data_end"][0] - cold["load_data_start"][0], "s")
     for suffix, (marks, wall) in runs.items():
+
         def span(a: str, b: str, m: dict = marks) -> float:
             return m[b][0] - m[a][0]  # CPU seconds
 
@@ -668,8 +695,9 @@ def bench_scaling(res: Results, quick: bool) -> None:
     seconds = {steps: [] for steps in counts}
     for r in range(1 if quick else 3):
         for steps in counts if r % 2 == 0 else reversed(counts):
-            seconds[steps].append(_timed_run(["device=cpu", f"train.steps={steps}", *mlp_data,
-                                              *_logging_off(steps)])[0])
+            seconds[steps].append(
+                _timed_run(["device=cpu", f"train.steps={steps}", *mlp_data, *_logging_off(steps)])[0]
+            )
     t = {steps: median(values) for steps, values in seconds.items()}
     short, mid, long = counts
     per_step = (t[long] - t[short]) / (long - short)
@@ -679,22 +707,38 @@ def bench_scaling(res: Results, quick: bool) -> None:
     res.add("scaling.steps.middle_vs_linear", t[mid] / (t[short] + per_step * (mid - short)), "x")
 
     groups = {
-        "mlp.batch": {f"{b}": Trainer([*mlp_data, f"data.batch_size={b}"])
-                      for b in ([8, 32] if quick else [15, 30, 60, 120, 240])},
-        "mlp.width": {f"{w}": Trainer([*mlp_data, f"model.width={w}"])
-                      for w in ([16, 64] if quick else [50, 100, 200, 400, 800])},
+        "mlp.batch": {
+            f"{b}": Trainer([*mlp_data, f"data.batch_size={b}"])
+            for b in ([8, 32] if quick else [15, 30, 60, 120, 240])
+        },
+        "mlp.width": {
+            f"{w}": Trainer([*mlp_data, f"model.width={w}"])
+            for w in ([16, 64] if quick else [50, 100, 200, 400, 800])
+        },
         "mlp.norm": {n: Trainer([*mlp_data, f"norm={n}"]) for n in ("bn", "torch_bn", "none")},
-        "cnn.batch": {f"{b}": Trainer([*cnn, f"data.batch_size={b}"], mnist)
-                      for b in ([8, 16] if quick else [16, 32, 64, 128])},
-        "cnn.channels": {"-".join(map(str, c)): Trainer(["model=cnn", f"model.channels=[{c[0]},{c[1]}]"], mnist)
-                         for c in ([(2, 4)] if quick else [(16, 32), (32, 64), (64, 128)])},
+        "cnn.batch": {
+            f"{b}": Trainer([*cnn, f"data.batch_size={b}"], mnist)
+            for b in ([8, 16] if quick else [16, 32, 64, 128])
+        },
+        "cnn.channels": {
+            "-".join(map(str, c)): Trainer(["model=cnn", f"model.channels=[{c[0]},{c[1]}]"], mnist)
+            for c in ([(2, 4)] if quick else [(16, 32), (32, 64), (64, 128)])
+        },
         "cnn.norm": {n: Trainer([*cnn, f"norm={n}"], mnist) for n in ("bn", "torch_bn", "none")},
-        "cnn.layout": {"contiguous": Trainer(cnn, mnist),
-                       "channels_last": Trainer([*cnn, "train.channels_last=true"], mnist)},
+        "cnn.layout": {
+            "contiguous": Trainer(cnn, mnist),
+            "channels_last": Trainer([*cnn, "train.channels_last=true"], mnist),
+        },
     }
     if not quick:  # compiling takes ~30 s per model (and a C++ compiler): not for a smoke run
-        groups["mlp.compile"] = {"eager": Trainer(mlp_data), "compiled": Trainer([*mlp_data, "train.compile=true"])}
-        groups["cnn.compile"] = {"eager": Trainer(cnn, mnist), "compiled": Trainer([*cnn, "train.compile=true"], mnist)}
+        groups["mlp.compile"] = {
+            "eager": Trainer(mlp_data),
+            "compiled": Trainer([*mlp_data, "train.compile=true"]),
+        }
+        groups["cnn.compile"] = {
+            "eager": Trainer(cnn, mnist),
+            "compiled": Trainer([*cnn, "train.compile=true"], mnist),
+        }
     for group, trainers in groups.items():
         times = _step_times(trainers, quick)
         for name, t in times.items():
@@ -706,8 +750,11 @@ def bench_scaling(res: Results, quick: bool) -> None:
             res.add(f"scaling.{group}.bn_vs_torch_bn", median_ratio(times["bn"], times["torch_bn"]), "x")
             res.add(f"scaling.{group}.bn_vs_none", median_ratio(times["bn"], times["none"]), "x")
         if group == "cnn.layout":
-            res.add("scaling.cnn.channels_last_speedup",
-                    median_ratio(times["contiguous"], times["channels_last"]), "x")
+            res.add(
+                "scaling.cnn.channels_last_speedup",
+                median_ratio(times["contiguous"], times["channels_last"]),
+                "x",
+            )
         if group.endswith(".compile"):
             res.add(f"scaling.{group}_speedup", median_ratio(times["eager"], times["compiled"]), "x")
 
@@ -716,13 +763,18 @@ def bench_scaling(res: Results, quick: bool) -> None:
     counts = (1, os.cpu_count() or 1)
     for name, trainer in (("mlp", groups["mlp.norm"]["bn"]), ("cnn", groups["cnn.norm"]["bn"])):
         times = interleaved(
-            {f"{n}": trainer.step for n in counts}, rounds=3 if quick else 11,
-            block_s=0.002 if quick else 0.2, clock=time.perf_counter,
+            {f"{n}": trainer.step for n in counts},
+            rounds=3 if quick else 11,
+            block_s=0.002 if quick else 0.2,
+            clock=time.perf_counter,
             before_block={f"{n}": functools.partial(torch.set_num_threads, n) for n in counts},
         )
         torch.set_num_threads(1)
-        res.add(f"scaling.{name}.threads_{counts[1]}_vs_1_wall",
-                median_ratio(times[f"{counts[1]}"], times["1"]), "x")
+        res.add(
+            f"scaling.{name}.threads_{counts[1]}_vs_1_wall",
+            median_ratio(times[f"{counts[1]}"], times["1"]),
+            "x",
+        )
 
     # Where one step of the default MLP and of the default CNN (batch 60, MNIST-shaped) goes.
     for name, trainer in (("mlp", groups["mlp.norm"]["bn"]), ("cnn", groups["cnn.norm"]["bn"])):
@@ -753,7 +805,9 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def run(sections=SECTIONS, quick: bool = False, echo: Callable[[str], None] = print, device: str = "cpu") -> dict:
+def run(
+    sections=SECTIONS, quick: bool = False, echo: Callable[[str], None] = print, device: str = "cpu"
+) -> dict:
     """Run the benchmark sections; return the flat mapping (machine info first). With a GPU `device`, only
     the DEVICE_SECTIONS, on it."""
     torch.set_num_threads(1)
@@ -781,29 +835,44 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="bnexp-bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON figures")
-    parser.add_argument("--only", help=f"comma-separated sections (default: all of {','.join(SECTIONS)}; "
-                                       f"with a GPU --device: {','.join(DEVICE_SECTIONS)})")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N) for the sections that run on a GPU")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated sections (default: all of {','.join(SECTIONS)}; "
+        f"with a GPU --device: {','.join(DEVICE_SECTIONS)})",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, or cuda (cuda:N) for the sections that run on a GPU"
+    )
     args = parser.parse_args(argv)
     gpu = args.device != "cpu"
     try:
         device = torch.device(args.device)
     except RuntimeError:  # not a device name at all
         device = None
-    if gpu and not (device is not None and device.type == "cuda" and torch.cuda.is_available()
-                    and (device.index or 0) < torch.cuda.device_count()):
-        parser.error(f"--device {args.device}: no such GPU here (PyTorch sees {torch.cuda.device_count()}); use "
-                     f"--device cpu, or cuda (cuda:N) on a machine with an NVIDIA GPU")
+    if gpu and not (
+        device is not None
+        and device.type == "cuda"
+        and torch.cuda.is_available()
+        and (device.index or 0) < torch.cuda.device_count()
+    ):
+        parser.error(
+            f"--device {args.device}: no such GPU here (PyTorch sees {torch.cuda.device_count()}); use "
+            f"--device cpu, or cuda (cuda:N) on a machine with an NVIDIA GPU"
+        )
     allowed = DEVICE_SECTIONS if gpu else SECTIONS
     sections = [s.strip() for s in (args.only or ",".join(allowed)).split(",") if s.strip()]
     unknown = [s for s in sections if s not in allowed]
     if unknown:
-        parser.error(f"section(s) {', '.join(unknown)} unknown{' or CPU-only' if gpu else ''}; "
-                     f"choose from {', '.join(allowed)}")
+        parser.error(
+            f"section(s) {', '.join(unknown)} unknown{' or CPU-only' if gpu else ''}; "
+            f"choose from {', '.join(allowed)}"
+        )
     folder = os.path.dirname(os.path.abspath(args.out))
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)) or os.path.isdir(args.out):
         # before the minutes of measuring, not after
-        parser.error(f"--out {args.out}: cannot write a file there; give a file path in an existing, writable folder")
+        parser.error(
+            f"--out {args.out}: cannot write a file there; give a file path in an existing, writable folder"
+        )
     command = "python -m bnexp.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     figures = {"command": command.strip(), **run(sections, quick=args.quick, device=args.device)}
     with open(args.out, "w") as f:

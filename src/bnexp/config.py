@@ -5,9 +5,10 @@ Hydra's ConfigStore, and `conf/config.yaml` starts from them, so a mistyped key,
 wrong type or a value outside an enum fails at start-up with Hydra's own message, before any work.
 The YAML files in `conf/` only choose values; they never add keys.
 """
+
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -38,7 +39,9 @@ class Device(Enum):
 class ModelConfig:
     name: str = MISSING  # mlp | cnn | rnn (set by the model group)
     depth: int = 3  # mlp: hidden layers (0: a linear classifier); rnn: stacked recurrent layers
-    width: int = 100  # mlp: units per hidden layer; cnn: units of the hidden classifier layer; rnn: hidden state
+    width: int = (
+        100  # mlp: units per hidden layer; cnn: units of the hidden classifier layer; rnn: hidden state
+    )
     activation: Activation = Activation.sigmoid
     dropout: float = 0.0  # after every hidden nonlinearity
     # The linear/conv bias right before a norm layer is redundant (the norm subtracts the mean);
@@ -55,7 +58,7 @@ class ModelConfig:
 class NormConfig:
     name: str = MISSING  # a key of bnexp.norm.NORMS
     eps: float = 1e-5
-    momentum: Optional[float] = 0.1  # running statistics; null = cumulative average
+    momentum: float | None = 0.1  # running statistics; null = cumulative average
     affine: bool = True  # learnable γ and β
     groups: int = 4  # gn: channels are split into this many groups (4 divides every default width)
 
@@ -74,7 +77,7 @@ class DataConfig:
     download: bool = False  # torchvision sets may fetch their files; nothing else ever does
     batch_size: int = 60
     normalize: bool = True  # standardize inputs with training-split statistics
-    subset: Optional[int] = None  # keep the first N training examples
+    subset: int | None = None  # keep the first N training examples
     # synthetic only: Gaussian classes, one input feature per scale.
     feature_scales: list[float] = field(default_factory=lambda: [1.0, 100.0])
     num_classes: int = 2
@@ -90,13 +93,13 @@ class OptimConfig:
     momentum: float = 0.9  # the `momentum` optimizer only
     # If set, optim.lr is the rate for this batch size and scales linearly with data.batch_size
     # (Goyal et al. 2017), so batch-size sweeps compare like with like.
-    lr_batch_size: Optional[int] = None
+    lr_batch_size: int | None = None
 
 
 @dataclass
 class TrainConfig:
     steps: int = 2000  # optimizer steps
-    epochs: Optional[int] = None  # if set, replaces `steps` by this many passes over the data
+    epochs: int | None = None  # if set, replaces `steps` by this many passes over the data
     eval_every: int = 250  # full train/test evaluation, in steps (and always at the end)
     # At the end, also test with the test sequences made this many steps long, aligned at their end
     # (first steps dropped, or blank steps put before); models that read any length: rnn.
@@ -140,7 +143,7 @@ class Config:
     # pays off only a little (`scaling.*.threads_2_vs_1_wall` of python -m bnexp.bench: 0.96x MLP, 0.65x CNN).
     threads: int = 1
     # Set by experiment configs: which claim a sweep tests (its analysis in bnexp.claims).
-    claim: Optional[str] = None
+    claim: str | None = None
 
 
 def _at_least(low: int) -> tuple[str, Callable]:
@@ -186,8 +189,10 @@ def check_ranges(cfg) -> None:
         if not all(v is None or ok(v) for v in values):
             wrong.append(f"{key}={value} (must be {allowed})")
     if wrong:
-        raise UserError(f"Out of range: {'; '.join(wrong)}. Set {'it' if len(wrong) == 1 else 'them'} within "
-                        f"range on the command line or in the experiment config.")
+        raise UserError(
+            f"Out of range: {'; '.join(wrong)}. Set {'it' if len(wrong) == 1 else 'them'} within "
+            f"range on the command line or in the experiment config."
+        )
 
 
 def register() -> None:

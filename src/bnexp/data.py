@@ -6,13 +6,15 @@ batched by a seeded random permutation per epoch. There is no DataLoader in the 
 tensor that already sits on the device is far faster than collating Python objects, and it makes
 the batch order a pure function of one CPU generator.
 """
+
 from __future__ import annotations
 
 import os
 import random
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -47,9 +49,7 @@ class InMemoryData:
         self._check_batch_size(batch_size)
         return len(self.train_y) // batch_size
 
-    def train_batches(
-        self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[Tensor, Tensor]]:
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """An endless stream of prepared (x, y) training batches.
 
         Each epoch is a fresh permutation drawn from `generator`, a CPU generator, so that the
@@ -77,8 +77,7 @@ class InMemoryData:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
         return (
-            (self.prepare(x[i : i + batch_size]), y[i : i + batch_size])
-            for i in range(0, len(y), batch_size)
+            (self.prepare(x[i : i + batch_size]), y[i : i + batch_size]) for i in range(0, len(y), batch_size)
         )
 
     def _check_batch_size(self, batch_size: int) -> None:
@@ -110,9 +109,7 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> InMemoryDa
         cfg = OmegaConf.structured(cfg)
     loader = _LOADERS.get(cfg.name)
     if loader is None:
-        raise UserError(
-            f"Unknown dataset data.name={cfg.name!r}. Known datasets: {', '.join(_LOADERS)}."
-        )
+        raise UserError(f"Unknown dataset data.name={cfg.name!r}. Known datasets: {', '.join(_LOADERS)}.")
     root = os.path.expanduser(str(cfg.root))
     arrays = loader(cfg, root)
     train_x, train_y = arrays.train_x, arrays.train_y
@@ -193,7 +190,9 @@ def _load_digits(cfg: DataConfig, root: str) -> _Arrays:
     """scikit-learn's bundled 8x8 digits (values 0..16) with a fixed stratified 75/25 split, cached under
     <root>/digits/: importing scikit-learn takes about 2 s, as long as the default run's training itself
     on two CPU cores."""
-    return _Arrays(*_cached(os.path.join(root, "digits", "digits.npz"), _split_digits), num_classes=10, scale=1 / 16)
+    return _Arrays(
+        *_cached(os.path.join(root, "digits", "digits.npz"), _split_digits), num_classes=10, scale=1 / 16
+    )
 
 
 def _split_digits() -> dict[str, np.ndarray]:
@@ -210,8 +209,9 @@ def _split_digits() -> dict[str, np.ndarray]:
 
 def _load_mnist1d(cfg: DataConfig, root: str) -> _Arrays:
     """MNIST-1D, generated with the package's default (fixed-seed) arguments, cached under <root>/mnist1d/."""
-    return _Arrays(*_cached(os.path.join(root, "mnist1d", "mnist1d.npz"), _generate_mnist1d), num_classes=10,
-                   scale=1.0)
+    return _Arrays(
+        *_cached(os.path.join(root, "mnist1d", "mnist1d.npz"), _generate_mnist1d), num_classes=10, scale=1.0
+    )
 
 
 def _generate_mnist1d() -> dict[str, np.ndarray]:
@@ -270,9 +270,7 @@ def _load_mnist_like(class_name: str) -> Callable[[DataConfig, str], _Arrays]:
         files = [os.path.splitext(name)[0] for name, _ in cls.resources]
         train, test = _torchvision_splits(cls, cfg, root, folder, files)
         # data: (N, 28, 28) uint8 -> (N, 1, 28, 28); targets: int64 already.
-        return _Arrays(
-            train.data[:, None], train.targets, test.data[:, None], test.targets, 10, 1 / 255
-        )
+        return _Arrays(train.data[:, None], train.targets, test.data[:, None], test.targets, 10, 1 / 255)
 
     return load
 
@@ -319,9 +317,11 @@ def _torchvision_splits(cls, cfg: DataConfig, root: str, folder: str, files: lis
     except Exception as e:
         if missing:  # a failed download: no internet, a bad archive
             raise UserError(_missing_files_message(cfg.name, folder, files, missing, e)) from e
-        raise UserError(f"The {cfg.name} files in {folder} are all there but could not be read "
-                        f"({type(e).__name__}: {e}); they may be damaged. Delete them and fetch them again "
-                        f"(data.download=true), or point data.root at a good copy.") from e
+        raise UserError(
+            f"The {cfg.name} files in {folder} are all there but could not be read "
+            f"({type(e).__name__}: {e}); they may be damaged. Delete them and fetch them again "
+            f"(data.download=true), or point data.root at a good copy."
+        ) from e
 
 
 def _missing_files_message(

@@ -23,6 +23,7 @@ statistics, as the step did). The loss is the training loss, cross-entropy.
 Optimizer: the update that G′ and the landscape steps take is plain SGD, p ← p − η·∂L/∂p, whatever
 the run's optimizer: momentum, Adam's per-parameter scaling and weight decay are ignored.
 """
+
 from contextlib import contextmanager
 
 import torch
@@ -93,7 +94,9 @@ def _layer_groups(model: Network) -> list[tuple[str, str, list[str]]]:
     groups = []
     for tag, layer in model.layers().items():
         prefix = full[id(layer)]
-        groups.append((tag, f"{prefix}.linear.weight", [f"{prefix}.{n}" for n, _ in layer.named_parameters()]))
+        groups.append(
+            (tag, f"{prefix}.linear.weight", [f"{prefix}.{n}" for n, _ in layer.named_parameters()])
+        )
     prefix = full[id(model.head)]
     groups.append(("head", f"{prefix}.weight", [f"{prefix}.{n}" for n, _ in model.head.named_parameters()]))
     return groups
@@ -161,7 +164,13 @@ def landscape(model: Network, x: Tensor, y: Tensor, lr: float) -> dict[str, floa
             changes.append(change)
             betas.append(change / (eta * g_norm))
     losses, changes, betas = torch.stack(losses), torch.stack(changes), torch.stack(betas)
-    out = {"landscape/loss_range": losses.max() - losses.min(), "landscape/loss_min": losses.min(),
-           "landscape/loss_max": losses.max(), "landscape/grad_change": changes.max(),
-           "landscape/beta_smoothness": betas.max(), "landscape/loss": loss, "landscape/grad_norm": g_norm}
+    out = {
+        "landscape/loss_range": losses.max() - losses.min(),
+        "landscape/loss_min": losses.min(),
+        "landscape/loss_max": losses.max(),
+        "landscape/grad_change": changes.max(),
+        "landscape/beta_smoothness": betas.max(),
+        "landscape/loss": loss,
+        "landscape/grad_norm": g_norm,
+    }
     return dict(zip(out, torch.stack(list(out.values())).float().tolist()))  # one host sync

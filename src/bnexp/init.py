@@ -4,6 +4,7 @@ Only the weights of linear and conv maps differ between schemes. Every explicit 
 biases at 0; norm layers keep their own start (γ = 1, β = 0). `default` leaves PyTorch's own
 initialization of every layer untouched, biases included.
 """
+
 import math
 
 import torch
@@ -27,7 +28,9 @@ def initialize(model: nn.Module, cfg) -> nn.Module:
     if cfg.name == "default":
         return model
     if cfg.name not in SCHEMES:
-        raise UserError(f"init={cfg.name!r} is not an initialization; choose one of default, {', '.join(SCHEMES)}.")
+        raise UserError(
+            f"init={cfg.name!r} is not an initialization; choose one of default, {', '.join(SCHEMES)}."
+        )
     with torch.no_grad():
         _apply(model, cfg)
     return model

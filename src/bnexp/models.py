@@ -6,9 +6,10 @@ norm is a constructor argument (a factory from `bnexp.norm`), so every model run
 The probe sits exactly at the input of g: the tensor whose distribution the BN paper plots, and the
 one every analysis reads.
 """
+
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import nn
@@ -34,8 +35,17 @@ class Probe(nn.Identity):
 class Layer(nn.Module):
     """One hidden layer: x -> W x (+ b) -> norm -> probe -> g -> dropout."""
 
-    def __init__(self, linear: Callable[..., nn.Module], fan_in: int, fan_out: int, norm: NormFactory,
-                 spatial_dims: int, activation: str, dropout: float, bias_before_norm: bool):
+    def __init__(
+        self,
+        linear: Callable[..., nn.Module],
+        fan_in: int,
+        fan_out: int,
+        norm: NormFactory,
+        spatial_dims: int,
+        activation: str,
+        dropout: float,
+        bias_before_norm: bool,
+    ):
         super().__init__()
         norm = norm(fan_out, spatial_dims)
         # A bias right before a normalization is removed by its mean subtraction: redundant.
@@ -67,11 +77,27 @@ class Network(nn.Module):
 
 
 class MLP(Network):
-    def __init__(self, input_shape, num_classes: int, norm: NormFactory, depth: int = 3, width: int = 100,
-                 activation: str = "sigmoid", dropout: float = 0.0, bias_before_norm: bool = False):
+    def __init__(
+        self,
+        input_shape,
+        num_classes: int,
+        norm: NormFactory,
+        depth: int = 3,
+        width: int = 100,
+        activation: str = "sigmoid",
+        dropout: float = 0.0,
+        bias_before_norm: bool = False,
+    ):
         super().__init__()
-        layer = partial(Layer, nn.Linear, norm=norm, spatial_dims=0, activation=activation, dropout=dropout,
-                        bias_before_norm=bias_before_norm)
+        layer = partial(
+            Layer,
+            nn.Linear,
+            norm=norm,
+            spatial_dims=0,
+            activation=activation,
+            dropout=dropout,
+            bias_before_norm=bias_before_norm,
+        )
         modules = OrderedDict(flatten=nn.Flatten())
         fan_in = _numel(input_shape)
         for i in range(1, depth + 1):
@@ -87,14 +113,25 @@ class CNN(Network):
     2-D convolutions for images (C, H, W), 1-D convolutions for sequences (C, L).
     """
 
-    def __init__(self, input_shape, num_classes: int, norm: NormFactory, channels=(32, 64), width: int = 100,
-                 activation: str = "relu", dropout: float = 0.0, bias_before_norm: bool = False,
-                 pool: str = "max"):
+    def __init__(
+        self,
+        input_shape,
+        num_classes: int,
+        norm: NormFactory,
+        channels=(32, 64),
+        width: int = 100,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        bias_before_norm: bool = False,
+        pool: str = "max",
+    ):
         super().__init__()
         spatial_dims = len(input_shape) - 1
         if spatial_dims not in (1, 2):
-            raise UserError(f"model=cnn needs images (C, H, W) or sequences (C, L), but this dataset's examples "
-                            f"have shape {tuple(input_shape)}. Use model=mlp for flat feature vectors.")
+            raise UserError(
+                f"model=cnn needs images (C, H, W) or sequences (C, L), but this dataset's examples "
+                f"have shape {tuple(input_shape)}. Use model=mlp for flat feature vectors."
+            )
         conv = {1: nn.Conv1d, 2: nn.Conv2d}[spatial_dims]
         pools = {"max": {1: nn.MaxPool1d, 2: nn.MaxPool2d}, "avg": {1: nn.AvgPool1d, 2: nn.AvgPool2d}}
         if pool not in (*pools, "none"):
@@ -103,14 +140,17 @@ class CNN(Network):
         modules = OrderedDict()
         size, fan_in = list(input_shape[1:]), input_shape[0]
         for i, c in enumerate(channels, start=1):
-            modules[f"layer{i}"] = Layer(partial(conv, kernel_size=3, padding=1), fan_in, c, spatial_dims=spatial_dims,
-                                         **common)
+            modules[f"layer{i}"] = Layer(
+                partial(conv, kernel_size=3, padding=1), fan_in, c, spatial_dims=spatial_dims, **common
+            )
             if pool != "none" and min(size) >= 2:  # stop pooling once the feature map is one pixel wide
                 modules[f"pool{i}"] = pools[pool][spatial_dims](2)
                 size = [s // 2 for s in size]
             fan_in = c
         modules["flatten"] = nn.Flatten()
-        modules[f"layer{len(channels) + 1}"] = Layer(nn.Linear, fan_in * _numel(size), width, spatial_dims=0, **common)
+        modules[f"layer{len(channels) + 1}"] = Layer(
+            nn.Linear, fan_in * _numel(size), width, spatial_dims=0, **common
+        )
         self.body = nn.Sequential(modules)
         self.head = nn.Linear(width, num_classes)
 
@@ -141,10 +181,26 @@ class Recurrent(Layer):
     per step. The probe sees the inputs of g at all steps at once, as (N, width, L).
     """
 
-    def __init__(self, fan_in: int, width: int, norm: NormFactory, activation: str, dropout: float,
-                 bias_before_norm: bool, steps: int = 0):
-        super().__init__(nn.Linear, fan_in + width, width, norm, spatial_dims=0, activation=activation,
-                         dropout=dropout, bias_before_norm=bias_before_norm)
+    def __init__(
+        self,
+        fan_in: int,
+        width: int,
+        norm: NormFactory,
+        activation: str,
+        dropout: float,
+        bias_before_norm: bool,
+        steps: int = 0,
+    ):
+        super().__init__(
+            nn.Linear,
+            fan_in + width,
+            width,
+            norm,
+            spatial_dims=0,
+            activation=activation,
+            dropout=dropout,
+            bias_before_norm=bias_before_norm,
+        )
         self.fan_in = fan_in
         if steps > 0:
             self.norm = PerStepNorm(partial(norm, width, 0), steps)
@@ -187,20 +243,33 @@ class RNN(Network):
 
     reads_any_length = True  # the step axis (dim 2) may differ from the training length
 
-    def __init__(self, input_shape, num_classes: int, norm: NormFactory, depth: int = 1, width: int = 64,
-                 activation: str = "tanh", dropout: float = 0.0, bias_before_norm: bool = False,
-                 per_step_stats: bool = False):
+    def __init__(
+        self,
+        input_shape,
+        num_classes: int,
+        norm: NormFactory,
+        depth: int = 1,
+        width: int = 64,
+        activation: str = "tanh",
+        dropout: float = 0.0,
+        bias_before_norm: bool = False,
+        per_step_stats: bool = False,
+    ):
         super().__init__()
         if len(input_shape) not in (2, 3):
-            raise UserError(f"model=rnn needs sequences (C, L) or images (C, H, W), but this dataset's examples "
-                            f"have shape {tuple(input_shape)}. Use model=mlp for flat feature vectors.")
+            raise UserError(
+                f"model=rnn needs sequences (C, L) or images (C, H, W), but this dataset's examples "
+                f"have shape {tuple(input_shape)}. Use model=mlp for flat feature vectors."
+            )
         if depth < 1:
             raise UserError(f"model=rnn needs at least one recurrent layer; got model.depth={depth}.")
         fan_in = input_shape[0] * (input_shape[2] if len(input_shape) == 3 else 1)
         steps = input_shape[1] if per_step_stats else 0
         modules = OrderedDict(steps=Steps())
         for i in range(1, depth + 1):
-            modules[f"layer{i}"] = Recurrent(fan_in, width, norm, activation, dropout, bias_before_norm, steps)
+            modules[f"layer{i}"] = Recurrent(
+                fan_in, width, norm, activation, dropout, bias_before_norm, steps
+            )
             fan_in = width
         modules["last"] = LastStep()
         self.body = nn.Sequential(modules)
@@ -215,8 +284,13 @@ def build_model(cfg, input_shape, num_classes: int) -> Network:
     """The network named by `cfg.model` with the norm named by `cfg.norm` (both config nodes)."""
     m = cfg.model
     norm = partial(make_norm, cfg.norm)
-    common = dict(norm=norm, width=m.width, activation=_name(m.activation), dropout=m.dropout,
-                  bias_before_norm=m.bias_before_norm)
+    common = dict(
+        norm=norm,
+        width=m.width,
+        activation=_name(m.activation),
+        dropout=m.dropout,
+        bias_before_norm=m.bias_before_norm,
+    )
     if m.name == "mlp":
         return MLP(input_shape, num_classes, depth=m.depth, **common)
     if m.name == "cnn":

@@ -17,6 +17,7 @@ Tags (one run = one event directory, the run folder itself):
   grad/<layer>/bias                            L2 norm of the gradient of the bias before the norm, if kept
   hparams (HParams tab)                        the config and final metrics, in this same event file
 """
+
 from contextlib import contextmanager
 
 import torch
@@ -48,8 +49,10 @@ def percentiles(x: torch.Tensor) -> torch.Tensor:
 def captured(model: Network):
     """Within: the output of each of `model`'s probe points in the forward pass, detached, by probe name."""
     values = {}
-    hooks = [probe.register_forward_hook(lambda m, inp, out, name=name: values.__setitem__(name, out.detach()))
-             for name, probe in model.probes().items()]
+    hooks = [
+        probe.register_forward_hook(lambda m, inp, out, name=name: values.__setitem__(name, out.detach()))
+        for name, probe in model.probes().items()
+    ]
     try:
         yield values
     finally:
@@ -100,7 +103,9 @@ class Monitor:
         for name, v in acts.items():
             unit0 = v.select(1, 0)  # channel 0: one fixed unit, as the BN paper plots
             linear = (v.abs() < LINEAR_BOUND).float().mean()
-            values = torch.cat([percentiles(v), v.mean()[None], v.std()[None], linear[None], percentiles(unit0)])
+            values = torch.cat(
+                [percentiles(v), v.mean()[None], v.std()[None], linear[None], percentiles(unit0)]
+            )
             stats.update({f"act/{name}/{key}": value for key, value in zip(STATS, values)})
         for name, layer in self.model.layers().items():
             grads = [p.grad.norm() for p in layer.parameters() if p.grad is not None]
@@ -121,12 +126,16 @@ class Monitor:
     def _write(self, step: int, values: dict):
         # One event holding every tag: what add_scalar writes tag by tag (a simple_value each), at a
         # fifteenth of its cost, which on logging steps rivalled the statistics themselves.
-        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()])
+        summary = Summary(
+            value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()]
+        )
         self.writer.file_writer.add_summary(summary, step)
 
     def close(self, hparam_dict: dict, final: dict, step: int):
         """The HParams tab: written into this run's own event file (add_hparams would make a sub-run)."""
-        hparam_dict = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparam_dict.items()}
+        hparam_dict = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparam_dict.items()
+        }
         metrics = {f"hparam/{k}": v for k, v in final.items()}
         for summary in hparams(hparam_dict, metrics):
             self.writer.file_writer.add_summary(summary)

@@ -7,8 +7,9 @@ BatchNorm follows Ioffe & Szegedy (2015), Algorithm 1: per channel, over the min
 and at inference the same affine map with running averages in place of μ_B and σ²_B. It is a
 drop-in for torch.nn.BatchNorm1d/2d/3d: same constructor, parameters, buffers and state_dict keys.
 """
+
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ def _per_channel(t: Tensor, x: Tensor) -> Tensor:
 
 
 def _normalize(
-    deviation: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+    deviation: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> Tensor:
     """y = γ·(x − μ)/√(σ² + ε) + β from the deviations x − μ, computed in place on them.
 
@@ -62,7 +63,7 @@ def _normalize(
 # ordinary training runs).
 
 
-def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+def _forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     """Training-mode batch norm: y, μ_B and σ²_B, plus for the backward pass x − μ_B, invstd and
     the scale γ·invstd (invstd when there is no γ)."""
     dims = _reduce_dims(x)
@@ -81,7 +82,7 @@ def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: f
     return y, mean, var, centered, invstd, scale
 
 
-def _scale_shift(t: Tensor, scale: Tensor, shift: Tensor, out: Optional[Tensor] = None) -> Tensor:
+def _scale_shift(t: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
     """scale·t + shift with per-channel scale and shift, into `out` if given."""
     if t.dim() == 2:
         return torch.addcmul(shift, t, scale, out=out)  # one pass over t
@@ -117,8 +118,7 @@ def _backward(dy, x, weight, mean, var, eps, dmean, dvar):
     return dx, dgamma, dbeta
 
 
-def _backward_in_place(dy: Tensor, centered: Tensor, x: Tensor, mean: Tensor, invstd: Tensor,
-                       scale: Tensor):
+def _backward_in_place(dy: Tensor, centered: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor):
     """The same dx, dγ, dβ, computed in the memory of x − μ: no new full-size tensor at all.
 
     At MB sizes a fresh tensor can cost more than its arithmetic (the allocator hands freed memory
@@ -150,7 +150,7 @@ class _BatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
         y, mean, var, centered, invstd, scale = _forward(x, weight, bias, eps)
         # x, μ and σ² (an input and outputs) for a differentiable backward, invstd and γ·invstd
         # for the fast one. x − μ is handed to the fast backward outside save_for_backward: it is
@@ -164,7 +164,7 @@ class _BatchNormFunction(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
-    def backward(ctx, dy: Optional[Tensor], dmean: Optional[Tensor], dvar: Optional[Tensor]):
+    def backward(ctx, dy: Tensor | None, dmean: Tensor | None, dvar: Tensor | None):
         x, weight, mean, var, invstd, scale = ctx.saved_tensors
         centered, ctx.centered = ctx.centered, None  # usable once: the fast backward uses it up
         # Grad mode is on inside backward only when its result is to be differentiated again
@@ -193,7 +193,7 @@ class _TransformableBatchNorm(torch.autograd.Function):
     generate_vmap_rule = True  # torch.func derives the batching rule from forward and backward
 
     @staticmethod
-    def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
         y, mean, var, _, _, _ = _forward(x, weight, bias, eps)
         return y, mean, var
 
@@ -206,7 +206,7 @@ class _TransformableBatchNorm(torch.autograd.Function):
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, dy: Optional[Tensor], dmean: Optional[Tensor], dvar: Optional[Tensor]):
+    def backward(ctx, dy: Tensor | None, dmean: Tensor | None, dvar: Tensor | None):
         x, weight, mean, var = ctx.saved_tensors
         dx, dgamma, dbeta = _backward(dy, x, weight, mean, var, ctx.eps, dmean, dvar)
         return (
@@ -223,7 +223,7 @@ class _TransformableBatchNorm(torch.autograd.Function):
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
-def batch_norm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+def batch_norm_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     """y, μ_B, σ²_B of training-mode batch norm over dim 1, differentiable (also twice, and
     under torch.func)."""
     function = _TransformableBatchNorm if _functorch_active() else _BatchNormFunction
@@ -248,7 +248,7 @@ class BatchNorm(nn.Module):
         self,
         num_features: int,
         eps: float = 1e-5,
-        momentum: Optional[float] = 0.1,
+        momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
         device=None,
@@ -271,9 +271,7 @@ class BatchNorm(nn.Module):
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
             self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
@@ -365,7 +363,7 @@ class NoisyBatchNorm(BatchNorm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.noise: Optional[tuple[Tensor, Tensor]] = None  # (s, m), each (C,): the last draw
+        self.noise: tuple[Tensor, Tensor] | None = None  # (s, m), each (C,): the last draw
         self.hold_noise = False  # set by held_noise(): reuse `noise` instead of drawing
 
     def draw_noise(self, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -422,9 +420,7 @@ def _group_norm(num_features: int, spatial_dims: int, cfg: NormConfig) -> nn.Mod
 # input, 1 for (N, C, L), 2 for (N, C, H, W), 3 for (N, C, D, H, W). A new variant is one entry.
 NORMS: dict[str, Callable[[int, int, NormConfig], nn.Module]] = {
     "none": lambda c, spatial_dims, cfg: nn.Identity(),
-    "bn": lambda c, spatial_dims, cfg: BatchNorm(
-        c, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine
-    ),
+    "bn": lambda c, spatial_dims, cfg: BatchNorm(c, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine),
     "torch_bn": lambda c, spatial_dims, cfg: _TORCH_BATCHNORM[spatial_dims](
         c, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine
     ),

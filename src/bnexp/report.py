@@ -4,11 +4,11 @@ Reads only the run folders, so it can be re-run at any time (it also runs by its
 every claim sweep). Writes into the sweep folder: `report.md`, `<claim>.png`, `finding.json` (what
 `bnexp-reproduce` collects) and the figure as a TensorBoard image under `report/`.
 """
+
 import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -28,69 +28,110 @@ def markdown_table(rows: list[dict]) -> str:
 
 def setup(runs: list[Run]) -> dict:
     """What produced the result: data, steps, models, norms, seeds (the values the runs used)."""
+
     def values(key):
         return sorted({r[key] for r in runs}, key=str)
+
     steps = sorted({r.metrics["steps_planned"] for r in runs if r.metrics})
-    return {"runs": len(runs), "failed runs": sum(r.metrics is None for r in runs),
-            "diverged runs": sum(r.diverged for r in runs), "seeds": values("seed"), "data": values("data.name"),
-            "steps": steps if len(steps) <= 3 else [f"{steps[0]}–{steps[-1]}"], "models": values("model.name"),
-            "norms": values("norm.name")}
+    return {
+        "runs": len(runs),
+        "failed runs": sum(r.metrics is None for r in runs),
+        "diverged runs": sum(r.diverged for r in runs),
+        "seeds": values("seed"),
+        "data": values("data.name"),
+        "steps": steps if len(steps) <= 3 else [f"{steps[0]}–{steps[-1]}"],
+        "models": values("model.name"),
+        "norms": values("norm.name"),
+    }
 
 
 def render(result: dict, figure: str, level: int = 1) -> str:
     """A claim's result (finding.json's content) as markdown; `figure` is the image's path from the page."""
     held = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["passed"].items())
-    setup = "; ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in result["setup"].items())
-    fixed = "fixed before the runs" if result["preregistered"] else "fixed after a first look at results: see the note"
-    parts = [f"{'#' * level} {result['title']}", f"**Verdict: {result['verdict']}.** {result['summary']}",
-             f"![{result['claim']}]({figure})",
-             f"**Hypothesis.** {result['hypothesis']}", f"**Criterion ({fixed}).** {result['criterion']}",
-             f"**Criterion held:** {held}.", markdown_table(result["table"])]
+    setup = "; ".join(
+        f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in result["setup"].items()
+    )
+    fixed = (
+        "fixed before the runs"
+        if result["preregistered"]
+        else "fixed after a first look at results: see the note"
+    )
+    parts = [
+        f"{'#' * level} {result['title']}",
+        f"**Verdict: {result['verdict']}.** {result['summary']}",
+        f"![{result['claim']}]({figure})",
+        f"**Hypothesis.** {result['hypothesis']}",
+        f"**Criterion ({fixed}).** {result['criterion']}",
+        f"**Criterion held:** {held}.",
+        markdown_table(result["table"]),
+    ]
     parts += [f"*Note.* {note}" for note in result["notes"]]
     parts.append(f"**Setup.** {setup}")
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def report(sweep_dir, runs: Optional[list[Run]] = None) -> dict:
-    """Analyse the claim sweep in `sweep_dir` (its `runs`, if already loaded); write its report files and return
-    finding.json's content."""
+def report(sweep_dir, runs: list[Run] | None = None) -> dict:
+    """Analyse the claim sweep in `sweep_dir` (its `runs`, if already loaded); write its report files and
+    return finding.json's content."""
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir) if runs is None else runs
     if not runs:
-        raise UserError(f"{sweep_dir} holds no runs (no */.hydra/config.yaml below it). Give the folder of a "
-                        f"finished sweep, e.g. multirun/lr_tolerance/<date_time>, as made by "
-                        f"`bnexp -m experiment=<claim>`.")
+        raise UserError(
+            f"{sweep_dir} holds no runs (no */.hydra/config.yaml below it). Give the folder of a "
+            f"finished sweep, e.g. multirun/lr_tolerance/<date_time>, as made by "
+            f"`bnexp -m experiment=<claim>`."
+        )
     if all(r.metrics is None for r in runs):
-        raise UserError(f"Every run in {sweep_dir} failed before finishing (no metrics.json); their logs in the run "
-                        f"folders say why. Fix the cause and run the sweep again.")
+        raise UserError(
+            f"Every run in {sweep_dir} failed before finishing (no metrics.json); their logs in the run "
+            f"folders say why. Fix the cause and run the sweep again."
+        )
     names = {r["claim"] for r in runs}
     if len(names) != 1 or None in names or next(iter(names)) not in CLAIMS:
-        raise UserError(f"The runs in {sweep_dir} belong to claims {sorted(map(str, names))}, but a report needs "
-                        f"one sweep of one claim ({', '.join(CLAIMS)}): run `bnexp -m experiment=<claim>`.")
+        raise UserError(
+            f"The runs in {sweep_dir} belong to claims {sorted(map(str, names))}, but a report needs "
+            f"one sweep of one claim ({', '.join(CLAIMS)}): run `bnexp -m experiment=<claim>`."
+        )
     claim = CLAIMS[names.pop()]
     seen: dict[str, Run] = {}
-    for r in runs:  # an analysis keys its runs by their settings: a second run with the same ones would hide one
+    for (
+        r
+    ) in runs:  # an analysis keys its runs by their settings: a second run with the same ones would hide one
         key = json.dumps(r.config, sort_keys=True, default=str)
         if key in seen:
-            raise UserError(f"{seen[key].path.name} and {r.path.name} in {sweep_dir} are runs with the same settings "
-                            f"(two sweeps in one folder?); keep one of them, or give each sweep its own folder.")
+            raise UserError(
+                f"{seen[key].path.name} and {r.path.name} in {sweep_dir} are runs with the same settings "
+                f"(two sweeps in one folder?); keep one of them, or give each sweep its own folder."
+            )
         seen[key] = r
     try:
         finding = claim.analyze(runs)
     except Exception as e:  # in practice: a narrowed sweep lacks a setting the claim compares
-        raise UserError(f"The {claim.name} analysis could not use the runs in {sweep_dir} ({type(e).__name__}: {e}). "
-                        f"It compares the settings that `bnexp -m experiment={claim.name}` sweeps "
-                        f"(conf/experiment/{claim.name}.yaml): fewer seeds or steps are fine, but a sweep narrowed to "
-                        f"fewer of its norms, models or other swept values may lack a comparison it needs.") from e
+        raise UserError(
+            f"The {claim.name} analysis could not use the runs in {sweep_dir} ({type(e).__name__}: {e}). "
+            f"It compares the settings that `bnexp -m experiment={claim.name}` sweeps "
+            f"(conf/experiment/{claim.name}.yaml): fewer seeds or steps are fine, but a sweep narrowed to "
+            f"fewer of its norms, models or other swept values may lack a comparison it needs."
+        ) from e
     figure = f"{claim.name}.png"
     finding.figure.savefig(sweep_dir / figure, dpi=110)
     with SummaryWriter(str(sweep_dir / "report")) as tb:
         tb.add_figure(f"claims/{claim.name}", finding.figure)  # add_figure closes the figure
         tb.add_text(f"claims/{claim.name}/verdict", f"{finding.verdict}: {finding.summary}")
-    result = dict(claim=claim.name, title=claim.title, verdict=finding.verdict, summary=finding.summary,
-                  hypothesis=claim.hypothesis, criterion=claim.criterion, preregistered=claim.preregistered,
-                  passed=finding.passed, table=finding.table,
-                  notes=([claim.disclosure] if claim.disclosure else []) + finding.notes, figure=figure, setup=setup(runs))
+    result = dict(
+        claim=claim.name,
+        title=claim.title,
+        verdict=finding.verdict,
+        summary=finding.summary,
+        hypothesis=claim.hypothesis,
+        criterion=claim.criterion,
+        preregistered=claim.preregistered,
+        passed=finding.passed,
+        table=finding.table,
+        notes=([claim.disclosure] if claim.disclosure else []) + finding.notes,
+        figure=figure,
+        setup=setup(runs),
+    )
     (sweep_dir / "report.md.tmp").write_text(render(result, figure))
     (sweep_dir / "report.md.tmp").replace(sweep_dir / "report.md")
     write_json(str(sweep_dir / "finding.json"), result)
@@ -105,8 +146,10 @@ def main(argv=None) -> None:
         result = report(args.sweep_dir)
     except UserError as e:
         sys.exit(f"bnexp-report: {e}")
-    print(f"{result['claim']}: {result['verdict']}. {result['summary']}\n"
-          f"  report: {Path(args.sweep_dir) / 'report.md'}")
+    print(
+        f"{result['claim']}: {result['verdict']}. {result['summary']}\n"
+        f"  report: {Path(args.sweep_dir) / 'report.md'}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 Each claim runs as `bnexp -m experiment=<claim>` (the exact command is in the report), so every
 number in REPORT.md can be re-derived from its sweep folder with `bnexp-report`.
 """
+
 import argparse
 import importlib.util
 import json
@@ -49,20 +50,40 @@ def run_claim(claim, cmd: list[str], sweep_dir: Path) -> dict:
     finding = sweep_dir / "finding.json"
     if finding.exists():
         return json.loads(finding.read_text())
-    return dict(claim=claim.name, title=claim.title, verdict="error",
-                summary=f"The sweep ended with exit code {proc.returncode} and no report; see {sweep_dir}.")
+    return dict(
+        claim=claim.name,
+        title=claim.title,
+        verdict="error",
+        summary=f"The sweep ended with exit code {proc.returncode} and no report; see {sweep_dir}.",
+    )
 
 
 def write_report(out: Path, profile: str, results: list[dict], commands: dict, seconds: float) -> Path:
-    head = [f"# bnexp reproduction: {profile} profile",
-            f"{datetime.now():%Y-%m-%d %H:%M}, {PROFILES[profile]}; {platform.platform()}, "
-            f"torch {torch.__version__}, {seconds / 60:.1f} min in all.",
-            markdown_table([{"claim": f"[{r['title']}](#{r['claim']})", "verdict": f"**{r['verdict']}**",
-                             "summary": r["summary"]} for r in results])]
+    head = [
+        f"# bnexp reproduction: {profile} profile",
+        f"{datetime.now():%Y-%m-%d %H:%M}, {PROFILES[profile]}; {platform.platform()}, "
+        f"torch {torch.__version__}, {seconds / 60:.1f} min in all.",
+        markdown_table(
+            [
+                {
+                    "claim": f"[{r['title']}](#{r['claim']})",
+                    "verdict": f"**{r['verdict']}**",
+                    "summary": r["summary"],
+                }
+                for r in results
+            ]
+        ),
+    ]
     sections = []
     for r in results:
-        body = render(r, f"{r['claim']}/{r['figure']}", level=2) if "figure" in r else f"## {r['title']}\n\n{r['summary']}\n"
-        sections.append(f'<a id="{r["claim"]}"></a>\n\n{body}\n**Command.** `{shlex.join(commands[r["claim"]])}`\n')
+        body = (
+            render(r, f"{r['claim']}/{r['figure']}", level=2)
+            if "figure" in r
+            else f"## {r['title']}\n\n{r['summary']}\n"
+        )
+        sections.append(
+            f'<a id="{r["claim"]}"></a>\n\n{body}\n**Command.** `{shlex.join(commands[r["claim"]])}`\n'
+        )
     path = out / "REPORT.md"
     path.write_text("\n\n".join(head) + "\n\n" + "\n".join(sections))
     return path
@@ -79,7 +100,9 @@ def update_experiments(folder: Path, out: Path, profile: str, results: list[dict
         target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / r["claim"] / r["figure"], target / r["figure"])
         (target / "README.md").write_text(
-            f"{render(r, r['figure'])}\n*Latest result: {stamp}.*\n\n**Command.** `{shlex.join(commands[r['claim']])}`\n")
+            f"{render(r, r['figure'])}\n*Latest result: {stamp}.*\n\n**Command.** "
+            f"`{shlex.join(commands[r['claim']])}`\n"
+        )
     readme = folder.resolve().parent / "README.md"
     if readme.exists():
         update_findings(readme, folder, results, stamp)
@@ -95,14 +118,26 @@ def update_findings(readme: Path, folder: Path, results: list[dict], stamp: str)
     if FINDINGS[0] not in text or FINDINGS[1] not in text:
         return
     rel = os.path.relpath(folder, readme.parent)
-    rows = [{"claim": f"[{r['title']}]({rel}/{r['claim']}/README.md)", "verdict": f"**{r['verdict']}**",
-             "setup": "; ".join(f"{k} {', '.join(map(str, r['setup'][k]))}" for k in ("data", "steps", "seeds"))
-             if "setup" in r else ""}
-            for r in results]
-    figures = [f"![{r['claim']}]({rel}/{r['claim']}/{r['figure']})" for r in results
-               if r["claim"] in KEY_FIGURES and "figure" in r]
-    section = "\n\n".join([FINDINGS[0], f"*From the last reproduction: {stamp}.*", markdown_table(rows),
-                            *figures, FINDINGS[1]])
+    rows = [
+        {
+            "claim": f"[{r['title']}]({rel}/{r['claim']}/README.md)",
+            "verdict": f"**{r['verdict']}**",
+            "setup": "; ".join(
+                f"{k} {', '.join(map(str, r['setup'][k]))}" for k in ("data", "steps", "seeds")
+            )
+            if "setup" in r
+            else "",
+        }
+        for r in results
+    ]
+    figures = [
+        f"![{r['claim']}]({rel}/{r['claim']}/{r['figure']})"
+        for r in results
+        if r["claim"] in KEY_FIGURES and "figure" in r
+    ]
+    section = "\n\n".join(
+        [FINDINGS[0], f"*From the last reproduction: {stamp}.*", markdown_table(rows), *figures, FINDINGS[1]]
+    )
     start, end = text.index(FINDINGS[0]), text.index(FINDINGS[1]) + len(FINDINGS[1])
     readme.write_text(text[:start] + section + text[end:])
 
@@ -112,31 +147,50 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", choices=PROFILES, default="quick")
     parser.add_argument("--claims", default=",".join(CLAIMS), help="comma-separated claims (default: all)")
     parser.add_argument("--out", type=Path, help="output folder (default: reproduce/<profile>_<date_time>)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="programs trained in parallel by hydra/launcher=vectorized (default: one per core)")
-    parser.add_argument("--update-experiments", nargs="?", const=Path("experiments"), type=Path, metavar="DIR",
-                        help="also rewrite DIR/<claim>/README.md (default DIR: experiments)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="programs trained in parallel by hydra/launcher=vectorized (default: one per core)",
+    )
+    parser.add_argument(
+        "--update-experiments",
+        nargs="?",
+        const=Path("experiments"),
+        type=Path,
+        metavar="DIR",
+        help="also rewrite DIR/<claim>/README.md (default DIR: experiments)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra overrides for every sweep, e.g. device=cuda")
     args = parser.parse_args(argv)
 
     claims = [c.strip() for c in args.claims.split(",") if c.strip()]
     unknown = [c for c in claims if c not in CLAIMS]
     if unknown or not claims:
-        parser.error(f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}" if unknown else
-                     f"--claims names no claim; choose from: {', '.join(CLAIMS)}")
+        parser.error(
+            f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}"
+            if unknown
+            else f"--claims names no claim; choose from: {', '.join(CLAIMS)}"
+        )
     jobs = args.jobs
     if jobs < 1:
         parser.error(f"--jobs {jobs}: the programs trained at once must be at least 1")
     if jobs > 1 and importlib.util.find_spec("joblib") is None:
-        print("bnexp-reproduce: joblib is not installed (pip install 'bnexp[joblib]'), so the programs go one at a "
-              "time.", file=sys.stderr)
+        print(
+            "bnexp-reproduce: joblib is not installed (pip install 'bnexp[joblib]'), so the programs go one "
+            "at a "
+            "time.",
+            file=sys.stderr,
+        )
         jobs = 1
     out = args.out or Path("reproduce") / f"{args.profile}_{datetime.now():%Y-%m-%d_%H-%M-%S}"
     # A folder of its own: an earlier reproduction's run folders would join this one's analyses, and its
     # finding.json stand in for a sweep that fails.
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        parser.error(f"--out {out} already exists and is not an empty folder; a reproduction writes its sweeps and "
-                     f"REPORT.md into a new one: give another --out, or delete {out} first")
+        parser.error(
+            f"--out {out} already exists and is not an empty folder; a reproduction writes its sweeps and "
+            f"REPORT.md into a new one: give another --out, or delete {out} first"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     start, results, commands = time.perf_counter(), [], {}

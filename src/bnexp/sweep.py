@@ -1,4 +1,5 @@
 """Hydra callbacks for sweeps (`bnexp -m ...`)."""
+
 import logging
 from pathlib import Path
 
@@ -17,7 +18,9 @@ class SweepEnd(Callback):
         runs = load_runs(sweep_dir)
         failed = [r.path.name for r in runs if r.metrics is None]
         if failed:
-            log.warning(f"{len(failed)} of {len(runs)} runs failed (their folders hold the log): {', '.join(failed)}")
+            log.warning(
+                f"{len(failed)} of {len(runs)} runs failed (their folders hold the log): {', '.join(failed)}"
+            )
         if config.get("claim"):
             from bnexp.config import UserError
             from bnexp.report import report
@@ -27,7 +30,11 @@ class SweepEnd(Callback):
             except UserError as e:  # e.g. every run failed: say why there is no report, in one paragraph
                 log.warning(f"no report for this sweep: {e}")
             else:
-                log.info(f"{result['claim']}: {result['verdict']}. {result['summary']}\n"
-                         f"  report: {sweep_dir / 'report.md'}")
-        log.info(f"sweep outputs in {sweep_dir} (one folder per run)\n"
-                 f"  compare the runs with: tensorboard --logdir {sweep_dir}")
+                log.info(
+                    f"{result['claim']}: {result['verdict']}. {result['summary']}\n"
+                    f"  report: {sweep_dir / 'report.md'}"
+                )
+        log.info(
+            f"sweep outputs in {sweep_dir} (one folder per run)\n"
+            f"  compare the runs with: tensorboard --logdir {sweep_dir}"
+        )

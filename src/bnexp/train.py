@@ -5,13 +5,13 @@ divergence, every logged curve), which is all any later analysis reads. Divergen
 the device and looked at every log.stats_every steps, so a diverged run stops within that many steps
 (recording the exact step it diverged at).
 """
+
 import json
 import logging
 import math
 import os
 import time
 from copy import deepcopy
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,10 @@ def resolve_device(name) -> torch.device:
     name = device_name(name)
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available[name]:
-        raise UserError(f"device={name} was asked for, but PyTorch sees no {name} device here. "
-                        f"Use device=auto (the accelerator when there is one) or device=cpu.")
+        raise UserError(
+            f"device={name} was asked for, but PyTorch sees no {name} device here. "
+            f"Use device=auto (the accelerator when there is one) or device=cpu."
+        )
     if name == "cuda":
         exact_cuda()
     return torch.device(name)
@@ -75,7 +77,9 @@ def make_optimizer(params, cfg, lr: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-    raise UserError(f"optim={cfg.name!r} is not an optimizer; choose optim=sgd, optim=momentum or optim=adam.")
+    raise UserError(
+        f"optim={cfg.name!r} is not an optimizer; choose optim=sgd, optim=momentum or optim=adam."
+    )
 
 
 def step_module(cfg, model, input_shape) -> tuple[torch.nn.Module, torch.memory_format]:
@@ -85,9 +89,11 @@ def step_module(cfg, model, input_shape) -> tuple[torch.nn.Module, torch.memory_
     memory_format = torch.contiguous_format
     if cfg.train.channels_last:
         if cfg.model.name != "cnn" or len(input_shape) != 3:
-            raise UserError(f"train.channels_last stores images channels-last for 2-D convolutions: it needs model=cnn "
-                            f"and a dataset of images (C, H, W), but this run has model={cfg.model.name} and examples "
-                            f"of shape {tuple(input_shape)}. Leave train.channels_last=false.")
+            raise UserError(
+                f"train.channels_last stores images channels-last for 2-D convolutions: it needs model=cnn "
+                f"and a dataset of images (C, H, W), but this run has model={cfg.model.name} and examples "
+                f"of shape {tuple(input_shape)}. Leave train.channels_last=false."
+            )
         memory_format = torch.channels_last
         model.to(memory_format=memory_format)
     return (torch.compile(model) if cfg.train.compile else model), memory_format
@@ -100,9 +106,11 @@ def has_running_statistics(model) -> bool:
 def check_batch_statistics(cfg, model) -> None:
     """BN's batch statistics need two examples: a batch of one has no spread to normalize by."""
     if cfg.data.batch_size < 2 and has_running_statistics(model):
-        raise UserError(f"norm={cfg.norm.name} normalizes by statistics over each batch, and a batch of "
-                        f"{cfg.data.batch_size} example has none; set data.batch_size to 2 or more, or choose a norm "
-                        f"without batch statistics (ln, gn, none).")
+        raise UserError(
+            f"norm={cfg.norm.name} normalizes by statistics over each batch, and a batch of "
+            f"{cfg.data.batch_size} example has none; set data.batch_size to 2 or more, or choose a norm "
+            f"without batch statistics (ln, gn, none)."
+        )
 
 
 def change_length(data: InMemoryData, x: torch.Tensor, length: int) -> torch.Tensor:
@@ -117,8 +125,14 @@ def change_length(data: InMemoryData, x: torch.Tensor, length: int) -> torch.Ten
 
 
 @torch.no_grad()
-def evaluate(model, data: InMemoryData, split: str, batch_size: int = 1000,
-             batch_statistics: bool = False, length: int | None = None) -> tuple[float, float]:
+def evaluate(
+    model,
+    data: InMemoryData,
+    split: str,
+    batch_size: int = 1000,
+    batch_statistics: bool = False,
+    length: int | None = None,
+) -> tuple[float, float]:
     """Loss and accuracy on a whole split, in eval mode: BN uses its running statistics.
 
     With `batch_statistics`, BN layers instead normalize each batch (of `batch_size`) by its own
@@ -143,10 +157,17 @@ def evaluate(model, data: InMemoryData, split: str, batch_size: int = 1000,
     return float(loss) / n, int(correct) / n
 
 
-def record_evaluation(model, data: InMemoryData, monitor: Monitor, step: int, steps: int, logger: logging.Logger):
+def record_evaluation(
+    model, data: InMemoryData, monitor: Monitor, step: int, steps: int, logger: logging.Logger
+):
     """The full train and test splits evaluated at this step: into the run's curves and its log."""
-    (train_loss, train_acc), (test_loss, test_acc) = evaluate(model, data, "train"), evaluate(model, data, "test")
-    monitor.scalars(step, {"train/loss": train_loss, "train/acc": train_acc, "test/loss": test_loss, "test/acc": test_acc})
+    (train_loss, train_acc), (test_loss, test_acc) = (
+        evaluate(model, data, "train"),
+        evaluate(model, data, "test"),
+    )
+    monitor.scalars(
+        step, {"train/loss": train_loss, "train/acc": train_acc, "test/loss": test_loss, "test/acc": test_acc}
+    )
     logger.info(f"step {step:>6}/{steps}  train loss {train_loss:.4f}  test acc {test_acc:.4f}")
 
 
@@ -184,7 +205,11 @@ def initialized_model(cfg, data: InMemoryData, device: torch.device):
 
 def planned_steps(cfg, data: InMemoryData) -> int:
     """The run's optimizer steps: train.steps, or train.epochs passes over the data."""
-    return cfg.train.steps if cfg.train.epochs is None else cfg.train.epochs * data.steps_per_epoch(cfg.data.batch_size)
+    return (
+        cfg.train.steps
+        if cfg.train.epochs is None
+        else cfg.train.epochs * data.steps_per_epoch(cfg.data.batch_size)
+    )
 
 
 def train(cfg, run_dir: str) -> dict:
@@ -203,15 +228,20 @@ def train(cfg, run_dir: str) -> dict:
     steps = planned_steps(cfg, data)
     lengths = list(cfg.train.eval_lengths)
     if lengths and not getattr(model, "reads_any_length", False):
-        raise UserError(f"train.eval_lengths={lengths} tests on sequences of other lengths, which needs a model "
-                        f"that reads any length (model=rnn).")
+        raise UserError(
+            f"train.eval_lengths={lengths} tests on sequences of other lengths, which needs a model "
+            f"that reads any length (model=rnn)."
+        )
     # Batches come from their own CPU generator: the same order on every device, for every model.
     batches = data.train_batches(batch_size, torch.Generator().manual_seed(cfg.seed))
     fast_model, memory_format = step_module(cfg, model, data.input_shape)
     monitor = Monitor(run_dir, model, cfg.log)
     # bnexp.ics measurements on the step's batch, after backward and before the update.
-    measures = [(every, fn) for every, fn in ((cfg.measure.ics_every, gradient_ics),
-                                             (cfg.measure.landscape_every, landscape)) if every]
+    measures = [
+        (every, fn)
+        for every, fn in ((cfg.measure.ics_every, gradient_ics), (cfg.measure.landscape_every, landscape))
+        if every
+    ]
 
     diverged_step = None
     # Divergence is flagged on the device (no per-step sync); the host looks at each logging step.
@@ -248,20 +278,36 @@ def train(cfg, run_dir: str) -> dict:
     return finish(cfg, run_dir, model, data, monitor, step, steps, diverged_step, start)
 
 
-def finish(cfg, run_dir: str, model, data: InMemoryData, monitor: Monitor, step: int, steps: int,
-           diverged_step: Optional[int], start: float) -> dict:
+def finish(
+    cfg,
+    run_dir: str,
+    model,
+    data: InMemoryData,
+    monitor: Monitor,
+    step: int,
+    steps: int,
+    diverged_step: int | None,
+    start: float,
+) -> dict:
     """A run's epilogue: final metrics from its logged curves, the extra evaluations, the HParams
     summary and metrics.json. Returns the metrics."""
     lengths = list(cfg.train.eval_lengths)
     last = {tag: points[-1][1] for tag, points in monitor.series.items()}
     metrics = dict(
-        final_test_acc=last["test/acc"], best_test_acc=max(acc for _, acc in monitor.series["test/acc"]),
-        final_train_acc=last["train/acc"], final_train_loss=_finite(last["train/loss"]),
+        final_test_acc=last["test/acc"],
+        best_test_acc=max(acc for _, acc in monitor.series["test/acc"]),
+        final_train_acc=last["train/acc"],
+        final_train_loss=_finite(last["train/loss"]),
         final_test_loss=_finite(last["test/loss"]),
-        diverged=diverged_step is not None, diverged_step=diverged_step, steps=step, steps_planned=steps,
+        diverged=diverged_step is not None,
+        diverged_step=diverged_step,
+        steps=step,
+        steps_planned=steps,
     )
     if has_running_statistics(model):
-        metrics["final_test_acc_batch_stats"] = evaluate(model, data, "test", cfg.data.batch_size, batch_statistics=True)[1]
+        metrics["final_test_acc_batch_stats"] = evaluate(
+            model, data, "test", cfg.data.batch_size, batch_statistics=True
+        )[1]
     if lengths:  # the step axis's length in training, then the test accuracy at each other length
         metrics["train_length"] = data.input_shape[1]
     for length in lengths:

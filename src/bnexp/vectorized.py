@@ -34,13 +34,14 @@ dropout rate per program (model.dropout changes the network: a sweep over it mak
 deterministic norms (bn, torch_bn, none, ln, gn; not noisy_bn, whose noise is drawn per layer from the
 global RNG).
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,35 +52,85 @@ from bnexp.config import UserError, check_ranges
 from bnexp.data import load_data
 from bnexp.monitor import Monitor, captured
 from bnexp.norm import BatchNorm
-from bnexp.train import (check_batch_statistics, device_name, finish as finish_run, initialized_model,
-                         learning_rate, planned_steps, record_evaluation, resolve_device)
+from bnexp.train import (
+    check_batch_statistics,
+    device_name,
+    initialized_model,
+    learning_rate,
+    planned_steps,
+    record_evaluation,
+    resolve_device,
+)
+from bnexp.train import (
+    finish as finish_run,
+)
 
 log = logging.getLogger("bnexp")
 
 # Config keys (flattened, dotted) that may differ between the runs of one vectorized program: none of
 # them changes a tensor's shape or the program's control flow. Every other key must be equal.
-SHAPE_FREE_KEYS = frozenset({
-    "seed", "optim.lr", "optim.lr_batch_size", "optim.weight_decay", "optim.momentum", "init.std", "init.gain",
-})
+SHAPE_FREE_KEYS = frozenset(
+    {
+        "seed",
+        "optim.lr",
+        "optim.lr_batch_size",
+        "optim.weight_decay",
+        "optim.momentum",
+        "init.std",
+        "init.gain",
+    }
+)
 SUPPORTED_OPTIMIZERS = ("sgd", "momentum")
 SUPPORTED_NORMS = ("bn", "torch_bn", "none", "ln", "gn")
 SUPPORTED_MODELS = ("mlp", "cnn")
 # The settings train_vectorized implements (data.* are all the data loader's business). A setting added
 # to the schema later is supported only at its default value: train.py may do something new with it.
-IMPLEMENTED_KEYS = frozenset({
-    "model.name", "model.depth", "model.width", "model.activation", "model.dropout", "model.bias_before_norm",
-    "model.channels", "model.pool", "norm.name", "norm.eps", "norm.momentum", "norm.affine", "norm.groups",
-    "init.name", "init.std", "init.gain", "optim.name", "optim.lr", "optim.weight_decay", "optim.momentum",
-    "optim.lr_batch_size", "train.steps", "train.epochs", "train.eval_every", "log.stats_every", "log.hist_every",
-    "log.progress_every", "seed", "device", "threads", "claim",
-})
+IMPLEMENTED_KEYS = frozenset(
+    {
+        "model.name",
+        "model.depth",
+        "model.width",
+        "model.activation",
+        "model.dropout",
+        "model.bias_before_norm",
+        "model.channels",
+        "model.pool",
+        "norm.name",
+        "norm.eps",
+        "norm.momentum",
+        "norm.affine",
+        "norm.groups",
+        "init.name",
+        "init.std",
+        "init.gain",
+        "optim.name",
+        "optim.lr",
+        "optim.weight_decay",
+        "optim.momentum",
+        "optim.lr_batch_size",
+        "train.steps",
+        "train.epochs",
+        "train.eval_every",
+        "log.stats_every",
+        "log.hist_every",
+        "log.progress_every",
+        "seed",
+        "device",
+        "threads",
+        "claim",
+    }
+)
 
 
 def _flat(cfg) -> dict:
     """The whole task config (no `hydra` node) as {dotted.key: value}, resolved."""
-    container = {key: OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-                 if OmegaConf.is_config(node) else getattr(node, "value", node)
-                 for key, node in cfg.items() if key != "hydra"}  # (hydra's own keys need HydraConfig set)
+    container = {
+        key: OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+        if OmegaConf.is_config(node)
+        else getattr(node, "value", node)
+        for key, node in cfg.items()
+        if key != "hydra"
+    }  # (hydra's own keys need HydraConfig set)
     return _walk(container)
 
 
@@ -102,7 +153,7 @@ def group_key(cfg) -> tuple:
     return tuple(sorted((k, v) for k, v in _flat(cfg).items() if k not in SHAPE_FREE_KEYS))
 
 
-def unsupported_reason(cfg) -> Optional[str]:
+def unsupported_reason(cfg) -> str | None:
     """Why this run cannot be part of a vectorized program (None: it can)."""
     try:
         check_ranges(cfg)
@@ -120,7 +171,11 @@ def unsupported_reason(cfg) -> Optional[str]:
         return f"model={cfg.model.name} (only {'/'.join(SUPPORTED_MODELS)} are vectorized)"
     defaults = _schema_defaults()
     for key, value in _flat(cfg).items():
-        if key not in IMPLEMENTED_KEYS and not key.startswith("data.") and value != defaults.get(key, value + "?"):
+        if (
+            key not in IMPLEMENTED_KEYS
+            and not key.startswith("data.")
+            and value != defaults.get(key, value + "?")
+        ):
             return f"{key}={value} (a setting the vectorized trainer does not implement)"
     return None
 
@@ -167,7 +222,7 @@ def plan_groups(cfgs: Sequence, max_batch: int = 32) -> list[list[int]]:
             groups.setdefault(group_key(cfg), []).append(i)
     out = []
     for members in groups.values():
-        out += [members[j:j + max_batch] for j in range(0, len(members), max_batch)]
+        out += [members[j : j + max_batch] for j in range(0, len(members), max_batch)]
     out += singles
     return sorted(out, key=lambda g: g[0])
 
@@ -189,7 +244,9 @@ class _GroupedLinear(nn.Module):
         super().__init__()
         self.k, self.in_features, self.out_features = k, linear.in_features, linear.out_features
         self.weight = nn.Parameter(linear.weight.new_empty(k * self.out_features, self.in_features))
-        self.bias = nn.Parameter(linear.bias.new_empty(k * self.out_features)) if linear.bias is not None else None
+        self.bias = (
+            nn.Parameter(linear.bias.new_empty(k * self.out_features)) if linear.bias is not None else None
+        )
 
     def forward(self, x):
         k, i, o, b = self.k, self.in_features, self.out_features, x.shape[0]
@@ -202,7 +259,8 @@ class _GroupedLinear(nn.Module):
 class _GroupedDropout(nn.Module):
     """K runs' nn.Dropout(p) side by side: run k's mask from its own generator, drawn exactly as torch's CPU
     dropout draws it from the global one (a Bernoulli(1 − p) tensor shaped like the input, divided by 1 − p,
-    multiplied in), so each run sees the masks it would see trained alone. `generators` is set by the trainer."""
+    multiplied in), so each run sees the masks it would see trained alone. `generators` is set by the
+    trainer."""
 
     def __init__(self, k: int, p: float):
         super().__init__()
@@ -213,7 +271,9 @@ class _GroupedDropout(nn.Module):
         if not self.training:  # (p > 0: models hold no Dropout(0))
             return x
         shape = (x.shape[0], x.shape[1] // self.k, *x.shape[2:])  # one run's part
-        masks = [x.new_empty(shape).bernoulli_(1 - self.p, generator=g).div_(1 - self.p) for g in self.generators]
+        masks = [
+            x.new_empty(shape).bernoulli_(1 - self.p, generator=g).div_(1 - self.p) for g in self.generators
+        ]
         return x * torch.cat(masks, 1)
 
 
@@ -223,19 +283,42 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
     the K runs' tensors stacked, viewed flat: `_stacked` undoes that."""
     if isinstance(module, nn.Linear):
         return _GroupedLinear(k, module)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):  # groups of groups: run k's convolution sees only its channels
-        return type(module)(k * module.in_channels, k * module.out_channels, module.kernel_size, module.stride,
-                            module.padding, module.dilation, k * module.groups, module.bias is not None,
-                            module.padding_mode)
+    if isinstance(
+        module, (nn.Conv1d, nn.Conv2d)
+    ):  # groups of groups: run k's convolution sees only its channels
+        return type(module)(
+            k * module.in_channels,
+            k * module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            k * module.groups,
+            module.bias is not None,
+            module.padding_mode,
+        )
     if type(module) in (BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d):  # per channel: K·C channels are K runs' C
-        return type(module)(k * module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats)
+        return type(module)(
+            k * module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
     if isinstance(module, nn.Dropout):
         return _GroupedDropout(k, module.p)
     if isinstance(module, nn.GroupNorm):  # per-example statistics over groups of channels
         return nn.GroupNorm(k * module.num_groups, k * module.num_channels, module.eps, module.affine)
-    if isinstance(module, (nn.Flatten, nn.Identity, nn.Sigmoid, nn.ReLU, nn.Tanh, nn.MaxPool1d, nn.MaxPool2d,
-                           nn.AvgPool1d, nn.AvgPool2d)):
+    if isinstance(
+        module,
+        (
+            nn.Flatten,
+            nn.Identity,
+            nn.Sigmoid,
+            nn.ReLU,
+            nn.Tanh,
+            nn.MaxPool1d,
+            nn.MaxPool2d,
+            nn.AvgPool1d,
+            nn.AvgPool2d,
+        ),
+    ):
         return module  # per channel and position, or (Flatten) per example: as it is
     raise ValueError(f"the vectorized trainer cannot fold a {type(module).__name__} layer")
 
@@ -252,12 +335,18 @@ def fold(models: Sequence[nn.Module]) -> nn.Module:
             module._modules[name] = build(child)
         if next(module.children(), None) is None:
             return _folded(module, k)
-        if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
-            raise ValueError(f"the vectorized trainer cannot fold a {type(module).__name__} with tensors of its own")
+        if any(True for _ in module.parameters(recurse=False)) or any(
+            True for _ in module.buffers(recurse=False)
+        ):
+            raise ValueError(
+                f"the vectorized trainer cannot fold a {type(module).__name__} with tensors of its own"
+            )
         return module
 
     like = next(models[0].parameters())
-    folded = build(copy.deepcopy(models[0])).to(device=like.device, dtype=like.dtype).train(models[0].training)
+    folded = (
+        build(copy.deepcopy(models[0])).to(device=like.device, dtype=like.dtype).train(models[0].training)
+    )
     states = [_tensors(m) for m in models]
     with torch.no_grad():
         for name, t in _tensors(folded).items():
@@ -288,16 +377,19 @@ class _Run:
         self.cfg, self.run_dir, self.model, self.log = cfg, run_dir, model, logger
         self.monitor = Monitor(run_dir, model, cfg.log)
         self.lr = learning_rate(cfg)
-        self.metrics: Optional[dict] = None
+        self.metrics: dict | None = None
 
 
-def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[Sequence[logging.Logger]] = None
-                     ) -> list[dict]:
+def train_vectorized(
+    cfgs: Sequence, run_dirs: Sequence[str], loggers: Sequence[logging.Logger] | None = None
+) -> list[dict]:
     """Train the runs `cfgs` (all of one `group_key`, all supported) as one program, each recording into
     its run_dirs entry exactly as bnexp.train.train(cfg, run_dir) would; return their metrics."""
     start = time.perf_counter()
     if len({group_key(c) for c in cfgs}) != 1:
-        raise ValueError("train_vectorized needs runs that differ only in " + ", ".join(sorted(SHAPE_FREE_KEYS)))
+        raise ValueError(
+            "train_vectorized needs runs that differ only in " + ", ".join(sorted(SHAPE_FREE_KEYS))
+        )
     for cfg in cfgs:
         if (reason := unsupported_reason(cfg)) is not None:
             raise ValueError(f"this run cannot be vectorized: {reason}")
@@ -336,7 +428,7 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
         return folded, dict(folded.named_parameters()), lr, wd, mom
 
     folded, params, neg_lr, wd, mom = stack_runs()
-    momentum_bufs: Optional[list] = None
+    momentum_bufs: list | None = None
     K = len(runs)
     loss_sum = torch.zeros(K, device=device)
     correct = torch.zeros(K, dtype=torch.long, device=device)
@@ -345,32 +437,40 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
     orders = None
 
     def load_into(k: int) -> None:
-        """Run k's current parameters and BN buffers into its eager model (a copy: the folded network keeps them)."""
+        """Run k's current parameters and BN buffers into its eager model (a copy: the folded network keeps
+        them)."""
         state = _tensors(folded)
         with torch.no_grad():
             for name, t in _tensors(runs[k].model).items():
                 t.copy_(_stacked(state[name], len(runs))[k])
 
-    def finish(k: int, step: int, diverged_step: Optional[int]) -> None:
+    def finish(k: int, step: int, diverged_step: int | None) -> None:
         """Evaluate run k, write its metrics.json and close its events: train.py's epilogue."""
         run = runs[k]
         load_into(k)
         record_evaluation(run.model, data, run.monitor, step, steps, run.log)
         # The program's wall time so far: the K runs were trained together.
-        run.metrics = finish_run(run.cfg, run.run_dir, run.model, data, run.monitor, step, steps, diverged_step, start)
+        run.metrics = finish_run(
+            run.cfg, run.run_dir, run.model, data, run.monitor, step, steps, diverged_step, start
+        )
 
     all_runs = list(runs)
     for step in range(1, steps + 1):
         i = (step - 1) % per_epoch
         if i == 0:  # a new epoch: each run's own permutation from its own generator
             orders = torch.stack([torch.randperm(n_train, generator=g) for g in generators]).to(device)
-        idx = orders[:, i * batch_size:(i + 1) * batch_size]  # (K, B)
+        idx = orders[:, i * batch_size : (i + 1) * batch_size]  # (K, B)
         # All K runs' steps as one: run k's batch in channels k·C ... (k+1)·C − 1 of one folded batch. The
         # sum of the runs' losses has each run's own loss gradient w.r.t. that run's parameters. Gathered as
         # (B, K, *input_shape), the folded batch is a view of contiguous data: one copy of the batch, not two.
-        folded_x = data.prepare(data.train_x[idx.t()]).reshape(batch_size, K * channels, *data.input_shape[1:])
+        folded_x = data.prepare(data.train_x[idx.t()]).reshape(
+            batch_size, K * channels, *data.input_shape[1:]
+        )
         y = data.train_y[idx]  # (K, B)
-        stats, observed = runs[0].monitor.wants_stats(step), runs[0].monitor.observes(step)  # the same log config
+        stats, observed = (
+            runs[0].monitor.wants_stats(step),
+            runs[0].monitor.observes(step),
+        )  # the same log config
         with captured(folded) if observed else nullcontext({}) as folded_acts:
             logits = folded(folded_x).view(batch_size, K, -1).transpose(0, 1)  # (K, B, classes)
         loss = F.cross_entropy(logits.reshape(K * batch_size, -1), y.reshape(-1), reduction="none")
@@ -389,7 +489,12 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
                     t.grad = _stacked(grads[name], K)[k]
                 acts = {name: v.unflatten(1, (K, -1))[:, k] for name, v in folded_acts.items()}
                 monitor.histograms(step, acts)
-                monitor.loss_sum, monitor.correct, monitor.seen, monitor.batches = loss_sum[k], correct[k], seen, batches
+                monitor.loss_sum, monitor.correct, monitor.seen, monitor.batches = (
+                    loss_sum[k],
+                    correct[k],
+                    seen,
+                    batches,
+                )
                 monitor.batch(step, loss[k], logits[k], y[k], run.lr, acts)
                 loss_sum[k], correct[k] = monitor.loss_sum, monitor.correct
                 for t in model.parameters():
@@ -414,7 +519,9 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
                 if momentum_bufs is None:
                     momentum_bufs = [g.clone() for g in g_list]
                 else:
-                    torch._foreach_mul_(momentum_bufs, [mom] * len(p_list) if isinstance(mom, torch.Tensor) else mom)
+                    torch._foreach_mul_(
+                        momentum_bufs, [mom] * len(p_list) if isinstance(mom, torch.Tensor) else mom
+                    )
                     torch._foreach_add_(momentum_bufs, g_list)
                 g_list = momentum_bufs
             if isinstance(neg_lr, torch.Tensor):
@@ -439,7 +546,9 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
                         load_into(k)
                         record_evaluation(run.model, data, run.monitor, step, steps, run.log)
         if not evaluating and cfg0.log.progress_every and step % cfg0.log.progress_every == 0:
-            for k, run in enumerate(runs):  # as train.py: no progress line where an evaluation or divergence is logged
+            for k, run in enumerate(
+                runs
+            ):  # as train.py: no progress line where an evaluation or divergence is logged
                 if not done[k]:
                     run.log.info(f"step {step:>6}/{steps}")
         if any(done):
@@ -456,6 +565,7 @@ def train_vectorized(cfgs: Sequence, run_dirs: Sequence[str], loggers: Optional[
             K = len(runs)
             if momentum_bufs is not None:
                 momentum_bufs = [b.index_select(0, index) for b in momentum_bufs]
-            orders, loss_sum, correct, first_bad = (t.index_select(0, index) for t in (orders, loss_sum, correct,
-                                                                                          first_bad))
+            orders, loss_sum, correct, first_bad = (
+                t.index_select(0, index) for t in (orders, loss_sum, correct, first_bad)
+            )
     return [r.metrics for r in all_runs]

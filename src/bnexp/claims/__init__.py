@@ -9,11 +9,12 @@ Verdicts are decided per seed, then pooled: the claim is `supported` when its cr
 every seed (and every model the claim covers), `not supported` when it fails for every one, and
 `inconclusive` when they disagree.
 """
+
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -27,7 +28,7 @@ class Run:
 
     path: Path
     config: dict  # flat "group.key" -> value, as in metrics.json
-    metrics: Optional[dict]
+    metrics: dict | None
 
     def __getitem__(self, key: str):
         return self.config[key]
@@ -60,7 +61,8 @@ def load_runs(sweep_dir) -> list[Run]:
 
 
 def curve(run, tag) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a logged scalar; a non-finite value (None in metrics.json) is NaN; empty if absent."""
+    """(steps, values) of a logged scalar; a non-finite value (None in metrics.json) is NaN; empty if
+    absent."""
     points = (run.metrics or {}).get("series", {}).get(tag, [])
     steps = np.array([s for s, _ in points], dtype=float)
     values = np.array([math.nan if v is None else v for _, v in points], dtype=float)
@@ -72,8 +74,10 @@ def require(runs: list[Run], key: str, *values) -> None:
     one of them it would judge the claim on a comparison never made."""
     missing = [v for v in values if not any(r[key] == v for r in runs)]
     if missing:
-        raise ValueError(f"the sweep has no run with {' or '.join(f'{key}={v}' for v in missing)}, which the claim "
-                         f"compares")
+        raise ValueError(
+            f"the sweep has no run with {' or '.join(f'{key}={v}' for v in missing)}, which the claim "
+            f"compares"
+        )
 
 
 def group(runs: list[Run], *keys: str) -> dict[tuple, list[Run]]:
@@ -133,11 +137,32 @@ class Claim:
 
 
 def _registry() -> dict[str, Claim]:
-    from bnexp.claims import affine, batch_size, ics, ics_gradient, init_sensitivity, lr_tolerance, regularization
-    from bnexp.claims import input_norm, rnn
+    from bnexp.claims import (
+        affine,
+        batch_size,
+        ics,
+        ics_gradient,
+        init_sensitivity,
+        input_norm,
+        lr_tolerance,
+        regularization,
+        rnn,
+    )
 
-    return {m.CLAIM.name: m.CLAIM for m in (lr_tolerance, init_sensitivity, regularization, batch_size, affine,
-                                            ics, ics_gradient, input_norm, rnn)}
+    return {
+        m.CLAIM.name: m.CLAIM
+        for m in (
+            lr_tolerance,
+            init_sensitivity,
+            regularization,
+            batch_size,
+            affine,
+            ics,
+            ics_gradient,
+            input_norm,
+            rnn,
+        )
+    }
 
 
 CLAIMS = _registry()

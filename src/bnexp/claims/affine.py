@@ -1,5 +1,6 @@
 """Claim: BN's learnable γ and β let it leave the linear region of a sigmoid; a bias before BN is
 redundant."""
+
 from bnexp.claims import Claim, Finding, curve, group, mean_std, verdict
 from bnexp.claims.plots import band, figure
 from bnexp.monitor import LINEAR_BOUND
@@ -8,16 +9,20 @@ LEAVES = 0.05  # γ/β must lower the near-linear fraction by at least this much
 ROUND_OFF = 1e-4  # the bias gradient, relative to the layer's gradient, must stay below this
 SAME = 0.005  # with and without the bias, test accuracy must agree this closely at every evaluation
 
-HYPOTHESIS = ("Normalizing a sigmoid's input to zero mean and unit variance would confine it to the sigmoid's "
-              "near-linear region; the learnable scale γ and shift β let the network undo that where it helps "
-              "(Ioffe & Szegedy 2015, Sec. 3). And since BN subtracts the mean, a bias added before it has no "
-              "effect: its gradient is zero and the network trains identically without it (Sec. 3.2).")
-CRITERION = (f"For each seed, in the sigmoid MLP with BN: (a) with learnable γ/β, the fraction of sigmoid inputs in "
-             f"the near-linear region |x| < {LINEAR_BOUND:g}, averaged over the hidden layers at the end of "
-             f"training, is at least {LEAVES * 100:.0f} points lower than with γ = 1, β = 0 fixed; (b) with a "
-             f"bias before BN, that bias's gradient norm stays below {ROUND_OFF:g} × the layer's gradient norm at "
-             f"every logged step, and test accuracy with and without the bias agrees within {SAME * 100:.1f} "
-             f"points at every evaluation (same seed, same initial weights).")
+HYPOTHESIS = (
+    "Normalizing a sigmoid's input to zero mean and unit variance would confine it to the sigmoid's "
+    "near-linear region; the learnable scale γ and shift β let the network undo that where it helps "
+    "(Ioffe & Szegedy 2015, Sec. 3). And since BN subtracts the mean, a bias added before it has no "
+    "effect: its gradient is zero and the network trains identically without it (Sec. 3.2)."
+)
+CRITERION = (
+    f"For each seed, in the sigmoid MLP with BN: (a) with learnable γ/β, the fraction of sigmoid inputs in "
+    f"the near-linear region |x| < {LINEAR_BOUND:g}, averaged over the hidden layers at the end of "
+    f"training, is at least {LEAVES * 100:.0f} points lower than with γ = 1, β = 0 fixed; (b) with a "
+    f"bias before BN, that bias's gradient norm stays below {ROUND_OFF:g} × the layer's gradient norm at "
+    f"every logged step, and test accuracy with and without the bias agrees within {SAME * 100:.1f} "
+    f"points at every evaluation (same seed, same initial weights)."
+)
 
 
 def linear_fraction(run) -> float:
@@ -30,12 +35,18 @@ def linear_fraction(run) -> float:
 def bias_ratio(run) -> float:
     """The largest bias gradient over the layer's gradient, over all layers and logged steps."""
     series = run.metrics["series"]
-    return max(b / w for tag, points in series.items() if tag.endswith("/bias")
-               for (_, b), (_, w) in zip(points, series[tag.replace("/bias", "/norm")]))
+    return max(
+        b / w
+        for tag, points in series.items()
+        if tag.endswith("/bias")
+        for (_, b), (_, w) in zip(points, series[tag.replace("/bias", "/norm")])
+    )
 
 
 def acc_difference(a, b) -> float:
-    return max(abs(x - y) for (_, x), (_, y) in zip(a.metrics["series"]["test/acc"], b.metrics["series"]["test/acc"]))
+    return max(
+        abs(x - y) for (_, x), (_, y) in zip(a.metrics["series"]["test/acc"], b.metrics["series"]["test/acc"])
+    )
 
 
 def analyze(runs) -> Finding:
@@ -44,22 +55,38 @@ def analyze(runs) -> Finding:
         run = {(r["norm.affine"], r["model.bias_before_norm"]): r for r in cell}
         learned, fixed, with_bias = run[True, False], run[False, False], run[True, True]
         passed[f"γ/β, seed {seed}"] = linear_fraction(fixed) - linear_fraction(learned) >= LEAVES
-        passed[f"bias, seed {seed}"] = bias_ratio(with_bias) < ROUND_OFF and acc_difference(learned, with_bias) < SAME
+        passed[f"bias, seed {seed}"] = (
+            bias_ratio(with_bias) < ROUND_OFF and acc_difference(learned, with_bias) < SAME
+        )
 
     table = []
     for (affine, bias), rs in group(runs, "norm.affine", "model.bias_before_norm").items():
-        table.append({"γ/β learnable": affine, "bias before BN": bias,
-                      "test acc": "%.3f ± %.3f" % mean_std(r.test_acc for r in rs),
-                      f"near-linear fraction (|x| < {LINEAR_BOUND:g})": "%.3f ± %.3f" % mean_std(map(linear_fraction, rs)),
-                      "max bias grad / layer grad": "%.1e" % max(map(bias_ratio, rs)) if bias else "—"})
+        table.append(
+            {
+                "γ/β learnable": affine,
+                "bias before BN": bias,
+                "test acc": "%.3f ± %.3f" % mean_std(r.test_acc for r in rs),
+                f"near-linear fraction (|x| < {LINEAR_BOUND:g})": "%.3f ± %.3f"
+                % mean_std(map(linear_fraction, rs)),
+                "max bias grad / layer grad": "%.1e" % max(map(bias_ratio, rs)) if bias else "—",
+            }
+        )
 
     fig, (ax_lin, ax_acc, ax_bias) = figure(3)
     last = f"layer{runs[0]['model.depth']}"  # the last hidden layer, as in the BN paper's Figure 1
     for (affine,), rs in group([r for r in runs if not r["model.bias_before_norm"]], "norm.affine").items():
-        band(ax_lin, rs, lambda r: curve(r, f"act/{last}/linear_frac"),
-             "learnable γ, β" if affine else "γ = 1, β = 0 fixed")
-    ax_lin.set(xlabel="step", ylabel=f"fraction with |x| < {LINEAR_BOUND:g}", ylim=(0, 1),
-               title=f"Sigmoid inputs in the near-linear region ({last})")
+        band(
+            ax_lin,
+            rs,
+            lambda r: curve(r, f"act/{last}/linear_frac"),
+            "learnable γ, β" if affine else "γ = 1, β = 0 fixed",
+        )
+    ax_lin.set(
+        xlabel="step",
+        ylabel=f"fraction with |x| < {LINEAR_BOUND:g}",
+        ylim=(0, 1),
+        title=f"Sigmoid inputs in the near-linear region ({last})",
+    )
     ax_lin.legend()
     for (bias,), rs in group([r for r in runs if r["norm.affine"]], "model.bias_before_norm").items():
         band(ax_acc, rs, lambda r: curve(r, "test/acc"), "with bias before BN" if bias else "without bias")
@@ -72,15 +99,20 @@ def analyze(runs) -> Finding:
     ax_bias.legend(fontsize=8)
     fig.suptitle("γ/β and the bias before BN (sigmoid MLP; mean ± std over seeds)")
 
-    summary = (f"Learnable γ/β lowered the near-linear fraction by at least {LEAVES * 100:.0f} points in "
-               f"{sum(v for k, v in passed.items() if k.startswith('γ'))} of {len(passed) // 2} seeds; the bias "
-               f"before BN got a gradient at round-off level and left training unchanged in "
-               f"{sum(v for k, v in passed.items() if k.startswith('bias'))} of {len(passed) // 2} seeds.")
+    summary = (
+        f"Learnable γ/β lowered the near-linear fraction by at least {LEAVES * 100:.0f} points in "
+        f"{sum(v for k, v in passed.items() if k.startswith('γ'))} of {len(passed) // 2} seeds; the bias "
+        f"before BN got a gradient at round-off level and left training unchanged in "
+        f"{sum(v for k, v in passed.items() if k.startswith('bias'))} of {len(passed) // 2} seeds."
+    )
     return Finding(verdict(passed), summary, passed, table, fig)
 
 
 CLAIM = Claim(
-    name="affine", title="γ/β let BN leave the sigmoid's linear region; a bias before BN is redundant",
-    hypothesis=HYPOTHESIS, criterion=CRITERION, analyze=analyze,
+    name="affine",
+    title="γ/β let BN leave the sigmoid's linear region; a bias before BN is redundant",
+    hypothesis=HYPOTHESIS,
+    criterion=CRITERION,
+    analyze=analyze,
     paper=("data=mnist", "train.steps=50000", "train.eval_every=1000", "seed=0,1,2,3,4"),
 )

@@ -1,5 +1,6 @@
 """Claim: batch normalization keeps the distribution of each sigmoid's input stable during training
 (the BN paper's Figure 1)."""
+
 import math
 
 import numpy as np
@@ -12,25 +13,29 @@ PERCENTILES = ("p15", "p50", "p85")
 COLORS = {"none": "C0", "bn": "C1", "noisy_bn": "C2"}
 LABELS = {"none": "without BN", "bn": "with BN", "noisy_bn": "noisy BN"}
 
-HYPOTHESIS = ("Without batch normalization the distribution of a layer's inputs keeps shifting as the layers "
-              "below it learn (internal covariate shift); with BN it stays much more stable, and the network "
-              "trains faster and to a higher accuracy. Ioffe & Szegedy (2015), Fig. 1: a 3 × 100 sigmoid MLP on "
-              "MNIST, batch 60; (a) test accuracy vs training step, (b, c) the 15th, 50th and 85th percentiles of "
-              "the input to a typical sigmoid of the last hidden layer over training, without and with BN.")
-CRITERION = (f"For each seed, at the input of the sigmoids of the last hidden layer, a network's *drift* is: for "
-             f"each of the 15th, 50th and 85th percentiles, its range over training (largest minus smallest value "
-             f"over all logged steps), averaged over the three percentiles and divided by the distribution's mean "
-             f"width over training (85th minus 15th percentile, averaged over the logged steps). The claim holds "
-             f"for a seed if BN's drift is at most {RATIO:g}× the plain network's, both for one fixed unit (unit 0, "
-             f"as in the paper) and for all units of the layer pooled. A run that diverged has no drift and fails. "
-             f"Test accuracy over training (Fig. 1a) is shown and tabulated, not judged.")
+HYPOTHESIS = (
+    "Without batch normalization the distribution of a layer's inputs keeps shifting as the layers "
+    "below it learn (internal covariate shift); with BN it stays much more stable, and the network "
+    "trains faster and to a higher accuracy. Ioffe & Szegedy (2015), Fig. 1: a 3 × 100 sigmoid MLP on "
+    "MNIST, batch 60; (a) test accuracy vs training step, (b, c) the 15th, 50th and 85th percentiles of "
+    "the input to a typical sigmoid of the last hidden layer over training, without and with BN."
+)
+CRITERION = (
+    f"For each seed, at the input of the sigmoids of the last hidden layer, a network's *drift* is: for "
+    f"each of the 15th, 50th and 85th percentiles, its range over training (largest minus smallest value "
+    f"over all logged steps), averaged over the three percentiles and divided by the distribution's mean "
+    f"width over training (85th minus 15th percentile, averaged over the logged steps). The claim holds "
+    f"for a seed if BN's drift is at most {RATIO:g}× the plain network's, both for one fixed unit (unit 0, "
+    f"as in the paper) and for all units of the layer pooled. A run that diverged has no drift and fails. "
+    f"Test accuracy over training (Fig. 1a) is shown and tabulated, not judged."
+)
 
 
 # ---- reading the runs' curves (shared with the ics_gradient claim) --------------------------------
 def hidden_layers(run) -> list[str]:
     """The probe points the run logged (layer1, layer2, ...), in depth order."""
     names = {tag.split("/")[1] for tag in (run.metrics or {}).get("series", {}) if tag.startswith("act/")}
-    return sorted(names, key=lambda n: int(n[len("layer"):]) if n[len("layer"):].isdigit() else 0)
+    return sorted(names, key=lambda n: int(n[len("layer") :]) if n[len("layer") :].isdigit() else 0)
 
 
 def _movement(run, prefix: str, change, min_points: int) -> float:
@@ -46,8 +51,9 @@ def _movement(run, prefix: str, change, min_points: int) -> float:
 
 
 def drift(run, prefix: str) -> float:
-    """Range over training of the 15th/50th/85th percentiles at `prefix` (e.g. act/layer3/unit0), averaged over
-    the three and divided by the mean 15–85 % width; NaN if not recorded or not finite (e.g. diverged)."""
+    """Range over training of the 15th/50th/85th percentiles at `prefix` (e.g. act/layer3/unit0), averaged
+    over the three and divided by the mean 15–85 % width; NaN if not recorded or not finite (e.g.
+    diverged)."""
     return _movement(run, prefix, lambda v: v.max() - v.min(), min_points=1)
 
 
@@ -69,8 +75,11 @@ def percentile_panel(ax, run, prefix: str, color: str, title: str, ylabel: str =
     _, p50 = curve(run, f"{prefix}/p50")
     _, p85 = curve(run, f"{prefix}/p85")
     ax.fill_between(steps, p15, p85, color=color, alpha=0.15, lw=0)
-    for values, style, label in ((p85, "--", "85th percentile"), (p50, "-", "50th (median)"),
-                                 (p15, ":", "15th percentile")):
+    for values, style, label in (
+        (p85, "--", "85th percentile"),
+        (p50, "-", "50th (median)"),
+        (p15, ":", "15th percentile"),
+    ):
         ax.plot(steps, values, style, color=color, label=label)
     ax.set(xlabel="training step", ylabel=ylabel, title=title)
     ax.legend(fontsize=8, loc="best")
@@ -98,8 +107,11 @@ def analyze(runs) -> Finding:
     for (seed,), cell in group(runs, "seed").items():
         by_norm = {norm: rs[0] for (norm,), rs in group(cell, "norm.name").items()}
         bn, plain = by_norm.get("bn"), by_norm.get("none")
-        passed[f"seed {seed}"] = bn is not None and plain is not None and all(
-            drift(bn, prefix) <= RATIO * drift(plain, prefix) for prefix in prefixes.values())  # False for NaN
+        passed[f"seed {seed}"] = (
+            bn is not None
+            and plain is not None
+            and all(drift(bn, prefix) <= RATIO * drift(plain, prefix) for prefix in prefixes.values())
+        )  # False for NaN
 
     table = []
     for (norm,), rs in group(runs, "norm.name").items():
@@ -115,17 +127,26 @@ def analyze(runs) -> Finding:
     ax = axes[0, 0]
     for (norm,), rs in group(runs, "norm.name").items():
         band(ax, rs, lambda r: curve(r, "test/acc"), LABELS.get(norm, norm), COLORS.get(norm, "C3"))
-    ax.set(xlabel="training step", ylabel="test accuracy", title="(a) Test accuracy (mean ± std over seeds)",
-           ylim=(0, 1))
+    ax.set(
+        xlabel="training step",
+        ylabel="test accuracy",
+        title="(a) Test accuracy (mean ± std over seeds)",
+        ylim=(0, 1),
+    )
     ax.legend()
     for row, (where, prefix) in enumerate(prefixes.items()):
         panels = axes[row, 1:]
         for ax, norm in zip(panels, ("none", "bn")):
             r = first_run(runs, norm)
             if r is not None:
-                percentile_panel(ax, r, prefix, COLORS[norm],
-                                 f"{LABELS[norm]}: input to the sigmoid, {where} of {last}\n(seed {r['seed']}; "
-                                 f"drift {drift(r, prefix):.2f})")
+                percentile_panel(
+                    ax,
+                    r,
+                    prefix,
+                    COLORS[norm],
+                    f"{LABELS[norm]}: input to the sigmoid, {where} of {last}\n(seed {r['seed']}; "
+                    f"drift {drift(r, prefix):.2f})",
+                )
         lo = min(a.get_ylim()[0] for a in panels)
         hi = max(a.get_ylim()[1] for a in panels)
         for a in panels:
@@ -137,34 +158,60 @@ def analyze(runs) -> Finding:
             values = [drift(r, prefix) for r in runs if r["norm.name"] == norm]
             m = mean_std(values)[0]
             x = j + (i - (len(norms) - 1) / 2) * 0.35
-            ax.bar(x, 0 if math.isnan(m) else m, width=0.33, color=COLORS[norm], alpha=0.7,
-                   label=LABELS[norm] if j == 0 else None)
+            ax.bar(
+                x,
+                0 if math.isnan(m) else m,
+                width=0.33,
+                color=COLORS[norm],
+                alpha=0.7,
+                label=LABELS[norm] if j == 0 else None,
+            )
             ax.plot([x] * len(values), values, "k.", ms=6)
     ax.set_xticks(range(len(prefixes)), [f"{w} of {last}" for w in prefixes])
-    ax.set(ylabel="drift: percentiles' range over training ÷ mean width",
-           title="Drift of the sigmoid's input (bars: mean; dots: seeds)\nlower = more stable")
+    ax.set(
+        ylabel="drift: percentiles' range over training ÷ mean width",
+        title="Drift of the sigmoid's input (bars: mean; dots: seeds)\nlower = more stable",
+    )
     ax.legend()
-    fig.suptitle("BN paper, Fig. 1: test accuracy, and the 15th/50th/85th percentiles of the input to a sigmoid "
-                 f"of the last hidden layer over training (criterion: BN's drift ≤ {RATIO:g}× the plain network's)")
+    fig.suptitle(
+        "BN paper, Fig. 1: test accuracy, and the 15th/50th/85th percentiles of the input to a sigmoid "
+        f"of the last hidden layer over training (criterion: BN's drift ≤ {RATIO:g}× the plain network's)"
+    )
 
     held = sum(passed.values())
-    means = {norm: [mean_std(drift(r, p) for r in runs if r["norm.name"] == norm)[0] for p in prefixes.values()]
-             for norm in ("none", "bn")}
-    summary = (f"Drift of the last hidden layer's sigmoid input over training (percentiles' range ÷ width; unit 0, "
-               f"whole layer): with BN {means['bn'][0]:.2f}, {means['bn'][1]:.2f}; without "
-               f"{means['none'][0]:.2f}, {means['none'][1]:.2f} (means over seeds). BN's drift was at most "
-               f"{RATIO:g}× the plain network's in {held} of {len(passed)} seeds.")
-    notes = ["The BN paper trains for 50,000 steps on MNIST with small random Gaussian initial weights; the quick "
-             "profile trains for far fewer steps on the 8×8 digits from PyTorch's default initialization, so the "
-             "curves can only be compared with Fig. 1 in shape.",
-             "With BN the sigmoid's input is γ·x̂ + β: in training mode its mean and spread over the batch are set by "
-             "the learned β and γ of the unit, so with BN the drift measures how far γ and β moved."]
+    means = {
+        norm: [mean_std(drift(r, p) for r in runs if r["norm.name"] == norm)[0] for p in prefixes.values()]
+        for norm in ("none", "bn")
+    }
+    summary = (
+        f"Drift of the last hidden layer's sigmoid input over training (percentiles' range ÷ width; unit 0, "
+        f"whole layer): with BN {means['bn'][0]:.2f}, {means['bn'][1]:.2f}; without "
+        f"{means['none'][0]:.2f}, {means['none'][1]:.2f} (means over seeds). BN's drift was at most "
+        f"{RATIO:g}× the plain network's in {held} of {len(passed)} seeds."
+    )
+    notes = [
+        "The BN paper trains for 50,000 steps on MNIST with small random Gaussian initial weights; the quick "
+        "profile trains for far fewer steps on the 8×8 digits from PyTorch's default initialization, so the "
+        "curves can only be compared with Fig. 1 in shape.",
+        "With BN the sigmoid's input is γ·x̂ + β: in training mode its mean and spread over the batch are "
+        "set by "
+        "the learned β and γ of the unit, so with BN the drift measures how far γ and β moved.",
+    ]
     return Finding(verdict(passed), summary, passed, table, fig, notes)
 
 
 CLAIM = Claim(
-    name="ics", title="BN keeps the sigmoids' input distributions stable (BN paper, Fig. 1)",
-    hypothesis=HYPOTHESIS, criterion=CRITERION, analyze=analyze,
-    paper=("data=mnist", "train.steps=50000", "train.eval_every=1000",
-           "log.stats_every=250", "log.hist_every=5000", "seed=0,1,2,3,4"),
+    name="ics",
+    title="BN keeps the sigmoids' input distributions stable (BN paper, Fig. 1)",
+    hypothesis=HYPOTHESIS,
+    criterion=CRITERION,
+    analyze=analyze,
+    paper=(
+        "data=mnist",
+        "train.steps=50000",
+        "train.eval_every=1000",
+        "log.stats_every=250",
+        "log.hist_every=5000",
+        "seed=0,1,2,3,4",
+    ),
 )

@@ -1,5 +1,6 @@
 """Claim (Santurkar et al. 2018): BN's benefit is not a reduction of internal covariate shift; BN makes
 the loss landscape smoother."""
+
 import math
 
 import numpy as np
@@ -10,31 +11,38 @@ from bnexp.claims.plots import band, plt
 from bnexp.ics import LANDSCAPE_STEPS
 
 TOLERANCE = 0.03  # noisy BN "trains like BN": final test accuracy at most this far below BN's
-LANDSCAPE = {"loss_range": "loss range along the gradient", "grad_change": "gradient change ‖∇L(x′) − ∇L(x)‖",
-             "beta_smoothness": "effective β-smoothness"}
+LANDSCAPE = {
+    "loss_range": "loss range along the gradient",
+    "grad_change": "gradient change ‖∇L(x′) − ∇L(x)‖",
+    "beta_smoothness": "effective β-smoothness",
+}
 PARTS = ("gradient ICS not reduced by BN", "noisy BN less stable, trains like BN", "BN's landscape smoother")
 
-HYPOTHESIS = ("Santurkar et al. (2018), 'How does batch normalization help optimization?': (i) BN does not reduce "
-              "internal covariate shift measured by what it should matter for, the change of a layer's gradient "
-              "caused by the update of the layers below it (their Fig. 3: BN's is as large or larger); (ii) a BN "
-              "network with noise injected after every BN layer, which makes its layer inputs less stable than "
-              "even the plain network's, still trains like BN (Fig. 2); (iii) what BN does is make the loss "
-              "landscape smoother: along the gradient the loss varies less, the gradient changes less, and the "
-              "effective β-smoothness is lower (Fig. 4).")
-CRITERION = (f"Three parts, each judged per seed; the verdict pools every part and seed (supported: all held in "
-             f"every seed; not supported: none held in any; otherwise inconclusive, itemized below). "
-             f"(1) *BN does not reduce gradient ICS*: 1 − cos(G, G′), averaged over all measurements during "
-             f"training and over every layer that has layers before it (layer2 onwards and the output layer), is "
-             f"at least as large for BN as for the plain network. "
-             f"(2) *Noisy BN is less stable yet trains like BN*: the drift of noisy BN's layer inputs (as in the "
-             f"`ics` claim: each of the 15th/50th/85th percentiles' range over training divided by the mean "
-             f"15–85 % width, averaged over the three, here over all units of a layer and averaged over the hidden "
-             f"layers) exceeds the plain network's, and noisy BN's final test accuracy is at most "
-             f"{TOLERANCE * 100:.0f} points below BN's. "
-             f"(3) *BN's landscape is smoother*: the medians over the checkpoints of the loss range, the gradient "
-             f"change and the effective β-smoothness along the gradient (steps of "
-             f"{', '.join('%g' % k for k in LANDSCAPE_STEPS)} × the learning rate) are each smaller for BN than for "
-             f"the plain network.")
+HYPOTHESIS = (
+    "Santurkar et al. (2018), 'How does batch normalization help optimization?': (i) BN does not reduce "
+    "internal covariate shift measured by what it should matter for, the change of a layer's gradient "
+    "caused by the update of the layers below it (their Fig. 3: BN's is as large or larger); (ii) a BN "
+    "network with noise injected after every BN layer, which makes its layer inputs less stable than "
+    "even the plain network's, still trains like BN (Fig. 2); (iii) what BN does is make the loss "
+    "landscape smoother: along the gradient the loss varies less, the gradient changes less, and the "
+    "effective β-smoothness is lower (Fig. 4)."
+)
+CRITERION = (
+    f"Three parts, each judged per seed; the verdict pools every part and seed (supported: all held in "
+    f"every seed; not supported: none held in any; otherwise inconclusive, itemized below). "
+    f"(1) *BN does not reduce gradient ICS*: 1 − cos(G, G′), averaged over all measurements during "
+    f"training and over every layer that has layers before it (layer2 onwards and the output layer), is "
+    f"at least as large for BN as for the plain network. "
+    f"(2) *Noisy BN is less stable yet trains like BN*: the drift of noisy BN's layer inputs (as in the "
+    f"`ics` claim: each of the 15th/50th/85th percentiles' range over training divided by the mean "
+    f"15–85 % width, averaged over the three, here over all units of a layer and averaged over the hidden "
+    f"layers) exceeds the plain network's, and noisy BN's final test accuracy is at most "
+    f"{TOLERANCE * 100:.0f} points below BN's. "
+    f"(3) *BN's landscape is smoother*: the medians over the checkpoints of the loss range, the gradient "
+    f"change and the effective β-smoothness along the gradient (steps of "
+    f"{', '.join('%g' % k for k in LANDSCAPE_STEPS)} × the learning rate) are each smaller for BN than for "
+    f"the plain network."
+)
 
 
 def ics_layers(run) -> list[str]:
@@ -71,7 +79,8 @@ def layer_drift(run) -> float:
 
 
 def layer_jitter(run) -> float:
-    """Not judged: the step-to-step change of the layer-wide input distribution, averaged over the hidden layers."""
+    """Not judged: the step-to-step change of the layer-wide input distribution, averaged over the hidden
+    layers."""
     layers = hidden_layers(run)
     return float(np.mean([jitter(run, f"act/{layer}") for layer in layers])) if layers else math.nan
 
@@ -89,10 +98,18 @@ def _parts(by_norm: dict) -> dict[str, bool]:
     bn, plain, noisy = by_norm.get("bn"), by_norm.get("none"), by_norm.get("noisy_bn")
     out = {}
     out[PARTS[0]] = bn is not None and plain is not None and gradient_ics(bn) >= gradient_ics(plain)
-    out[PARTS[1]] = noisy is not None and plain is not None and bn is not None \
-        and layer_drift(noisy) > layer_drift(plain) and noisy.test_acc >= bn.test_acc - TOLERANCE
-    out[PARTS[2]] = bn is not None and plain is not None \
+    out[PARTS[1]] = (
+        noisy is not None
+        and plain is not None
+        and bn is not None
+        and layer_drift(noisy) > layer_drift(plain)
+        and noisy.test_acc >= bn.test_acc - TOLERANCE
+    )
+    out[PARTS[2]] = (
+        bn is not None
+        and plain is not None
         and all(landscape(bn, key) < landscape(plain, key) for key in LANDSCAPE)
+    )
     return out
 
 
@@ -110,23 +127,33 @@ def analyze(runs) -> Finding:
         rs = [r for r in runs if r["norm.name"] == norm]
         if not rs:
             continue
-        table.append({
-            "network": LABELS[norm], "final test acc": fmt([r.test_acc for r in rs], "%.3f"),
-            "layer-input drift": fmt([layer_drift(r) for r in rs]),
-            "step-to-step change (not judged)": fmt([layer_jitter(r) for r in rs]),
-            "1 − cos(G, G′)": fmt([gradient_ics(r) for r in rs]),
-            "‖G − G′‖": fmt([_mean(mean_curve(r, "l2")[1]) for r in rs]),
-            "‖G − G′‖ / ‖G‖": fmt([_mean(mean_curve(r, "rel")[1]) for r in rs]),
-            **{f"{key.replace('_', ' ')} (median)": fmt([landscape(r, key) for r in rs]) for key in LANDSCAPE},
-            "‖∇L‖ at checkpoints (median)": fmt([landscape(r, "grad_norm") for r in rs]),
-            "diverged runs": sum(r.diverged for r in rs)})
+        table.append(
+            {
+                "network": LABELS[norm],
+                "final test acc": fmt([r.test_acc for r in rs], "%.3f"),
+                "layer-input drift": fmt([layer_drift(r) for r in rs]),
+                "step-to-step change (not judged)": fmt([layer_jitter(r) for r in rs]),
+                "1 − cos(G, G′)": fmt([gradient_ics(r) for r in rs]),
+                "‖G − G′‖": fmt([_mean(mean_curve(r, "l2")[1]) for r in rs]),
+                "‖G − G′‖ / ‖G‖": fmt([_mean(mean_curve(r, "rel")[1]) for r in rs]),
+                **{
+                    f"{key.replace('_', ' ')} (median)": fmt([landscape(r, key) for r in rs])
+                    for key in LANDSCAPE
+                },
+                "‖∇L‖ at checkpoints (median)": fmt([landscape(r, "grad_norm") for r in rs]),
+                "diverged runs": sum(r.diverged for r in rs),
+            }
+        )
 
     fig = _figure(runs)
     n_seeds = len(group(runs, "seed"))
-    summary = ("Santurkar et al.'s three claims, per seed: BN did not reduce gradient ICS in "
-               f"{sum(per_part[PARTS[0]])} of {n_seeds} seeds; noisy BN's layer inputs were less stable than the plain "
-               f"network's while it trained like BN in {sum(per_part[PARTS[1]])} of {n_seeds}; BN's landscape was "
-               f"smoother by all three measures in {sum(per_part[PARTS[2]])} of {n_seeds}.")
+    summary = (
+        "Santurkar et al.'s three claims, per seed: BN did not reduce gradient ICS in "
+        f"{sum(per_part[PARTS[0]])} of {n_seeds} seeds; noisy BN's layer inputs were less stable than the "
+        "plain "
+        f"network's while it trained like BN in {sum(per_part[PARTS[1]])} of {n_seeds}; BN's landscape was "
+        f"smoother by all three measures in {sum(per_part[PARTS[2]])} of {n_seeds}."
+    )
     return Finding(verdict(passed), summary, passed, table, fig, _readings(runs))
 
 
@@ -139,7 +166,8 @@ def _avg(runs, norm, fn) -> float:
 
 
 def _readings(runs) -> list[str]:
-    """Both readings of the data, stated from the numbers: what speaks for the ICS story, what for smoothness."""
+    """Both readings of the data, stated from the numbers: what speaks for the ICS story, what for
+    smoothness."""
     d = {n: _avg(runs, n, layer_drift) for n in ("none", "bn", "noisy_bn")}
     g = {n: _avg(runs, n, gradient_ics) for n in ("none", "bn", "noisy_bn")}
     acc = {n: _avg(runs, n, lambda r: r.test_acc) for n in ("none", "bn", "noisy_bn")}
@@ -148,49 +176,77 @@ def _readings(runs) -> list[str]:
     notes = []
     ics_for = []
     if d["bn"] < d["none"]:
-        ics_for.append(f"BN's layer inputs drifted less than the plain network's (drift {d['bn']:.2f} vs "
-                       f"{d['none']:.2f}): BN does stabilize the distributions, the premise of the original story")
+        ics_for.append(
+            f"BN's layer inputs drifted less than the plain network's (drift {d['bn']:.2f} vs "
+            f"{d['none']:.2f}): BN does stabilize the distributions, the premise of the original story"
+        )
     if g["bn"] < g["none"]:
-        ics_for.append(f"BN's gradients changed less when the layers below moved (1 − cos {g['bn']:.3g} vs "
-                       f"{g['none']:.3g})")
+        ics_for.append(
+            f"BN's gradients changed less when the layers below moved (1 − cos {g['bn']:.3g} vs "
+            f"{g['none']:.3g})"
+        )
     if acc["noisy_bn"] < acc["bn"] - TOLERANCE:
-        ics_for.append(f"noisy BN, with its unstable inputs, trained worse than BN ({acc['noisy_bn']:.3f} vs "
-                       f"{acc['bn']:.3f})")
-    notes.append("**Reading 1, internal covariate shift.** " + (
-        "For the original story: " + "; ".join(ics_for) + "." if ics_for else
-        "Nothing in these runs speaks for it: BN's layer inputs did not drift less, its gradient ICS was not lower, "
-        "and noisy BN trained as well as BN."))
+        ics_for.append(
+            f"noisy BN, with its unstable inputs, trained worse than BN ({acc['noisy_bn']:.3f} vs "
+            f"{acc['bn']:.3f})"
+        )
+    notes.append(
+        "**Reading 1, internal covariate shift.** "
+        + (
+            "For the original story: " + "; ".join(ics_for) + "."
+            if ics_for
+            else "Nothing in these runs speaks for it: BN's layer inputs did not drift less, its gradient "
+            "ICS was not lower, and noisy BN trained as well as BN."
+        )
+    )
     smooth_for, smooth_against = [], []
     if g["bn"] >= g["none"]:
-        smooth_for.append(f"BN did not reduce gradient ICS (1 − cos {g['bn']:.3g} vs {g['none']:.3g} without BN)")
+        smooth_for.append(
+            f"BN did not reduce gradient ICS (1 − cos {g['bn']:.3g} vs {g['none']:.3g} without BN)"
+        )
     if d["noisy_bn"] > d["none"] and acc["noisy_bn"] >= acc["bn"] - TOLERANCE:
-        smooth_for.append(f"noisy BN trained like BN ({acc['noisy_bn']:.3f} vs {acc['bn']:.3f}) although its layer "
-                          f"inputs drifted more than the plain network's ({d['noisy_bn']:.2f} vs {d['none']:.2f})")
+        smooth_for.append(
+            f"noisy BN trained like BN ({acc['noisy_bn']:.3f} vs {acc['bn']:.3f}) although its layer "
+            f"inputs drifted more than the plain network's ({d['noisy_bn']:.2f} vs {d['none']:.2f})"
+        )
     for key, text in LANDSCAPE.items():
         bn, plain = land[key]["bn"], land[key]["none"]
-        (smooth_for if bn < plain else smooth_against).append(f"{text}: {bn:.3g} with BN vs {plain:.3g} without")
-    notes.append("**Reading 2, smoothness.** " +
-                 ("For it: " + "; ".join(smooth_for) + ". " if smooth_for else "") +
-                 ("Against it: " + "; ".join(smooth_against) + "." if smooth_against else ""))
+        (smooth_for if bn < plain else smooth_against).append(
+            f"{text}: {bn:.3g} with BN vs {plain:.3g} without"
+        )
+    notes.append(
+        "**Reading 2, smoothness.** "
+        + ("For it: " + "; ".join(smooth_for) + ". " if smooth_for else "")
+        + ("Against it: " + "; ".join(smooth_against) + "." if smooth_against else "")
+    )
     jit = {n: _avg(runs, n, layer_jitter) for n in ("none", "bn", "noisy_bn")}
-    late = {k: {n: _avg(runs, n, lambda r, k=k: landscape(r, k, second_half=True)) for n in ("none", "bn")}
-            for k in LANDSCAPE}
-    notes.append("*Added after seeing the quick results, not part of the criterion:* (a) the drift above is a range "
-                 "over all of training; the mean change from one logged step to the next (÷ width, averaged over "
-                 f"percentiles and hidden layers) was {jit['none']:.3g} without BN, {jit['bn']:.3g} with BN and "
-                 f"{jit['noisy_bn']:.3g} with noisy BN. (b) Over the second half of training only, the median loss "
-                 "range, gradient change and β-smoothness were " + "; ".join(
-                     f"{late[k]['bn']:.3g} with BN vs {late[k]['none']:.3g} without" for k in LANDSCAPE) +
-                 ", in that order (early checkpoints can sit on a flat plateau of the loss, where all three are "
-                 "small: in the quick profile the plain network's first few hundred steps are one).")
-    notes.append(f"The landscape numbers are absolute, in the units of each network's own loss and parameters, and "
-                 f"grow with the gradient: the median gradient norm at the checkpoints was {gn['bn']:.3g} with BN and "
-                 f"{gn['none']:.3g} without, so a network sitting on a flat plateau (small gradient) looks 'smooth' "
-                 f"too. ‖G − G′‖ likewise scales with the gradient; 1 − cos(G, G′) and ‖G − G′‖/‖G‖ do not.")
-    notes.append("G′ is computed after a plain SGD step of the layers below (p − lr·∂L/∂p), whatever the optimizer; "
-                 "the landscape steps are ½ to 4 SGD steps along the gradient of the training batch. Santurkar et al. "
-                 "measured VGG on CIFAR-10 and a 25-layer linear network; the quick profile is the 3 × 100 sigmoid MLP "
-                 "on the 8×8 digits.")
+    late = {
+        k: {n: _avg(runs, n, lambda r, k=k: landscape(r, k, second_half=True)) for n in ("none", "bn")}
+        for k in LANDSCAPE
+    }
+    notes.append(
+        "*Added after seeing the quick results, not part of the criterion:* (a) the drift above is a range "
+        "over all of training; the mean change from one logged step to the next (÷ width, averaged over "
+        f"percentiles and hidden layers) was {jit['none']:.3g} without BN, {jit['bn']:.3g} with BN and "
+        f"{jit['noisy_bn']:.3g} with noisy BN. (b) Over the second half of training only, the median loss "
+        "range, gradient change and β-smoothness were "
+        + "; ".join(f"{late[k]['bn']:.3g} with BN vs {late[k]['none']:.3g} without" for k in LANDSCAPE)
+        + ", in that order (early checkpoints can sit on a flat plateau of the loss, where all three are "
+        "small: in the quick profile the plain network's first few hundred steps are one)."
+    )
+    notes.append(
+        f"The landscape numbers are absolute, in the units of each network's own loss and parameters, and "
+        f"grow with the gradient: the median gradient norm at the checkpoints was {gn['bn']:.3g} with BN and "
+        f"{gn['none']:.3g} without, so a network sitting on a flat plateau (small gradient) looks 'smooth' "
+        f"too. ‖G − G′‖ likewise scales with the gradient; 1 − cos(G, G′) and ‖G − G′‖/‖G‖ do not."
+    )
+    notes.append(
+        "G′ is computed after a plain SGD step of the layers below (p − lr·∂L/∂p), whatever the optimizer; "
+        "the landscape steps are ½ to 4 SGD steps along the gradient of the training batch. Santurkar et al. "
+        "measured VGG on CIFAR-10 and a 25-layer linear network; the quick profile is the 3 × 100 sigmoid "
+        "MLP "
+        "on the 8×8 digits."
+    )
     return notes
 
 
@@ -209,24 +265,42 @@ def _figure(runs):
         ax.legend(fontsize=8)
 
     # Row 1: training, and the layer-input distributions (Santurkar Fig. 2).
-    by_norm(axes[0, 0], lambda r: curve(r, "test/acc"), "test accuracy", "Test accuracy (mean ± std over seeds)")
+    by_norm(
+        axes[0, 0], lambda r: curve(r, "test/acc"), "test accuracy", "Test accuracy (mean ± std over seeds)"
+    )
     axes[0, 0].set_ylim(0, 1)
     panels = axes[0, 1:]
     for ax, norm in zip(panels, ("none", "bn", "noisy_bn")):
         r = first_run(runs, norm)
         if r is not None:
-            percentile_panel(ax, r, f"act/{last}", COLORS[norm], f"{LABELS[norm]}: inputs to {last}'s nonlinearity\n"
-                             f"(all units; seed {r['seed']}; drift {drift(r, f'act/{last}'):.2f})",
-                             ylabel="input to the nonlinearity")
+            percentile_panel(
+                ax,
+                r,
+                f"act/{last}",
+                COLORS[norm],
+                f"{LABELS[norm]}: inputs to {last}'s nonlinearity\n"
+                f"(all units; seed {r['seed']}; drift {drift(r, f'act/{last}'):.2f})",
+                ylabel="input to the nonlinearity",
+            )
     lo, hi = min(a.get_ylim()[0] for a in panels), max(a.get_ylim()[1] for a in panels)
     for a in panels:
         a.set_ylim(lo, hi)
 
     # Row 2: gradient ICS (Santurkar Fig. 3), over training and per layer.
-    by_norm(axes[1, 0], one_minus_cos_curve, "1 − cos(G, G′)",
-            "Gradient ICS: 1 − cos(G, G′), mean over layers ≥ 2\n(higher = more shift)", log=True)
-    by_norm(axes[1, 1], lambda r: mean_curve(r, "l2"), "‖G − G′‖₂",
-            "Gradient ICS: ‖G − G′‖₂, mean over layers ≥ 2", log=True)
+    by_norm(
+        axes[1, 0],
+        one_minus_cos_curve,
+        "1 − cos(G, G′)",
+        "Gradient ICS: 1 − cos(G, G′), mean over layers ≥ 2\n(higher = more shift)",
+        log=True,
+    )
+    by_norm(
+        axes[1, 1],
+        lambda r: mean_curve(r, "l2"),
+        "‖G − G′‖₂",
+        "Gradient ICS: ‖G − G′‖₂, mean over layers ≥ 2",
+        log=True,
+    )
     all_layers = max((ics_layers(r) for r in runs), key=len, default=[])
     for ax, (stat, ylabel) in zip(axes[1, 2:], (("cos", "1 − cos(G, G′)"), ("l2", "‖G − G′‖₂"))):
         width = 0.8 / max(len(norms), 1)
@@ -237,19 +311,32 @@ def _figure(runs):
                 per_run = [curve(r, f"ics/{layer}/{stat}")[1] for r in rs]
                 per_run = [1 - v if stat == "cos" else v for v in per_run if len(v)]
                 means.append(mean_std([float(np.mean(v)) for v in per_run])[0])
-            ax.bar(np.arange(len(all_layers)) + (i - (len(norms) - 1) / 2) * width, means, width=width,
-                   color=COLORS[norm], label=LABELS[norm])
+            ax.bar(
+                np.arange(len(all_layers)) + (i - (len(norms) - 1) / 2) * width,
+                means,
+                width=width,
+                color=COLORS[norm],
+                label=LABELS[norm],
+            )
         ax.set_xticks(range(len(all_layers)), all_layers)
-        ax.set(xlabel="layer (G: gradient of its weights)", ylabel=ylabel + ", mean over training",
-               title=f"Gradient ICS per layer: {ylabel}")
+        ax.set(
+            xlabel="layer (G: gradient of its weights)",
+            ylabel=ylabel + ", mean over training",
+            title=f"Gradient ICS per layer: {ylabel}",
+        )
         top = ax.get_ylim()[1]
         ax.set_ylim(0, top * 1.2)  # room for the legend above the bars
         ax.legend(fontsize=8, ncol=3, loc="upper center")
 
     # Row 3: the landscape along the gradient (Santurkar Fig. 4), and the drift summary.
     for ax, (key, text) in zip(axes[2, :3], LANDSCAPE.items()):
-        by_norm(ax, lambda r, key=key: curve(r, f"landscape/{key}"), text,
-                f"{text}\n(steps {LANDSCAPE_STEPS[0]:g}–{LANDSCAPE_STEPS[-1]:g} × lr along the gradient)", log=True)
+        by_norm(
+            ax,
+            lambda r, key=key: curve(r, f"landscape/{key}"),
+            text,
+            f"{text}\n(steps {LANDSCAPE_STEPS[0]:g}–{LANDSCAPE_STEPS[-1]:g} × lr along the gradient)",
+            log=True,
+        )
     ax = axes[2, 3]
     for i, norm in enumerate(norms):
         values = [layer_drift(r) for r in runs if r["norm.name"] == norm]
@@ -257,17 +344,36 @@ def _figure(runs):
         ax.bar(i, 0 if math.isnan(m) else m, color=COLORS[norm], alpha=0.7)
         ax.plot([i] * len(values), values, "k.", ms=6)
     ax.set_xticks(range(len(norms)), [LABELS[n] for n in norms])
-    ax.set(ylabel="drift: percentiles' range over training ÷ width",
-           title="Drift of the layer inputs, mean over hidden layers\n(bars: mean; dots: seeds; higher = less stable)")
-    fig.suptitle("Santurkar et al. 2018: distribution stability and training (top), gradient-based internal covariate "
-                 "shift (middle), loss-landscape smoothness (bottom); mean ± std over seeds")
+    ax.set(
+        ylabel="drift: percentiles' range over training ÷ width",
+        title="Drift of the layer inputs, mean over hidden layers\n"
+        "(bars: mean; dots: seeds; higher = less stable)",
+    )
+    fig.suptitle(
+        "Santurkar et al. 2018: distribution stability and training (top), gradient-based internal covariate "
+        "shift (middle), loss-landscape smoothness (bottom); mean ± std over seeds"
+    )
     return fig
 
 
 CLAIM = Claim(
-    name="ics_gradient", title="BN's benefit is not less ICS but a smoother landscape (Santurkar et al. 2018)",
-    hypothesis=HYPOTHESIS, criterion=CRITERION, analyze=analyze,
-    paper=("data=cifar10", "model=cnn", "model.channels=[64,128,256]", "model.activation=relu", "optim.lr=0.1",
-           "train.steps=10000", "train.eval_every=500", "log.stats_every=100", "log.hist_every=2000",
-           "measure.ics_every=100", "measure.landscape_every=500", "seed=0,1,2,3,4"),
+    name="ics_gradient",
+    title="BN's benefit is not less ICS but a smoother landscape (Santurkar et al. 2018)",
+    hypothesis=HYPOTHESIS,
+    criterion=CRITERION,
+    analyze=analyze,
+    paper=(
+        "data=cifar10",
+        "model=cnn",
+        "model.channels=[64,128,256]",
+        "model.activation=relu",
+        "optim.lr=0.1",
+        "train.steps=10000",
+        "train.eval_every=500",
+        "log.stats_every=100",
+        "log.hist_every=2000",
+        "measure.ics_every=100",
+        "measure.landscape_every=500",
+        "seed=0,1,2,3,4",
+    ),
 )

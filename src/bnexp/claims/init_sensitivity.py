@@ -1,15 +1,20 @@
 """Claim: batch normalization removes the sensitivity to weight initialization."""
+
 from bnexp.claims import Claim, Finding, group, mean_std, require, verdict
 from bnexp.claims.plots import errorbars, figure
 
 SPREAD = 0.05  # BN's accuracy may vary by at most this much across initializations
 
-HYPOTHESIS = ("With batch normalization, training no longer depends on the scale of the initial weights: "
-              "BN's output is invariant to the scale of the weights feeding it (Ioffe & Szegedy 2015, Sec. 3.3), "
-              "so networks train to the same accuracy from initializations many orders of magnitude apart.")
-CRITERION = (f"For each activation (sigmoid, ReLU) and seed, over all initializations of the sweep (schemes × "
-             f"standard deviations): the spread of BN's final test accuracy (best − worst) is at most "
-             f"{SPREAD * 100:.0f} points, and smaller than the plain network's spread.")
+HYPOTHESIS = (
+    "With batch normalization, training no longer depends on the scale of the initial weights: "
+    "BN's output is invariant to the scale of the weights feeding it (Ioffe & Szegedy 2015, Sec. 3.3), "
+    "so networks train to the same accuracy from initializations many orders of magnitude apart."
+)
+CRITERION = (
+    f"For each activation (sigmoid, ReLU) and seed, over all initializations of the sweep (schemes × "
+    f"standard deviations): the spread of BN's final test accuracy (best − worst) is at most "
+    f"{SPREAD * 100:.0f} points, and smaller than the plain network's spread."
+)
 
 
 def spread(runs) -> float:
@@ -28,32 +33,47 @@ def analyze(runs) -> Finding:
         passed[f"{act}, seed {seed}"] = bn <= SPREAD and bn < plain
     for (act, norm), rs in group(runs, "model.activation", "norm.name").items():
         per_seed = group(rs, "seed").values()
-        worst = min(group(rs, "init.name", "init.std").items(), key=lambda kv: mean_std(r.test_acc for r in kv[1])[0])
-        table.append({"activation": act, "norm": norm,
-                      "spread over inits": "%.3f ± %.3f" % mean_std(spread(cell) for cell in per_seed),
-                      "best test acc": "%.3f" % mean_std(max(r.test_acc for r in cell) for cell in per_seed)[0],
-                      "worst test acc": "%.3f" % mean_std(min(r.test_acc for r in cell) for cell in per_seed)[0],
-                      "worst init": "%s, std %g" % worst[0],
-                      "diverged runs": sum(r.diverged for r in rs)})
+        worst = min(
+            group(rs, "init.name", "init.std").items(), key=lambda kv: mean_std(r.test_acc for r in kv[1])[0]
+        )
+        table.append(
+            {
+                "activation": act,
+                "norm": norm,
+                "spread over inits": "%.3f ± %.3f" % mean_std(spread(cell) for cell in per_seed),
+                "best test acc": "%.3f" % mean_std(max(r.test_acc for r in cell) for cell in per_seed)[0],
+                "worst test acc": "%.3f" % mean_std(min(r.test_acc for r in cell) for cell in per_seed)[0],
+                "worst init": "%s, std %g" % worst[0],
+                "diverged runs": sum(r.diverged for r in rs),
+            }
+        )
 
     acts = sorted({r["model.activation"] for r in runs})
     fig, axes = figure(len(acts))
     for ax, act in zip(axes, acts):
-        for (norm, scheme), rs in group([r for r in runs if r["model.activation"] == act],
-                                        "norm.name", "init.name").items():
+        for (norm, scheme), rs in group(
+            [r for r in runs if r["model.activation"] == act], "norm.name", "init.name"
+        ).items():
             errorbars(ax, rs, "init.std", lambda r: r.test_acc, label=f"{norm}, {scheme}")
-        ax.set(xscale="log", xlabel="initial weight std", ylabel="final test accuracy", title=act, ylim=(0, 1))
+        ax.set(
+            xscale="log", xlabel="initial weight std", ylabel="final test accuracy", title=act, ylim=(0, 1)
+        )
         ax.legend(title="norm, init", fontsize=8)
     fig.suptitle("Final test accuracy vs initialization scale (mean ± std over seeds)")
 
     held = sum(passed.values())
-    summary = (f"BN's accuracy varied by at most {SPREAD * 100:.0f} points across initializations, and by less "
-               f"than the plain network's, in {held} of {len(passed)} activation/seed cells.")
+    summary = (
+        f"BN's accuracy varied by at most {SPREAD * 100:.0f} points across initializations, and by less "
+        f"than the plain network's, in {held} of {len(passed)} activation/seed cells."
+    )
     return Finding(verdict(passed), summary, passed, table, fig)
 
 
 CLAIM = Claim(
-    name="init_sensitivity", title="BN removes the sensitivity to initialization", hypothesis=HYPOTHESIS,
-    criterion=CRITERION, analyze=analyze,
+    name="init_sensitivity",
+    title="BN removes the sensitivity to initialization",
+    hypothesis=HYPOTHESIS,
+    criterion=CRITERION,
+    analyze=analyze,
     paper=("data=mnist", "train.steps=20000", "train.eval_every=1000", "seed=0,1,2,3,4"),
 )

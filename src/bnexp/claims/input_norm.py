@@ -17,10 +17,11 @@ reverse), in float64: at each seed's starting point, at zero weights (every pred
 classes the largest curvature the cross-entropy has anywhere, since its Hessian is E[2p(1-p)·...] and
 p(1-p) ≤ 1/4) and at the minimum (found by L-BFGS), whose loss also sets the target loss.
 """
+
 import math
 from contextlib import contextmanager
 from dataclasses import replace
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -40,23 +41,27 @@ FLOOR = 1e-8  # plots: float32 losses resolve the minimum to about this
 # bounces: it would need ~10⁴ steps to move along.
 ILLUSTRATION_SCALES = (1.0, 10.0)
 
-HYPOTHESIS = ("Gradient descent on inputs whose scales differ by orders of magnitude is slow: the largest stable "
-              "learning rate is about 2/λ_max of the loss Hessian, which the large feature inflates by its "
-              "squared scale, so the weights of the small features barely move. Standardizing the inputs "
-              "(zero mean, unit variance) raises the stable learning rate by about the factor the curvatures "
-              "differ and reaches a given loss in far fewer steps, from any starting point (LeCun et al. 1998, "
-              "\"Efficient BackProp\", Sec. 4.3 and 5; Ioffe & Szegedy 2015, Sec. 2).")
-CRITERION = (f"A linear classifier on the synthetic data, full-batch gradient descent from each starting point "
-             f"(seed) over a learning-rate grid, on raw and on standardized inputs. A learning rate is *stable* "
-             f"if the training loss never rose from one step to the next (by more than a fraction {RISE:g}) and "
-             f"stayed finite. The target loss is the minimum's (computed) + {TARGET_GAP} nats. For each seed, "
-             f"the claim holds if (1) with standardized inputs the best learning rate reaches the target loss in "
-             f"at least {FASTER}× fewer steps than the best one on raw inputs (a raw run that never reaches it "
-             f"counts as the step budget, a lower bound), and (2) the largest stable learning rate with "
-             f"standardized inputs exceeds the raw inputs' by at least 1/{WITHIN} of the factor the quadratic "
-             f"model predicts, λ_max(raw) ÷ λ_max(standardized), with λ_max the Hessian's top eigenvalue at zero "
-             f"weights (the largest curvature for two classes), computed by power iteration on Hessian-vector "
-             f"products.")
+HYPOTHESIS = (
+    "Gradient descent on inputs whose scales differ by orders of magnitude is slow: the largest stable "
+    "learning rate is about 2/λ_max of the loss Hessian, which the large feature inflates by its "
+    "squared scale, so the weights of the small features barely move. Standardizing the inputs "
+    "(zero mean, unit variance) raises the stable learning rate by about the factor the curvatures "
+    "differ and reaches a given loss in far fewer steps, from any starting point (LeCun et al. 1998, "
+    '"Efficient BackProp", Sec. 4.3 and 5; Ioffe & Szegedy 2015, Sec. 2).'
+)
+CRITERION = (
+    f"A linear classifier on the synthetic data, full-batch gradient descent from each starting point "
+    f"(seed) over a learning-rate grid, on raw and on standardized inputs. A learning rate is *stable* "
+    f"if the training loss never rose from one step to the next (by more than a fraction {RISE:g}) and "
+    f"stayed finite. The target loss is the minimum's (computed) + {TARGET_GAP} nats. For each seed, "
+    f"the claim holds if (1) with standardized inputs the best learning rate reaches the target loss in "
+    f"at least {FASTER}× fewer steps than the best one on raw inputs (a raw run that never reaches it "
+    f"counts as the step budget, a lower bound), and (2) the largest stable learning rate with "
+    f"standardized inputs exceeds the raw inputs' by at least 1/{WITHIN} of the factor the quadratic "
+    f"model predicts, λ_max(raw) ÷ λ_max(standardized), with λ_max the Hessian's top eigenvalue at zero "
+    f"weights (the largest curvature for two classes), computed by power iteration on Hessian-vector "
+    f"products."
+)
 
 INPUTS = {False: "raw", True: "standardized"}
 
@@ -110,8 +115,15 @@ def top_eigenvalue(loss, theta, iters: int = 2000, rtol: float = 1e-10) -> float
 def minimize(loss, theta):
     """The minimum of a convex loss by L-BFGS (float64), from theta; returns (θ*, loss(θ*))."""
     theta = theta.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([theta], lr=1, max_iter=1000, tolerance_grad=1e-12, tolerance_change=1e-16,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [theta],
+        lr=1,
+        max_iter=1000,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-16,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -140,10 +152,12 @@ def nested_config(flat: dict):
 
 
 def _frozen(flat: dict, keys: tuple) -> tuple:
-    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(flat.items()) if k.startswith(keys))
+    return tuple(
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(flat.items()) if k.startswith(keys)
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _curvature(data_model: tuple, seeds: tuple) -> dict:
     from bnexp.data import load_data
     from bnexp.train import initialized_model
@@ -203,7 +217,10 @@ def stable(run) -> bool:
     if run.diverged:
         return False
     values = losses(run)
-    return all(b is not None and b <= a * (1 + RISE) for a, b in zip(values, values[1:])) and values[0] is not None
+    return (
+        all(b is not None and b <= a * (1 + RISE) for a, b in zip(values, values[1:]))
+        and values[0] is not None
+    )
 
 
 def steps_to(run, target: float):
@@ -218,7 +235,8 @@ def final_gap(run, best: float) -> float:
 
 # ---- the analysis -----------------------------------------------------------------------------------
 def _rank(run, target: float) -> tuple:
-    """Best first: fewest steps to the target; if it was not reached, stable runs by their final loss; then the rest."""
+    """Best first: fewest steps to the target; if it was not reached, stable runs by their final loss; then
+    the rest."""
     steps = steps_to(run, target)
     if steps is not None:
         return 0, steps, 0.0
@@ -226,16 +244,20 @@ def _rank(run, target: float) -> tuple:
 
 
 def per_seed(runs, target: float) -> dict:
-    """For each (normalize, seed): the largest stable lr, the fewest steps to target (and the lr), the best run."""
+    """For each (normalize, seed): the largest stable lr, the fewest steps to target (and the lr), the best
+    run."""
     out = {}
     for (normalize, seed), cell in group(runs, "data.normalize", "seed").items():
         stable_lrs = [r["optim.lr"] for r in cell if stable(r)]
         reached = [(s, r["optim.lr"]) for r in cell if (s := steps_to(r, target)) is not None]
         fewest = min(reached) if reached else None
         best = min(cell, key=lambda r: _rank(r, target))
-        out[normalize, seed] = dict(stable=max(stable_lrs) if stable_lrs else None,
-                                    steps=fewest[0] if fewest else None, steps_lr=fewest[1] if fewest else None,
-                                    best=best)
+        out[normalize, seed] = dict(
+            stable=max(stable_lrs) if stable_lrs else None,
+            steps=fewest[0] if fewest else None,
+            steps_lr=fewest[1] if fewest else None,
+            best=best,
+        )
     return out
 
 
@@ -244,8 +266,10 @@ def analyze(runs) -> Finding:
     for r in runs:  # `losses` reads list positions as steps
         logged = [s for s, _ in r.metrics["series"]["batch/loss"]]
         if logged != list(range(1, len(logged) + 1)):
-            raise ValueError("the analysis needs the training loss of every step: run the sweep with "
-                             "log.stats_every=1, as conf/experiment/input_norm.yaml does")
+            raise ValueError(
+                "the analysis needs the training loss of every step: run the sweep with "
+                "log.stats_every=1, as conf/experiment/input_norm.yaml does"
+            )
     curv = {normalize: curvature(rs) for (normalize,), rs in group(runs, "data.normalize").items()}
     min_loss = min(c["min_loss"] for c in curv.values())  # the same function class: one minimum
     target = min_loss + TARGET_GAP
@@ -267,50 +291,66 @@ def analyze(runs) -> Finding:
         starts = sorted(2 / lam for lam in c["start"].values())
         steps = [v["steps"] for v in mine if v["steps"] is not None]
         gaps = [final_gap(v["best"], min_loss) for v in mine]
-        table.append({
-            "inputs": INPUTS[normalize],
-            "λ_max at zero weights": "%.4g" % c["zero"],
-            "2/λ_max: zero weights": "%.3g" % (2 / c["zero"]),
-            "2/λ_max: minimum": "%.3g" % (2 / c["minimum"]),
-            "2/λ_max: starts (min–max)": "%.3g–%.3g" % (starts[0], starts[-1]),
-            "κ at minimum": "%.3g" % c["condition"] if "condition" in c else "",
-            "largest stable lr (over seeds)": _span([v["stable"] for v in mine]),
-            "steps to target at the best lr": (("%.0f ± %.0f" % mean_std(steps)) if steps else "–")
-            + f" ({len(steps)} of {len(mine)} seeds reached it)",
-            "loss − min at the best lr (mean ± std)": "%.2g ± %.2g" % mean_std(gaps),
-        })
+        table.append(
+            {
+                "inputs": INPUTS[normalize],
+                "λ_max at zero weights": "%.4g" % c["zero"],
+                "2/λ_max: zero weights": "%.3g" % (2 / c["zero"]),
+                "2/λ_max: minimum": "%.3g" % (2 / c["minimum"]),
+                "2/λ_max: starts (min–max)": "%.3g–%.3g" % (starts[0], starts[-1]),
+                "κ at minimum": "%.3g" % c["condition"] if "condition" in c else "",
+                "largest stable lr (over seeds)": _span([v["stable"] for v in mine]),
+                "steps to target at the best lr": (("%.0f ± %.0f" % mean_std(steps)) if steps else "–")
+                + f" ({len(steps)} of {len(mine)} seeds reached it)",
+                "loss − min at the best lr (mean ± std)": "%.2g ± %.2g" % mean_std(gaps),
+            }
+        )
 
     fig = plt.figure(figsize=(20, 4.6), constrained_layout=True)
     axes = fig.subplots(1, 4)
     _plot_lr(axes[0], runs, curv, min_loss)
     _plot_curves(axes[1], cells, min_loss, target)
     illustrate(axes[2:], ILLUSTRATION_SCALES)
-    fig.suptitle("Input normalization and gradient descent: a linear classifier on the synthetic data, full batch "
-                 "(left two: the sweep; right two: an illustration on two weights)")
+    fig.suptitle(
+        "Input normalization and gradient descent: a linear classifier on the synthetic data, full batch "
+        "(left two: the sweep; right two: an illustration on two weights)"
+    )
 
     std_steps = [v["steps"] for (n, _), v in cells.items() if n]
     raw_reached = sum(v["steps"] is not None for (n, _), v in cells.items() if not n)
     held = sum(passed.values())
     largest = {n: _span([v["stable"] for (m, _), v in cells.items() if m == n]) for n in (False, True)}
-    summary = (f"The curvature at zero weights is {predicted:.3g}× larger on raw inputs; the largest stable learning "
-               f"rate was {largest[False]} on raw and {largest[True]} on standardized inputs; standardized inputs "
-               f"reached the target loss in {_fmt(std_steps)} steps at their best learning rate, raw inputs in "
-               f"{raw_reached} of {len(std_steps)} seeds within {budget} steps; the criterion held in {held} of "
-               f"{len(passed)} seeds.")
+    summary = (
+        f"The curvature at zero weights is {predicted:.3g}× larger on raw inputs; the largest stable "
+        "learning "
+        f"rate was {largest[False]} on raw and {largest[True]} on standardized inputs; standardized inputs "
+        f"reached the target loss in {_fmt(std_steps)} steps at their best learning rate, raw inputs in "
+        f"{raw_reached} of {len(std_steps)} seeds within {budget} steps; the criterion held in {held} of "
+        f"{len(passed)} seeds."
+    )
     notes = [
-        "The two right panels are an illustration computed by the analysis, not sweep results: gradient descent on "
-        "a two-weight problem where the quadratic model is exact (the least-squares fit of the labels by w·x, "
+        "The two right panels are an illustration computed by the analysis, not sweep results: gradient "
+        "descent on "
+        "a two-weight problem where the quadratic model is exact (the least-squares fit of the labels by "
+        "w·x, "
         f"without bias, on two synthetic features of scales {ILLUSTRATION_SCALES[0]:g} and "
-        f"{ILLUSTRATION_SCALES[1]:g}, milder than the sweep's so that the raw path visibly moves along the valley), "
-        f"at the best fixed learning rate of each, 2/(λ_max + λ_min), from four starting points one feature-scale "
+        f"{ILLUSTRATION_SCALES[1]:g}, milder than the sweep's so that the raw path visibly moves along the "
+        "valley), "
+        "at the best fixed learning rate of each, 2/(λ_max + λ_min), from four starting points one "
+        "feature-scale "
         f"unit from the minimum.",
-        "The quadratic model is a local one: for logistic regression the curvature shrinks as predictions saturate, "
-        "so a learning rate above 2/λ_max at zero weights can still descend monotonically when the path avoids "
-        "the high-curvature region, and raw inputs with PyTorch's default initialization start saturated (2/λ_max "
+        "The quadratic model is a local one: for logistic regression the curvature shrinks as predictions "
+        "saturate, "
+        "so a learning rate above 2/λ_max at zero weights can still descend monotonically when the path "
+        "avoids "
+        "the high-curvature region, and raw inputs with PyTorch's default initialization start saturated "
+        "(2/λ_max "
         "at the start is then far above the learning rates that are stable later).",
     ]
     if any(cells[False, s]["stable"] is None for (n, s) in cells if not n):
-        notes.append("Some seeds had no stable learning rate on raw inputs: the grid does not reach low enough.")
+        notes.append(
+            "Some seeds had no stable learning rate on raw inputs: the grid does not reach low enough."
+        )
     return Finding(verdict(passed), summary, passed, table, fig, notes)
 
 
@@ -331,29 +371,48 @@ def _fmt(values) -> str:
 def _plot_lr(ax, runs, curv, min_loss):
     for i, ((normalize,), rs) in enumerate(group(runs, "data.normalize").items()):
         color, label = f"C{i}", INPUTS[normalize]
-        for (seed,), cell in group(rs, "seed").items():
+        for cell in group(rs, "seed").values():
             cell = sorted(cell, key=lambda r: r["optim.lr"])
             points = [(r["optim.lr"], min(max(final_gap(r, min_loss), FLOOR), 1e3), stable(r)) for r in cell]
-            ax.plot([p[0] for p in points], [p[1] for p in points], "-", color=color, alpha=0.35, lw=1, label=label)
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                "-",
+                color=color,
+                alpha=0.35,
+                lw=1,
+                label=label,
+            )
             label = None
             for marker, keep in (("o", True), ("x", False)):
-                ax.plot([p[0] for p in points if p[2] == keep], [p[1] for p in points if p[2] == keep], marker,
-                        color=color, ms=3.5, alpha=0.6)
+                ax.plot(
+                    [p[0] for p in points if p[2] == keep],
+                    [p[1] for p in points if p[2] == keep],
+                    marker,
+                    color=color,
+                    ms=3.5,
+                    alpha=0.6,
+                )
         ax.axvline(2 / curv[normalize]["zero"], color=color, ls="--", lw=1.2)
         ax.axvline(2 / curv[normalize]["minimum"], color=color, ls=":", lw=1.2)
     ax.plot([], [], "k--", lw=1.2, label="2/λ_max at zero weights")
     ax.plot([], [], "k:", lw=1.2, label="2/λ_max at the minimum")
     ax.plot([], [], "ko", ms=3.5, label="stable (the loss never rose)")
     ax.plot([], [], "kx", ms=3.5, label="not stable")
-    ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final training loss − minimum",
-           title="Final loss vs learning rate (a line per seed)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="learning rate",
+        ylabel="final training loss − minimum",
+        title="Final loss vs learning rate (a line per seed)",
+    )
     ax.legend(fontsize=7)
 
 
 def _plot_curves(ax, cells, min_loss, target):
     for i, normalize in enumerate((False, True)):
         label = f"{INPUTS[normalize]} inputs"
-        for (n, seed), cell in sorted(cells.items()):
+        for (n, _), cell in sorted(cells.items()):
             if n != normalize:
                 continue
             values = [v for v in losses(cell["best"]) if v is not None]
@@ -361,8 +420,13 @@ def _plot_curves(ax, cells, min_loss, target):
             label = None
     ax.axhline(target - min_loss, color="k", ls="--", lw=1, label="target")
     ax.set_xscale("symlog", linthresh=10)
-    ax.set(yscale="log", xlim=(0, None), xlabel="gradient-descent step", ylabel="training loss − minimum",
-           title="Each seed at its best learning rate")
+    ax.set(
+        yscale="log",
+        xlim=(0, None),
+        xlabel="gradient-descent step",
+        ylabel="training loss − minimum",
+        title="Each seed at its best learning rate",
+    )
     ax.legend(fontsize=7)
 
 
@@ -379,7 +443,7 @@ def illustrate(axes, scales, steps: int = 40):
         data = load_data(replace(base, normalize=normalize))
         x, target = data.prepare(data.train_x).double(), 2.0 * data.train_y.double() - 1
 
-        def loss(w):
+        def loss(w, x=x, target=target):
             return 0.5 * ((x @ w - target) ** 2).mean()
 
         zero = torch.zeros(2, dtype=torch.float64)
@@ -399,28 +463,49 @@ def illustrate(axes, scales, steps: int = 40):
         every = torch.cat(paths)
         lo = torch.minimum(every.min(0).values, w_min - unit) - 0.1 * unit
         hi = torch.maximum(every.max(0).values, w_min + unit) + 0.1 * unit
-        g1, g2 = torch.meshgrid(torch.linspace(float(lo[0]), float(hi[0]), 150, dtype=torch.float64),
-                                torch.linspace(float(lo[1]), float(hi[1]), 150, dtype=torch.float64), indexing="ij")
+        g1, g2 = torch.meshgrid(
+            torch.linspace(float(lo[0]), float(hi[0]), 150, dtype=torch.float64),
+            torch.linspace(float(lo[1]), float(hi[1]), 150, dtype=torch.float64),
+            indexing="ij",
+        )
         w_grid = torch.stack([g1.flatten(), g2.flatten()], 1)
         z = (0.5 * ((w_grid @ x.T - target) ** 2).mean(1)).view_as(g1) - loss_min
-        ax.contour(g1, g2, z, levels=torch.logspace(-4, math.log10(float(z.max())), 12).tolist(), colors="0.6",
-                   linewidths=0.7)
+        ax.contour(
+            g1,
+            g2,
+            z,
+            levels=torch.logspace(-4, math.log10(float(z.max())), 12).tolist(),
+            colors="0.6",
+            linewidths=0.7,
+        )
         for i, path in enumerate(paths):
             ax.plot(path[:, 0], path[:, 1], ".-", color=f"C{i + 2}", ms=2.5, lw=0.8)
             ax.plot(path[0, 0], path[0, 1], "o", color=f"C{i + 2}", ms=5)
         ax.plot(*w_min.tolist(), "k*", ms=10)
-        ax.set(xlim=(float(lo[0]), float(hi[0])), ylim=(float(lo[1]), float(hi[1])),
-               xlabel=f"w₁ (feature of scale {scales[0]:g})", ylabel=f"w₂ (feature of scale {scales[-1]:g})",
-               title=f"Illustration, {INPUTS[normalize]}: {steps} steps, κ = {lam_max / lam_min:.3g}")
+        ax.set(
+            xlim=(float(lo[0]), float(hi[0])),
+            ylim=(float(lo[1]), float(hi[1])),
+            xlabel=f"w₁ (feature of scale {scales[0]:g})",
+            ylabel=f"w₂ (feature of scale {scales[-1]:g})",
+            title=f"Illustration, {INPUTS[normalize]}: {steps} steps, κ = {lam_max / lam_min:.3g}",
+        )
 
 
 CLAIM = Claim(
-    name="input_norm", title="Standardized inputs: larger stable learning rates, far fewer steps",
-    hypothesis=HYPOTHESIS, criterion=CRITERION, analyze=analyze,
-    # a finer learning-rate grid (three per decade), a longer budget, twenty starting points; on the CPU: six weights
-    paper=("optim.lr=" + ",".join(f"{m}e{e}" for e in range(-5, 2) for m in (1, 2, 5)) + ",1e2",
-           "train.steps=1000", "seed=" + ",".join(map(str, range(20))), "device=cpu"),
+    name="input_norm",
+    title="Standardized inputs: larger stable learning rates, far fewer steps",
+    hypothesis=HYPOTHESIS,
+    criterion=CRITERION,
+    analyze=analyze,
+    # a finer learning-rate grid (three per decade), a longer budget, twenty starting points; on the CPU: six
+    # weights
+    paper=(
+        "optim.lr=" + ",".join(f"{m}e{e}" for e in range(-5, 2) for m in (1, 2, 5)) + ",1e2",
+        "train.steps=1000",
+        "seed=" + ",".join(map(str, range(20))),
+        "device=cpu",
+    ),
     disclosure="Disclosure: this criterion's thresholds were set after prototype runs on 3 seeds (10× fewer "
-               "steps; at least 1/10 of the predicted gain), not before any data; they were not changed after the "
-               "final sweeps.",
+    "steps; at least 1/10 of the predicted gain), not before any data; they were not changed after the "
+    "final sweeps.",
 )

@@ -1,4 +1,5 @@
 """Claim: batch normalization allows much higher learning rates, and trains faster."""
+
 import math
 
 from bnexp.claims import Claim, Finding, group, mean_std, require, verdict
@@ -7,15 +8,19 @@ from bnexp.claims.plots import errorbars, figure
 GOOD = 0.9  # a learning rate is good if its run reaches this fraction of the best accuracy
 WIDER = 10  # BN's range of good learning rates must be this many times the plain network's
 
-HYPOTHESIS = ("With batch normalization a network trains well over a much wider range of learning rates, "
-              "extending to much higher ones, and reaches a given accuracy in fewer steps (Ioffe & Szegedy "
-              "2015, Sec. 3.3 and 4.2).")
-CRITERION = (f"For each model (MLP, CNN) and seed, a learning rate is *good* if its run did not diverge and "
-             f"reached at least {GOOD:.0%} of the best final test accuracy of any run of that model and seed. "
-             f"The claim holds for that model and seed if BN's good learning rates span a range (largest ÷ "
-             f"smallest) at least {WIDER}× the plain network's, and BN's largest good learning rate is higher. "
-             f"Steps to {GOOD:.0%} of the best accuracy at each network's best learning rate are reported, "
-             f"not judged.")
+HYPOTHESIS = (
+    "With batch normalization a network trains well over a much wider range of learning rates, "
+    "extending to much higher ones, and reaches a given accuracy in fewer steps (Ioffe & Szegedy "
+    "2015, Sec. 3.3 and 4.2)."
+)
+CRITERION = (
+    f"For each model (MLP, CNN) and seed, a learning rate is *good* if its run did not diverge and "
+    f"reached at least {GOOD:.0%} of the best final test accuracy of any run of that model and seed. "
+    f"The claim holds for that model and seed if BN's good learning rates span a range (largest ÷ "
+    f"smallest) at least {WIDER}× the plain network's, and BN's largest good learning rate is higher. "
+    f"Steps to {GOOD:.0%} of the best accuracy at each network's best learning rate are reported, "
+    f"not judged."
+)
 
 
 def good_lrs(runs, best: float) -> list[float]:
@@ -34,8 +39,11 @@ def common_min(values: list[float]) -> str:
 
 def steps_to(run, target: float):
     """The first evaluated step at which the run's test accuracy reached `target` (None: never)."""
-    return next((step for step, acc in run.metrics["series"]["test/acc"] if acc >= target), None) \
-        if run.metrics else None
+    return (
+        next((step for step, acc in run.metrics["series"]["test/acc"] if acc >= target), None)
+        if run.metrics
+        else None
+    )
 
 
 def analyze(runs) -> Finding:
@@ -45,8 +53,9 @@ def analyze(runs) -> Finding:
     for (model, seed), cell in group(runs, "model.name", "seed").items():
         good = {norm: good_lrs(rs, best[model, seed]) for (norm,), rs in group(cell, "norm.name").items()}
         bn, plain = good.get("bn", []), good.get("none", [])
-        passed[f"{model}, seed {seed}"] = bool(bn) and span(bn) >= WIDER * max(span(plain), 1.0) \
-            and (not plain or bn[-1] > plain[-1])
+        passed[f"{model}, seed {seed}"] = (
+            bool(bn) and span(bn) >= WIDER * max(span(plain), 1.0) and (not plain or bn[-1] > plain[-1])
+        )
 
     table = []
     for (model, norm), rs in group(runs, "model.name", "norm.name").items():
@@ -57,18 +66,29 @@ def analyze(runs) -> Finding:
             largest.append(lrs[-1] if lrs else float("nan"))
             s = steps_to(max(cell, key=lambda r: r.test_acc), GOOD * best[model, seed])
             steps.append(float("nan") if s is None else s)
-        table.append({"model": model, "norm": norm,
-                      "best test acc": "%.3f" % max(r.test_acc for r in rs),
-                      "good-LR span (×)": "%.3g ± %.2g" % mean_std(spans),
-                      "largest stable LR (good in every seed)": common_min(largest),
-                      f"steps to {GOOD:.0%} of best (at best LR)": "%.0f ± %.0f" % mean_std(steps)})
+        table.append(
+            {
+                "model": model,
+                "norm": norm,
+                "best test acc": "%.3f" % max(r.test_acc for r in rs),
+                "good-LR span (×)": "%.3g ± %.2g" % mean_std(spans),
+                "largest stable LR (good in every seed)": common_min(largest),
+                f"steps to {GOOD:.0%} of best (at best LR)": "%.0f ± %.0f" % mean_std(steps),
+            }
+        )
 
     models = sorted({r["model.name"] for r in runs})
     fig, axes = figure(len(models))
     for ax, model in zip(axes, models):
         for (norm,), rs in group([r for r in runs if r["model.name"] == model], "norm.name").items():
             errorbars(ax, rs, "optim.lr", lambda r: r.test_acc, label=norm)
-        ax.set(xscale="log", xlabel="learning rate", ylabel="final test accuracy", title=model.upper(), ylim=(0, 1))
+        ax.set(
+            xscale="log",
+            xlabel="learning rate",
+            ylabel="final test accuracy",
+            title=model.upper(),
+            ylim=(0, 1),
+        )
         ax.legend(title="norm")
     fig.suptitle("Final test accuracy vs learning rate (mean ± std over seeds; × = a seed diverged)")
 
@@ -76,18 +96,31 @@ def analyze(runs) -> Finding:
     for model in models:
         best_plain = max(r.test_acc for r in runs if r["model.name"] == model and r["norm.name"] == "none")
         if best_plain < GOOD * max(r.test_acc for r in runs if r["model.name"] == model):
-            notes.append(f"The plain {model.upper()} reached at most {best_plain:.2f} test accuracy at any learning "
-                         f"rate in this budget: there the comparison reduces to 'BN trains, the plain network does not'.")
+            notes.append(
+                f"The plain {model.upper()} reached at most {best_plain:.2f} test accuracy at any learning "
+                "rate in this budget: there the comparison reduces to 'BN trains, the plain network does "
+                "not'."
+            )
     v = verdict(passed)
     held = sum(passed.values())
-    summary = (f"BN's good-learning-rate range was at least {WIDER}× the plain network's, reaching higher rates, "
-               f"in {held} of {len(passed)} model/seed cells.")
+    summary = (
+        f"BN's good-learning-rate range was at least {WIDER}× the plain network's, reaching higher rates, "
+        f"in {held} of {len(passed)} model/seed cells."
+    )
     return Finding(v, summary, passed, table, fig, notes)
 
 
 CLAIM = Claim(
-    name="lr_tolerance", title="BN allows much higher learning rates", hypothesis=HYPOTHESIS, criterion=CRITERION,
+    name="lr_tolerance",
+    title="BN allows much higher learning rates",
+    hypothesis=HYPOTHESIS,
+    criterion=CRITERION,
     analyze=analyze,
-    paper=("data=mnist", "train.steps=20000", "train.eval_every=500", "model.channels=[32,64]",
-           "seed=0,1,2,3,4"),
+    paper=(
+        "data=mnist",
+        "train.steps=20000",
+        "train.eval_every=500",
+        "model.channels=[32,64]",
+        "seed=0,1,2,3,4",
+    ),
 )

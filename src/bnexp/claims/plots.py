@@ -1,8 +1,8 @@
 """The figure conventions every claim shares: one panel per model or setting; mean ± std over
 seeds against a swept value (diverged or failed runs marked) or along training."""
+
 import math
 import warnings
-from typing import Optional
 
 import matplotlib
 import numpy as np
@@ -14,7 +14,9 @@ from bnexp.claims import group, mean_std  # noqa: E402
 
 
 def figure(panels: int, width: float = 5.0, height: float = 3.8):
-    fig, axes = plt.subplots(1, panels, figsize=(width * panels, height), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, panels, figsize=(width * panels, height), squeeze=False, constrained_layout=True
+    )
     return fig, list(axes[0])
 
 
@@ -32,9 +34,10 @@ def errorbars(ax, runs, x_key: str, value, label: str):
     return line
 
 
-def band(ax, runs, values, label: str, color: Optional[str] = None, log: bool = False):
-    """A curve along training, `values(run)` -> (steps, values) (e.g. `lambda r: curve(r, tag)`): mean over the
-    runs (seeds) at the first run's steps, ± std shaded; on a log axis (log=True) the shade stays above 0."""
+def band(ax, runs, values, label: str, color: str | None = None, log: bool = False):
+    """A curve along training, `values(run)` -> (steps, values) (e.g. `lambda r: curve(r, tag)`): mean over
+    the runs (seeds) at the first run's steps, ± std shaded; on a log axis (log=True) the shade stays above
+    0."""
     curves = [values(r) for r in runs if r.metrics]
     curves = [(s, v) for s, v in curves if len(s)]
     if not curves:  # nothing recorded: the label still stands in the legend
@@ -45,6 +48,6 @@ def band(ax, runs, values, label: str, color: Optional[str] = None, log: bool = 
     with warnings.catch_warnings():  # all-NaN columns (e.g. every run diverged there) are NaN, silently
         warnings.simplefilter("ignore", RuntimeWarning)
         m, sd = np.nanmean(stack, 0), np.nanstd(stack, 0)
-    line, = ax.plot(steps, m, color=color, label=label)
+    (line,) = ax.plot(steps, m, color=color, label=label)
     lower = np.where(m - sd > 0, m - sd, m / 2) if log else m - sd
     ax.fill_between(steps, lower, m + sd, color=line.get_color(), alpha=0.2, lw=0)

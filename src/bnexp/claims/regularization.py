@@ -1,18 +1,28 @@
 """Claim: batch normalization regularizes, so dropout becomes unnecessary."""
+
 from bnexp.claims import Claim, Finding, group, mean_std, verdict
 from bnexp.claims.plots import figure
 
 MARGIN = 0.01  # one accuracy point
 
-HYPOTHESIS = ("Batch normalization regularizes: a BN network generalizes at least as well without dropout as a "
-              "plain network with it, and adding dropout to BN no longer helps (Ioffe & Szegedy 2015, Sec. 3.4 "
-              "and 4.2.1).")
-CRITERION = (f"On a training set small enough to overfit, for each seed: BN without dropout reaches a final test "
-             f"accuracy no more than {MARGIN * 100:.0f} point below the plain network with dropout, and adding "
-             f"dropout to BN raises test accuracy by less than {MARGIN * 100:.0f} point.")
+HYPOTHESIS = (
+    "Batch normalization regularizes: a BN network generalizes at least as well without dropout as a "
+    "plain network with it, and adding dropout to BN no longer helps (Ioffe & Szegedy 2015, Sec. 3.4 "
+    "and 4.2.1)."
+)
+CRITERION = (
+    f"On a training set small enough to overfit, for each seed: BN without dropout reaches a final test "
+    f"accuracy no more than {MARGIN * 100:.0f} point below the plain network with dropout, and adding "
+    f"dropout to BN raises test accuracy by less than {MARGIN * 100:.0f} point."
+)
 
 # (norm, with dropout) -> the setting's name, in the order the report shows them
-SETTINGS = {("none", False): "plain", ("none", True): "dropout", ("bn", False): "bn", ("bn", True): "bn + dropout"}
+SETTINGS = {
+    ("none", False): "plain",
+    ("none", True): "dropout",
+    ("bn", False): "bn",
+    ("bn", True): "bn + dropout",
+}
 
 
 def setting(run) -> str:
@@ -23,7 +33,9 @@ def analyze(runs) -> Finding:
     passed = {}
     for (seed,), cell in group(runs, "seed").items():
         acc = {setting(r): r.test_acc for r in cell}
-        passed[f"seed {seed}"] = acc["bn"] >= acc["dropout"] - MARGIN and acc["bn + dropout"] - acc["bn"] < MARGIN
+        passed[f"seed {seed}"] = (
+            acc["bn"] >= acc["dropout"] - MARGIN and acc["bn + dropout"] - acc["bn"] < MARGIN
+        )
     by_setting = {}
     for r in runs:
         by_setting.setdefault(setting(r), []).append(r)
@@ -32,32 +44,57 @@ def analyze(runs) -> Finding:
     for name in names:
         rs = by_setting[name]
         train_acc = [r.metrics["final_train_acc"] if r.metrics else None for r in rs]
-        table.append({"setting": name, "test acc": "%.3f ± %.3f" % mean_std(r.test_acc for r in rs),
-                      "train acc": "%.3f ± %.3f" % mean_std(train_acc),
-                      "train − test gap": "%.3f ± %.3f" % mean_std(
-                          t - r.test_acc for t, r in zip(train_acc, rs) if t is not None)})
+        table.append(
+            {
+                "setting": name,
+                "test acc": "%.3f ± %.3f" % mean_std(r.test_acc for r in rs),
+                "train acc": "%.3f ± %.3f" % mean_std(train_acc),
+                "train − test gap": "%.3f ± %.3f"
+                % mean_std(t - r.test_acc for t, r in zip(train_acc, rs) if t is not None),
+            }
+        )
 
     fig, (ax,) = figure(1, width=6)
     test = [mean_std(r.test_acc for r in by_setting[n]) for n in names]
-    gap = [mean_std((r.metrics or {}).get("final_train_acc", 0) - r.test_acc for r in by_setting[n]) for n in names]
+    gap = [
+        mean_std((r.metrics or {}).get("final_train_acc", 0) - r.test_acc for r in by_setting[n])
+        for n in names
+    ]
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [m for m, _ in test], 0.4, yerr=[s for _, s in test], capsize=3, label="test accuracy")
-    ax.bar([x + 0.2 for x in xs], [m for m, _ in gap], 0.4, yerr=[s for _, s in gap], capsize=3,
-           label="train − test gap")
+    ax.bar(
+        [x - 0.2 for x in xs],
+        [m for m, _ in test],
+        0.4,
+        yerr=[s for _, s in test],
+        capsize=3,
+        label="test accuracy",
+    )
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [m for m, _ in gap],
+        0.4,
+        yerr=[s for _, s in gap],
+        capsize=3,
+        label="train − test gap",
+    )
     ax.set_xticks(list(xs), names)
     ax.set(ylim=(0, 1), ylabel="accuracy")
     ax.legend()
     fig.suptitle("Generalization with and without BN and dropout (mean ± std over seeds)")
 
     held = sum(passed.values())
-    summary = (f"BN alone matched dropout (within {MARGIN * 100:.0f} point) and dropout added nothing to BN in "
-               f"{held} of {len(passed)} seeds.")
+    summary = (
+        f"BN alone matched dropout (within {MARGIN * 100:.0f} point) and dropout added nothing to BN in "
+        f"{held} of {len(passed)} seeds."
+    )
     return Finding(verdict(passed), summary, passed, table, fig)
 
 
 CLAIM = Claim(
-    name="regularization", title="BN regularizes, so dropout is unnecessary", hypothesis=HYPOTHESIS,
-    criterion=CRITERION, analyze=analyze,
-    paper=("data=mnist", "data.subset=5000", "train.steps=30000", "train.eval_every=1000",
-           "seed=0,1,2,3,4"),
+    name="regularization",
+    title="BN regularizes, so dropout is unnecessary",
+    hypothesis=HYPOTHESIS,
+    criterion=CRITERION,
+    analyze=analyze,
+    paper=("data=mnist", "data.subset=5000", "train.steps=30000", "train.eval_every=1000", "seed=0,1,2,3,4"),
 )

@@ -12,27 +12,36 @@ Sequences of other lengths (train.eval_lengths) are aligned at their end: shorte
 first steps, longer ones get blank steps (a raw 0, an image's background) before the first, so the
 classifier still reads the same last steps.
 """
+
 from bnexp.claims import Claim, Finding, curve, group, mean_std, verdict
 from bnexp.claims.plots import band, figure
 
 MARGIN = 0.01  # one accuracy point
 
-HYPOTHESIS = ("Batch normalization works in a recurrent network when its population statistics are kept per time "
-              "step, because the distribution of the normalized inputs differs between time steps: one set of "
-              "statistics shared by all steps fits none of them. Sequences longer than those seen in training are "
-              "handled by reusing the last step's statistics for the steps beyond (Cooijmans et al. 2016, "
-              "\"Recurrent Batch Normalization\", Sec. 4, with LSTMs). LayerNorm, computed per example, needs "
-              "neither (Ba et al. 2016).")
-CRITERION = (f"An Elman RNN reading images row by row, trained with BN (the two BN variants train identically; "
-             f"only their test-time statistics differ). For each seed, the claim holds if (1) at the training "
-             f"length, BN with per-step statistics reaches a final test accuracy at least {MARGIN * 100:.0f} point "
-             f"above BN with shared statistics, and (2) at every tested length longer than the training length "
-             f"(blank rows put before the image), BN with per-step statistics, reusing the last step's beyond the "
-             f"training length, is at most {MARGIN * 100:.0f} point below BN with shared statistics. The RNN "
-             f"without normalization and with LayerNorm are reported for comparison, not judged.")
+HYPOTHESIS = (
+    "Batch normalization works in a recurrent network when its population statistics are kept per time "
+    "step, because the distribution of the normalized inputs differs between time steps: one set of "
+    "statistics shared by all steps fits none of them. Sequences longer than those seen in training are "
+    "handled by reusing the last step's statistics for the steps beyond (Cooijmans et al. 2016, "
+    '"Recurrent Batch Normalization", Sec. 4, with LSTMs). LayerNorm, computed per example, needs '
+    "neither (Ba et al. 2016)."
+)
+CRITERION = (
+    f"An Elman RNN reading images row by row, trained with BN (the two BN variants train identically; "
+    f"only their test-time statistics differ). For each seed, the claim holds if (1) at the training "
+    f"length, BN with per-step statistics reaches a final test accuracy at least {MARGIN * 100:.0f} point "
+    f"above BN with shared statistics, and (2) at every tested length longer than the training length "
+    f"(blank rows put before the image), BN with per-step statistics, reusing the last step's beyond the "
+    f"training length, is at most {MARGIN * 100:.0f} point below BN with shared statistics. The RNN "
+    f"without normalization and with LayerNorm are reported for comparison, not judged."
+)
 
-VARIANTS = {("none", False): "none", ("bn", False): "bn, shared statistics", ("bn", True): "bn, per-step statistics",
-            ("ln", False): "ln"}
+VARIANTS = {
+    ("none", False): "none",
+    ("bn", False): "bn, shared statistics",
+    ("bn", True): "bn, per-step statistics",
+    ("ln", False): "ln",
+}
 # per_step_stats changes nothing without running statistics: with it these norms must train and test exactly
 # as without it (the sweep is a full grid, so it runs them; the analysis checks them and leaves them out)
 TWINS = ("none", "ln")
@@ -52,9 +61,12 @@ def accuracy_at(run, length: int) -> float:
 
 
 def twins_that_differ(runs, all_lengths) -> list[str]:
-    """The runs with per_step_stats=true and a norm without statistics whose results differ from their twin's."""
+    """The runs with per_step_stats=true and a norm without statistics whose results differ from their
+    twin's."""
     differ = []
-    for (norm, seed), cell in group([r for r in runs if r["norm.name"] in TWINS], "norm.name", "seed").items():
+    for (norm, seed), cell in group(
+        [r for r in runs if r["norm.name"] in TWINS], "norm.name", "seed"
+    ).items():
         on = [r for r in cell if r["model.per_step_stats"]]
         off = [r for r in cell if not r["model.per_step_stats"]]
         if on and off and any(accuracy_at(on[0], n) != accuracy_at(off[0], n) for n in all_lengths):
@@ -63,8 +75,13 @@ def twins_that_differ(runs, all_lengths) -> list[str]:
 
 
 def lengths(runs) -> list[int]:
-    found = {int(k.rsplit("_", 1)[1]) for r in runs if r.metrics for k in r.metrics
-             if k.startswith("final_test_acc_length_")}
+    found = {
+        int(k.rsplit("_", 1)[1])
+        for r in runs
+        if r.metrics
+        for k in r.metrics
+        if k.startswith("final_test_acc_length_")
+    }
     return sorted(found | {train_length(runs)})
 
 
@@ -77,8 +94,10 @@ def analyze(runs) -> Finding:
     all_lengths = lengths(runs)
     longer = [n for n in all_lengths if n > trained]
     if not longer:  # part (2) would hold for want of anything to test
-        raise ValueError(f"the sweep tested no sequence longer than the training length {trained} "
-                         f"(train.eval_lengths), which part (2) of the criterion needs")
+        raise ValueError(
+            f"the sweep tested no sequence longer than the training length {trained} "
+            f"(train.eval_lengths), which part (2) of the criterion needs"
+        )
     twins_differ = twins_that_differ(runs, all_lengths)
     runs = [r for r in runs if variant(r)]
 
@@ -100,8 +119,11 @@ def analyze(runs) -> Finding:
         for n in all_lengths:
             label = f"acc @ {n}" + (" (training)" if n == trained else "")
             row[label] = "%.3f ± %.3f" % mean_std(accuracy_at(r, n) for r in rs)
-        batch = [r.metrics["final_test_acc_batch_stats"] for r in rs if r.metrics and
-                 "final_test_acc_batch_stats" in r.metrics]
+        batch = [
+            r.metrics["final_test_acc_batch_stats"]
+            for r in rs
+            if r.metrics and "final_test_acc_batch_stats" in r.metrics
+        ]
         row["acc with batch statistics"] = "%.3f ± %.3f" % mean_std(batch) if batch else ""
         table.append(row)
 
@@ -109,63 +131,118 @@ def analyze(runs) -> Finding:
     for i, name in enumerate(names):
         rs = [r for r in runs if variant(r) == name]
         stats = [mean_std(accuracy_at(r, n) for r in rs) for n in all_lengths]
-        ax.errorbar(all_lengths, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", ms=4, capsize=3,
-                    label=name, color=f"C{i}")
+        ax.errorbar(
+            all_lengths,
+            [m for m, _ in stats],
+            yerr=[s for _, s in stats],
+            marker="o",
+            ms=4,
+            capsize=3,
+            label=name,
+            color=f"C{i}",
+        )
         band(ax_curve, rs, lambda r: curve(r, "batch/loss"), name, color=f"C{i}", log=True)
     ax.axvline(trained, color="k", ls=":", lw=1)
-    ax.set(xlabel="test sequence length (steps; aligned at the end)", ylabel="final test accuracy",
-           title=f"Test accuracy vs sequence length (trained on {trained})")
+    ax.set(
+        xlabel="test sequence length (steps; aligned at the end)",
+        ylabel="final test accuracy",
+        title=f"Test accuracy vs sequence length (trained on {trained})",
+    )
     ax.legend(fontsize=8)
     for (seed,), cell in group(runs, "seed").items():
         by = {variant(r): r for r in cell}
-        ax_diff.plot(all_lengths, [100 * (accuracy_at(by["bn, per-step statistics"], n)
-                                          - accuracy_at(by["bn, shared statistics"], n)) for n in all_lengths],
-                     marker="o", ms=4, label=f"seed {seed}")
-    ax_diff.axhline(100 * MARGIN, color="k", ls="--", lw=1, label=f"criterion: +{MARGIN * 100:.0f} at training length")
-    ax_diff.axhline(-100 * MARGIN, color="k", ls=":", lw=1, label=f"criterion: ≥ −{MARGIN * 100:.0f} when longer")
+        ax_diff.plot(
+            all_lengths,
+            [
+                100
+                * (
+                    accuracy_at(by["bn, per-step statistics"], n)
+                    - accuracy_at(by["bn, shared statistics"], n)
+                )
+                for n in all_lengths
+            ],
+            marker="o",
+            ms=4,
+            label=f"seed {seed}",
+        )
+    ax_diff.axhline(
+        100 * MARGIN, color="k", ls="--", lw=1, label=f"criterion: +{MARGIN * 100:.0f} at training length"
+    )
+    ax_diff.axhline(
+        -100 * MARGIN, color="k", ls=":", lw=1, label=f"criterion: ≥ −{MARGIN * 100:.0f} when longer"
+    )
     ax_diff.axhline(0, color="grey", lw=0.5)
     ax_diff.axvline(trained, color="k", ls=":", lw=1)
-    ax_diff.set(xlabel="test sequence length", ylabel="accuracy points",
-                title="BN: per-step − shared statistics (same weights)")
+    ax_diff.set(
+        xlabel="test sequence length",
+        ylabel="accuracy points",
+        title="BN: per-step − shared statistics (same weights)",
+    )
     ax_diff.legend(fontsize=7)
-    ax_curve.set(yscale="log", xlabel="training step", ylabel="mini-batch loss (mean over seeds)",
-                 title="Training loss (the BN variants coincide)")
+    ax_curve.set(
+        yscale="log",
+        xlabel="training step",
+        ylabel="mini-batch loss (mean over seeds)",
+        title="Training loss (the BN variants coincide)",
+    )
     ax_curve.legend(fontsize=8)
-    fig.suptitle("BN in a recurrent network: statistics shared across time steps or kept per step "
-                 "(mean ± std over seeds)")
+    fig.suptitle(
+        "BN in a recurrent network: statistics shared across time steps or kept per step "
+        "(mean ± std over seeds)"
+    )
 
     def mean_at(name, n):
         return mean_std(accuracy_at(r, n) for r in runs if variant(r) == name)[0]
 
     gain = mean_at("bn, per-step statistics", trained) - mean_at("bn, shared statistics", trained)
-    summary = (f"At the training length ({trained} steps) per-step statistics gave BN {gain * 100:+.1f} accuracy "
-               f"points over shared ones (mean over seeds)")
+    summary = (
+        f"At the training length ({trained} steps) per-step statistics gave BN {gain * 100:+.1f} accuracy "
+        f"points over shared ones (mean over seeds)"
+    )
     if longer:
-        worst = min(mean_at("bn, per-step statistics", n) - mean_at("bn, shared statistics", n) for n in longer)
+        worst = min(
+            mean_at("bn, per-step statistics", n) - mean_at("bn, shared statistics", n) for n in longer
+        )
         summary += f"; on longer sequences the mean difference was at worst {worst * 100:+.1f} points"
-    summary += (f". Per seed, part (1) held in {held['training']} of {len(passed)}, part (2) in {held['longer']} of "
-                f"{len(passed)}.")
-    notes = ["The two BN variants train identically (the same weights; their training curves coincide): every "
-             "difference between them comes from the population statistics used at test time.",
-             "Cooijmans et al. normalize the input and recurrent terms of an LSTM separately and start γ at 0.1; "
-             "this Elman RNN normalizes their sum (as Ba et al. do for LayerNorm) and starts γ at 1.",
-             "The shared running averages are updated at every time step (momentum per update), so they weigh the "
-             "last steps of the last batches most.",
-             "Longer test sequences put blank steps before the content, so with per-step statistics every content "
-             "step is normalized with another step's statistics; shorter ones drop the first steps, shifting them "
-             "the other way. Shorter lengths are reported, not judged: the reuse rule under test covers only steps "
-             "beyond the training length."]
+    summary += (
+        f". Per seed, part (1) held in {held['training']} of {len(passed)}, part (2) in {held['longer']} of "
+        f"{len(passed)}."
+    )
+    notes = [
+        "The two BN variants train identically (the same weights; their training curves coincide): every "
+        "difference between them comes from the population statistics used at test time.",
+        "Cooijmans et al. normalize the input and recurrent terms of an LSTM separately and start γ at 0.1; "
+        "this Elman RNN normalizes their sum (as Ba et al. do for LayerNorm) and starts γ at 1.",
+        "The shared running averages are updated at every time step (momentum per update), so they weigh the "
+        "last steps of the last batches most.",
+        "Longer test sequences put blank steps before the content, so with per-step statistics every content "
+        "step is normalized with another step's statistics; shorter ones drop the first steps, shifting them "
+        "the other way. Shorter lengths are reported, not judged: the reuse rule under test covers only "
+        "steps "
+        "beyond the training length.",
+    ]
     if twins_differ:
-        notes.append(f"Warning: with per_step_stats=true, runs without running statistics should equal their twins "
-                     f"without it, but these differ: {'; '.join(twins_differ)}.")
+        notes.append(
+            f"Warning: with per_step_stats=true, runs without running statistics should equal their twins "
+            f"without it, but these differ: {'; '.join(twins_differ)}."
+        )
     return Finding(verdict(passed), summary, passed, table, fig, notes)
 
 
 CLAIM = Claim(
-    name="rnn", title="BN in a recurrent network needs per-time-step statistics", hypothesis=HYPOTHESIS,
-    criterion=CRITERION, analyze=analyze,
-    paper=("data=mnist", "model.width=128", "train.steps=5000", "train.eval_every=500",
-           "train.eval_lengths=[14,21,42,56]", "seed=0,1,2,3,4"),
-    disclosure="Disclosure: this criterion was written after a first full quick sweep had been seen (its 1-point "
-               "margins follow the regularization claim); it was not changed after that.",
+    name="rnn",
+    title="BN in a recurrent network needs per-time-step statistics",
+    hypothesis=HYPOTHESIS,
+    criterion=CRITERION,
+    analyze=analyze,
+    paper=(
+        "data=mnist",
+        "model.width=128",
+        "train.steps=5000",
+        "train.eval_every=500",
+        "train.eval_lengths=[14,21,42,56]",
+        "seed=0,1,2,3,4",
+    ),
+    disclosure="Disclosure: this criterion was written after a first full quick sweep had been seen (its "
+    "1-point margins follow the regularization claim); it was not changed after that.",
 )

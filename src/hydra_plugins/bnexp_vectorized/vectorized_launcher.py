@@ -9,19 +9,29 @@ call the task function exactly as the basic launcher would (bnexp.train.train). 
 programs run `n_jobs` at a time, each in its own worker process (joblib's loky backend, as Hydra's
 joblib launcher: `pip install 'bnexp[joblib]'`), largest first.
 """
+
 import copy
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import (JobReturn, JobStatus, _flush_loggers, _save_config, configure_log, env_override,
-                              filter_overrides, run_job, setup_globals)
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    _flush_loggers,
+    _save_config,
+    configure_log,
+    env_override,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -40,19 +50,22 @@ class VectorizedLauncherConf:
     n_jobs: int = 1
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,
-                             provider="bnexp")
+ConfigStore.instance().store(
+    group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf, provider="bnexp"
+)
 
 
 class VectorizedLauncher(Launcher):
     def __init__(self, max_batch: int = 32, n_jobs: int = 1) -> None:
         if max_batch < 1 or n_jobs < 1:
-            raise ValueError(f"hydra.launcher.max_batch and hydra.launcher.n_jobs must be at least 1, got "
-                             f"max_batch={max_batch} and n_jobs={n_jobs}")
+            raise ValueError(
+                f"hydra.launcher.max_batch and hydra.launcher.n_jobs must be at least 1, got "
+                f"max_batch={max_batch} and n_jobs={n_jobs}"
+            )
         self.max_batch, self.n_jobs = max_batch, n_jobs
-        self.config: Optional[DictConfig] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -73,60 +86,84 @@ class VectorizedLauncher(Launcher):
                 sweep_config.hydra.job.num = idx
             sweep_configs.append(sweep_config)
         groups = plan_groups(sweep_configs, self.max_batch)
-        log.info(f"Launching {len(job_overrides)} jobs locally, as {len(groups)} programs "
-                 f"({sum(len(g) > 1 for g in groups)} vectorized)")
+        log.info(
+            f"Launching {len(job_overrides)} jobs locally, as {len(groups)} programs "
+            f"({sum(len(g) > 1 for g in groups)} vectorized)"
+        )
         for group in groups:
             for i in group:
-                log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}"
-                         + (f"  (vectorized x{len(group)})" if len(group) > 1 else ""))
+                log.info(
+                    f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}"
+                    + (f"  (vectorized x{len(group)})" if len(group) > 1 else "")
+                )
         programs = [[sweep_configs[i] for i in group] for group in groups]
         logging_cfg = (self.config.hydra.hydra_logging, self.config.hydra.verbose)
         if self.n_jobs > 1 and len(groups) > 1:
             try:
                 from joblib import Parallel, delayed
             except ImportError:  # a user's mistake: one paragraph, exit status 2, nothing trained
-                print("bnexp: hydra.launcher.n_jobs > 1 trains programs in parallel processes through joblib, which "
-                      "is not installed: pip install 'bnexp[joblib]', or leave hydra.launcher.n_jobs at 1.",
-                      file=sys.stderr)
+                print(
+                    "bnexp: hydra.launcher.n_jobs > 1 trains programs in parallel processes through joblib, "
+                    "which "
+                    "is not installed: pip install 'bnexp[joblib]', or leave hydra.launcher.n_jobs at 1.",
+                    file=sys.stderr,
+                )
                 sys.exit(2)
             # Largest first: the long programs start early, the short ones fill the gaps.
             order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
             state = Singleton.get_state()
             done = Parallel(n_jobs=self.n_jobs, backend="loky")(
                 delayed(_worker)(self.hydra_context, self.task_function, programs[g], state, logging_cfg)
-                for g in order)
+                for g in order
+            )
             results = dict(zip(order, done))
         else:
             results = {}
             for g, program in enumerate(programs):
                 results[g] = _run_program(self.hydra_context, self.task_function, program)
                 configure_log(*logging_cfg)
-        runs: List[Optional[JobReturn]] = [None] * len(sweep_configs)
+        runs: list[JobReturn | None] = [None] * len(sweep_configs)
         for g, group in enumerate(groups):
             for i, ret in zip(group, results[g]):
                 runs[i] = ret
         return runs
 
 
-def _worker(hydra_context: HydraContext, task_function: TaskFunction, configs: List[DictConfig], singleton_state,
-            logging_cfg) -> List[JobReturn]:
-    """_run_program in a worker process, with the launching process's Hydra state (as Hydra's joblib launcher)."""
+def _worker(
+    hydra_context: HydraContext,
+    task_function: TaskFunction,
+    configs: list[DictConfig],
+    singleton_state,
+    logging_cfg,
+) -> list[JobReturn]:
+    """_run_program in a worker process, with the launching process's Hydra state (as Hydra's joblib
+    launcher)."""
     setup_globals()
     Singleton.set_state(singleton_state)
     configure_log(*logging_cfg)
     return _run_program(hydra_context, task_function, configs)
 
 
-def _run_program(hydra_context: HydraContext, task_function: TaskFunction, configs: List[DictConfig]
-                 ) -> List[JobReturn]:
+def _run_program(
+    hydra_context: HydraContext, task_function: TaskFunction, configs: list[DictConfig]
+) -> list[JobReturn]:
     """One job as Hydra's basic launcher runs it, or several trained together (_run_group)."""
     if len(configs) == 1:
-        return [run_job(hydra_context=hydra_context, task_function=task_function, config=configs[0],
-                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")]
+        return [
+            run_job(
+                hydra_context=hydra_context,
+                task_function=task_function,
+                config=configs[0],
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        ]
     return _run_group(hydra_context, task_function, configs)
 
 
-def _run_group(hydra_context: HydraContext, task_function: TaskFunction, configs: List[DictConfig]) -> List[JobReturn]:
+def _run_group(
+    hydra_context: HydraContext, task_function: TaskFunction, configs: list[DictConfig]
+) -> list[JobReturn]:
     """Hydra's run_job for several jobs at once: set up every job, train them together, end every job."""
     from bnexp.vectorized import train_vectorized
 
@@ -136,8 +173,10 @@ def _run_group(hydra_context: HydraContext, task_function: TaskFunction, configs
     try:
         for config in configs:
             HydraConfig.instance().set_config(config)
-            output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
-                                      str(OmegaConf.select(config, "hydra.sweep.subdir")))
+            output_dir = os.path.join(
+                str(OmegaConf.select(config, "hydra.sweep.dir")),
+                str(OmegaConf.select(config, "hydra.sweep.subdir")),
+            )
             with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
                 config.hydra.runtime.output_dir = os.path.abspath(output_dir)
             HydraConfig.instance().set_config(config)
@@ -173,8 +212,10 @@ def _run_group(hydra_context: HydraContext, task_function: TaskFunction, configs
                 ret.return_value, ret.status = None, JobStatus.COMPLETED
         except Exception:
             for logger in loggers:  # into every run's own log file, which the sweep's warning points to
-                logger.exception(f"these {len(rets)} runs, trained together, failed; the sweep goes on and its report "
-                                 f"counts them as failed")
+                logger.exception(
+                    f"these {len(rets)} runs, trained together, failed; the sweep goes on and its report "
+                    f"counts them as failed"
+                )
             for ret in rets:
                 ret.return_value, ret.status = None, JobStatus.COMPLETED
         finally:
@@ -193,8 +234,8 @@ def _run_group(hydra_context: HydraContext, task_function: TaskFunction, configs
 
 
 def _job_logger(config: DictConfig) -> logging.Logger:
-    """The job's run logger: its lines go to its own job log file (<run folder>/<job name>.log) and, prefixed with
-    the run's number, to the console."""
+    """The job's run logger: its lines go to its own job log file (<run folder>/<job name>.log) and, prefixed
+    with the run's number, to the console."""
     logger = logging.getLogger(f"bnexp.vectorized.run{config.hydra.job.num}")
     logger.handlers.clear()
     logger.setLevel(logging.INFO)
