@@ -47,8 +47,8 @@ def test_quick_run_prints_the_table_and_writes_flat_json(tmp_path, capsys):
         assert key in figures
     assert figures["machine.torch_threads"] == 1
     expected = [
-        "norm.8x6.ratio",
-        "norm.4x6x3x3.ratio",
+        "norm.8x6.fast_ratio",
+        "norm.4x6x3x3.textbook_ratio",
         "norm.8x6.empty_function_ratio",
         "data.batch.speedup",
         "data.mlp_step.speedup",
@@ -67,7 +67,7 @@ def test_quick_run_prints_the_table_and_writes_flat_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     for section in ("[norm]", "[data]", "[logging]", "[vectorized]", "[scaling]"):
         assert section in printed
-    assert "norm.8x6.ratio" in printed and str(out) in printed
+    assert "norm.8x6.fast_ratio" in printed and str(out) in printed
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Run
 from bnexp.config import NormConfig
 from bnexp.ics import LANDSCAPE_STEPS, gradient_ics, landscape
-from bnexp.models import MLP, build_model
-from bnexp.norm import NoisyBatchNorm, held_noise, make_norm
+from bnexp.models import MLP, build_model, make_norm
+from bnexp.norm import NoisyBatchNorm, held_noise
 from bnexp.train import train
 
 NORMS = ["none", "bn", "noisy_bn"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bnexp.models import build_model
-from bnexp.norm import NORMS, BatchNorm, NoisyBatchNorm, held_noise
+from bnexp.norm import BatchNorm, NoisyBatchNorm, held_noise
 
 MODELS = sorted(p.stem for p in Path(bnexp.conf.__path__[0]).glob("model/*.yaml"))
 SHAPES = {"image": (1, 8, 8), "sequence": (2, 12)}
@@ -109,9 +109,10 @@ def test_gradients_reach_gamma_beta_and_the_input():
 
 def test_the_registry_builds_it():
     from bnexp.config import NormConfig
+    from bnexp.models import make_norm
 
-    layer = NORMS["noisy_bn"](16, 0, NormConfig(name="noisy_bn", momentum=0.2, eps=1e-3))
-    assert isinstance(layer, NoisyBatchNorm) and layer.momentum == 0.2 and layer.eps == 1e-3
+    layer = make_norm(NormConfig(name="noisy_bn", momentum=0.2, eps=1e-3), 16)
+    assert isinstance(layer, NoisyBatchNorm) and (layer.momentum, layer.eps, layer.fast) == (0.2, 1e-3, True)
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))

@@ -1,5 +1,6 @@
-"""Claims about bnexp.norm: our BatchNorm is torch's BatchNorm, also under torch.func, and the
-registry builds every norm for every input rank."""
+"""Claims about bnexp.norm: our BatchNorm is torch's BatchNorm, with either kernel (the textbook one, also
+under torch.func, and the fast one bnexp trains with), and the registry builds every norm for every input
+rank."""
 
 import dataclasses
 
@@ -8,10 +9,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
+from torch.nn import functional as F
 
-from bnexp import norm as norm_module
+from bnexp import fast_norm
 from bnexp.config import NormConfig, UserError
-from bnexp.norm import NORMS, BatchNorm, make_norm
+from bnexp.models import NORMS, make_norm
+from bnexp.norm import BatchNorm
 
 TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 C = 5
@@ -19,7 +22,10 @@ C = 5
 SHAPES = [(8, C), (2, C), (4, C, 7), (2, C, 1), (4, C, 3, 6), (2, C, 1, 1), (2, C, 2, 3, 4), (2, C, 1, 1, 1)]
 
 
-def randomized_pair(shape, **kwargs):
+KERNELS = {"textbook": False, "fast": True}
+
+
+def randomized_pair(shape, fast=False, **kwargs):
     """torch's BatchNorm with random γ, β and running statistics, and ours loaded from its state."""
     ref = TORCH_BN[len(shape)](C, **kwargs)
     with torch.no_grad():
@@ -29,7 +35,7 @@ def randomized_pair(shape, **kwargs):
             ref.running_mean.normal_()
             ref.running_var.uniform_(0.5, 2.0)
             ref.num_batches_tracked.fill_(3)
-    ours = BatchNorm(C, **kwargs)
+    ours = BatchNorm(C, fast=fast, **kwargs)
     ours.load_state_dict(ref.state_dict())
     return ours, ref
 
@@ -50,14 +56,17 @@ def assert_same_step(ours, ref, x, dy=None):
     assert not any(b.requires_grad for b in ours.buffers())  # running statistics stay out of autograd
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("momentum", [0.1, 0.5, None])
 @pytest.mark.parametrize("track_running_stats", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_torch_in_eval_then_training_steps_then_eval(shape, affine, track_running_stats, momentum):
+def test_matches_torch_in_eval_then_training_steps_then_eval(
+    shape, affine, track_running_stats, momentum, kernel
+):
     torch.manual_seed(0)
     ours, ref = randomized_pair(
-        shape, momentum=momentum, affine=affine, track_running_stats=track_running_stats
+        shape, KERNELS[kernel], momentum=momentum, affine=affine, track_running_stats=track_running_stats
     )
     ours.eval(), ref.eval()
     assert_same_step(ours, ref, torch.randn(shape))
@@ -69,14 +78,16 @@ def test_matches_torch_in_eval_then_training_steps_then_eval(shape, affine, trac
     assert_same_step(ours, ref, 2.0 + 3.0 * torch.randn(shape))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("shape", [(64, C), (8, C, 4, 4)])
-def test_statistics_stay_exact_when_the_mean_dwarfs_the_spread(shape):
+def test_statistics_stay_exact_when_the_mean_dwarfs_the_spread(shape, kernel):
     """Two-pass variance: E[x²] − μ² would lose every digit of σ² = 0.01 next to μ² = 10⁶."""
     torch.manual_seed(0)
     x = 1000.0 + 0.1 * torch.randn(shape)
     # momentum None: after one batch the running mean is that batch's, ~1000, as extreme in eval as in
     # training
-    ours, exact = BatchNorm(C, momentum=None), TORCH_BN[len(shape)](C, momentum=None, dtype=torch.float64)
+    ours = BatchNorm(C, momentum=None, fast=KERNELS[kernel])
+    exact = TORCH_BN[len(shape)](C, momentum=None, dtype=torch.float64)
     y, y_exact = ours(x), exact(x.double())
     torch.testing.assert_close(ours.running_mean, exact.running_mean.float())
     torch.testing.assert_close(ours.running_var, exact.running_var.float())
@@ -88,12 +99,15 @@ def test_statistics_stay_exact_when_the_mean_dwarfs_the_spread(shape):
     torch.testing.assert_close(ours(x), exact(x.double()).float())
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", [(4, 3), (2, 3, 1), (3, 2, 4), (2, 3, 2, 2)])
-def test_gradients_and_second_derivatives_match_finite_differences(shape, affine, training):
+def test_gradients_and_second_derivatives_match_finite_differences(shape, affine, training, kernel):
+    """The textbook backward is differentiable itself; the fast kernel's second derivative is the
+    textbook's."""
     torch.manual_seed(0)
-    bn = BatchNorm(shape[1], affine=affine, dtype=torch.float64).train(training)
+    bn = BatchNorm(shape[1], affine=affine, fast=KERNELS[kernel], dtype=torch.float64).train(training)
     with torch.no_grad():
         bn.running_mean.normal_()
         bn.running_var.uniform_(0.5, 2.0)
@@ -104,8 +118,11 @@ def test_gradients_and_second_derivatives_match_finite_differences(shape, affine
         return functional_call(bn, dict(zip(params, values)), (x,))
 
     inputs = (x, *params.values())
-    assert torch.autograd.gradcheck(f, inputs)
-    assert torch.autograd.gradgradcheck(f, inputs)
+    # gradcheck runs backward twice through one graph: the fast kernel's second is the textbook one, equal to
+    # its first up to round-off (its sums in another order), where gradcheck expects the very same bits
+    nondet_tol = 1e-12 if bn.fast and training else 0.0
+    assert torch.autograd.gradcheck(f, inputs, nondet_tol=nondet_tol)
+    assert torch.autograd.gradgradcheck(f, inputs, nondet_tol=nondet_tol)
 
 
 @pytest.mark.parametrize("track_running_stats", [True, False])
@@ -125,6 +142,19 @@ def test_state_dicts_load_both_ways(affine, track_running_stats):
     torch.testing.assert_close(fresh.state_dict(), ours.state_dict())
 
 
+def test_the_constructor_takes_torchs_arguments_in_torchs_order():
+    args = (C, 1e-3, 0.2, False, True, "cpu", torch.float64)  # ..., track_running_stats, device, dtype
+    ours, ref = BatchNorm(*args), nn.BatchNorm1d(*args)
+    assert (ours.eps, ours.momentum, ours.affine, ours.running_mean.dtype, ours.fast) == (
+        ref.eps,
+        ref.momentum,
+        ref.affine,
+        ref.running_mean.dtype,
+        False,
+    )
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+
+
 def test_resets_and_repr_match_torch():
     ours, ref = randomized_pair((4, C))
     ours.reset_running_stats(), ref.reset_running_stats()
@@ -134,12 +164,16 @@ def test_resets_and_repr_match_torch():
     assert repr(BatchNorm(3, momentum=None)) == (
         "BatchNorm(3, eps=1e-05, momentum=None, affine=True, track_running_stats=True)"
     )
+    assert repr(BatchNorm(3, fast=True)).endswith("track_running_stats=True, fast=True)")
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("track_running_stats", [True, False])
 @pytest.mark.parametrize("shape", [(1, C), (1, C, 1), (1, C, 1, 1)])
-def test_one_value_per_channel_is_refused_when_batch_statistics_are_needed(shape, track_running_stats):
-    ours, ref = randomized_pair(shape, track_running_stats=track_running_stats)
+def test_one_value_per_channel_is_refused_when_batch_statistics_are_needed(
+    shape, track_running_stats, kernel
+):
+    ours, ref = randomized_pair(shape, KERNELS[kernel], track_running_stats=track_running_stats)
     x = torch.randn(shape)
     with pytest.raises(ValueError) as torch_error:
         ref(x)
@@ -216,45 +250,48 @@ def test_vmap_over_stacked_copies_equals_running_them_one_by_one(shape, momentum
 
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", [(6, 4), (5, 4, 3), (3, 4, 2, 5)])
-def test_in_place_backward_equals_the_differentiable_one(shape, affine):
-    """The two written-out backward passes are one formula: the buffer-reusing one that training
-    runs and the differentiable one that double backward and torch.func run."""
+def test_the_fast_kernel_computes_the_textbook_function(shape, affine, monkeypatch):
+    """The same outputs, gradients and running statistics, in float64 (no torch reference in between), from
+    the fast kernel's own backward (the textbook fallback is kept out)."""
     torch.manual_seed(0)
     x = 2.0 + 3.0 * torch.randn(shape, dtype=torch.float64)
-    weight = torch.randn(shape[1], dtype=torch.float64) if affine else None
-    bias = torch.randn(shape[1], dtype=torch.float64) if affine else None
     dy = torch.randn(shape, dtype=torch.float64)
-    _, mean, var, centered, invstd, scale = norm_module._forward(x, weight, bias, 1e-5)
-    reference = norm_module._backward(dy, x, weight, mean, var, 1e-5, None, None)
-    fast = norm_module._backward_in_place(dy, centered, x, mean, invstd, scale)
-    torch.testing.assert_close(fast, reference)
-    assert fast[0] is centered  # dx took over the memory of x − μ: no new full-size tensor
+    textbook, fast = (
+        BatchNorm(shape[1], momentum=0.3, affine=affine, fast=f, dtype=torch.float64)
+        for f in KERNELS.values()
+    )
+    if affine:
+        with torch.no_grad():
+            for layer in (textbook, fast):
+                layer.weight.copy_(torch.linspace(0.5, 2, shape[1]))
+                layer.bias.copy_(torch.linspace(-1, 1, shape[1]))
+    monkeypatch.setattr(
+        fast_norm, "_textbook_backward", lambda *args: pytest.fail("the fast backward fell back")
+    )
+    results = []
+    for layer in (textbook, fast):
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(dy)
+        results.append((y, xi.grad, *(p.grad for p in layer.parameters()), *layer.buffers()))
+    torch.testing.assert_close(results[1], results[0])
+    assert type(results[1][0].grad_fn).__name__ == "FusedBatchNormBackward"
 
 
-def test_plain_training_takes_the_fast_path_and_torch_func_the_transformable_one(monkeypatch):
+def test_torch_func_transforms_the_textbook_kernel():
     bn = BatchNorm(3, track_running_stats=False)  # no buffers for grad() to refuse to mutate
-    y = bn(torch.randn(4, 3, requires_grad=True))
-    assert type(y.grad_fn).__name__ == "_BatchNormFunctionBackward"
-    with monkeypatch.context() as m:  # ... and its backward is the in-place one, not the differentiable one
-        m.setattr(norm_module, "_backward", lambda *args: pytest.fail("the slow backward ran"))
-        y.sum().backward()
-    seen = []
-
-    def f(x):
-        y = bn(x)
-        seen.append(type(y.grad_fn).__name__ if y.grad_fn is not None else None)
-        return y.sum()
-
-    grad(f)(torch.randn(4, 3))
-    assert seen[0].startswith("_TransformableBatchNorm")
+    ref = nn.BatchNorm1d(3, track_running_stats=False)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(grad(lambda x: (bn(x) ** 3).sum())(x), grad(lambda x: (ref(x) ** 3).sum())(x))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("affine", [True, False])
-def test_backward_twice_through_a_retained_graph_and_in_place_ops_on_the_output(affine):
-    """The first backward uses up the forward's x − μ; a second one, through the retained graph,
-    recomputes it. y is never that tensor itself, so in-place ops on y are safe."""
+def test_backward_twice_through_a_retained_graph_and_in_place_ops_on_the_output(affine, kernel):
+    """The fast kernel's first backward uses up the forward's x − μ; a second one, through the retained graph,
+    differentiates the textbook function. y is never that tensor itself, so in-place ops on y are safe."""
     torch.manual_seed(0)
-    ours, ref = randomized_pair((8, C, 3), affine=affine)
+    ours, ref = randomized_pair((8, C, 3), KERNELS[kernel], affine=affine)
     x = torch.randn(8, C, 3)
     x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_ours, y_ref = ours(x_ours).relu_(), ref(x_ref).relu_()  # in place on the output
@@ -270,10 +307,11 @@ def test_backward_twice_through_a_retained_graph_and_in_place_ops_on_the_output(
         loss.backward()
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dy_kind", ["channels_last", "expanded"])
-def test_channels_last_input_and_unusual_gradient_layouts_match_torch(dy_kind):
+def test_channels_last_input_and_unusual_gradient_layouts_match_torch(dy_kind, kernel):
     torch.manual_seed(0)
-    ours, ref = randomized_pair((4, C, 3, 6))
+    ours, ref = randomized_pair((4, C, 3, 6), KERNELS[kernel])
     x = (2.0 + 3.0 * torch.randn(4, C, 3, 6)).to(memory_format=torch.channels_last)
     dy = torch.randn(4, C, 3, 6).to(memory_format=torch.channels_last)
     if dy_kind == "expanded":  # what y.sum().backward() sends: one value, stride 0 everywhere
@@ -287,22 +325,57 @@ CONFIG_KINDS = {
 }
 
 
+def _batch_norm(x, norm):  # torch's functional batch norm in training mode, by the batch's statistics
+    return F.batch_norm(x, None, None, training=True, eps=norm.eps)
+
+
+def _noisy(x, norm):  # ... then the layer's last noise draw, s·x̂ + m per channel
+    s, m = (t.view(-1, *[1] * (x.dim() - 2)) for t in norm.noise)
+    return s * _batch_norm(x, norm) + m
+
+
+# What each registry entry computes in training mode at initialization (γ = 1, β = 0), by torch's functional
+# ops; in eval mode the ones with running statistics use those. A layer built wrong, or swapped for another,
+# gives other values.
+REFERENCES = {
+    "none": lambda x, norm: x,
+    "bn": _batch_norm,
+    "torch_bn": _batch_norm,
+    "noisy_bn": _noisy,
+    "ln": lambda x, norm: F.layer_norm(x, x.shape[1:], eps=norm.eps),
+    "gn": lambda x, norm: F.group_norm(x, 4, eps=norm.eps),
+}
+
+
 @pytest.mark.parametrize("kind", CONFIG_KINDS)
 @pytest.mark.parametrize("spatial_dims", [0, 1, 2, 3])
 @pytest.mark.parametrize("name", NORMS)
-def test_every_norm_runs_on_input_of_its_rank(name, spatial_dims, kind):
+def test_every_norm_computes_its_function_on_input_of_its_rank(name, spatial_dims, kind):
+    assert set(REFERENCES) == set(NORMS)
     norm = make_norm(CONFIG_KINDS[kind](name=name), num_features=16, spatial_dims=spatial_dims)
-    x = torch.randn(4, 16, *[3] * spatial_dims)
-    assert norm(x).shape == x.shape
+    x = 1.0 + 2.0 * torch.randn(4, 16, *[3] * spatial_dims)
+    torch.testing.assert_close(norm(x), REFERENCES[name](x, norm))
     norm.eval()
-    assert norm(x).shape == x.shape
+    if hasattr(norm, "running_mean"):  # moved by the training batch: normalized by them now
+        expected = F.batch_norm(x, norm.running_mean, norm.running_var, eps=norm.eps)
+        assert not torch.equal(norm.running_mean, torch.zeros(16))
+    else:
+        expected = REFERENCES[name](x, norm)
+    torch.testing.assert_close(norm(x), expected)
 
 
 def test_bn_entries_follow_the_config():
     cfg = NormConfig(name="bn", eps=1e-3, momentum=None, affine=False)
     ours = make_norm(cfg, 7, spatial_dims=2)
     assert type(ours) is BatchNorm
-    assert (ours.num_features, ours.eps, ours.momentum, ours.affine) == (7, 1e-3, None, False)
+    assert (ours.num_features, ours.eps, ours.momentum, ours.affine, ours.fast) == (
+        7,
+        1e-3,
+        None,
+        False,
+        True,
+    )
+    assert make_norm(dataclasses.replace(cfg, fast=False), 7).fast is False
     for spatial_dims, cls in [
         (0, nn.BatchNorm1d),
         (1, nn.BatchNorm1d),

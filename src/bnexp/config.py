@@ -56,11 +56,14 @@ class ModelConfig:
 
 @dataclass
 class NormConfig:
-    name: str = MISSING  # a key of bnexp.norm.NORMS
+    name: str = MISSING  # a key of bnexp.models.NORMS
     eps: float = 1e-5
     momentum: float | None = 0.1  # running statistics; null = cumulative average
     affine: bool = True  # learnable γ and β
     groups: int = 4  # gn: channels are split into this many groups (4 divides every default width)
+    # bn, noisy_bn: train with bnexp.fast_norm's kernel (the same function as bnexp.norm's textbook one,
+    # faster: python -m bnexp.bench --only norm,step); false: with the textbook one.
+    fast: bool = True
 
 
 @dataclass

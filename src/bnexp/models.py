@@ -15,10 +15,61 @@ import torch
 from torch import nn
 
 from bnexp.config import UserError
-from bnexp.norm import make_norm
+from bnexp.norm import BatchNorm, NoisyBatchNorm
 
 # (num_features, spatial_dims) -> norm layer; spatial_dims is 0 for (N, C), 1 for (N, C, L), ...
 NormFactory = Callable[[int, int], nn.Module]
+
+_TORCH_BATCHNORM = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+def _ours(layer):
+    """Our BatchNorm, or a variant of it, from the norm group's keys."""
+
+    def build(c, spatial_dims, eps, momentum, affine, fast, **_):
+        return layer(c, eps, momentum, affine, fast=fast)
+
+    return build
+
+
+def _torch_bn(c, spatial_dims, eps, momentum, affine, **_):
+    return _TORCH_BATCHNORM[spatial_dims](c, eps, momentum, affine)
+
+
+def _group_norm(c, spatial_dims, eps, affine, groups, **_):
+    if groups <= 0 or c % groups:
+        divisors = [d for d in range(1, c + 1) if c % d == 0]
+        raise UserError(
+            f"norm.groups={groups} does not divide the {c} channels of a layer; choose norm.groups from the "
+            f"divisors of {c} ({', '.join(map(str, divisors))}) that also divide every other layer's width, "
+            f"or change the model's widths."
+        )
+    return nn.GroupNorm(groups, c, eps, affine)
+
+
+# The norms by name: each builds its layer for (num_features, spatial_dims) from the norm group's keys
+# (eps, momentum, affine, groups, fast; each takes the ones it has). A new variant is one entry.
+NORMS: dict[str, Callable[..., nn.Module]] = {
+    "none": lambda c, spatial_dims, **_: nn.Identity(),
+    "bn": _ours(BatchNorm),
+    "torch_bn": _torch_bn,
+    "noisy_bn": _ours(NoisyBatchNorm),  # BN plus per-unit noise that changes every step (Santurkar et al.)
+    # LayerNorm over each example's channels and positions, with per-channel γ and β.
+    "ln": lambda c, spatial_dims, eps, affine, **_: nn.GroupNorm(1, c, eps, affine),
+    "gn": _group_norm,
+}
+
+
+def make_norm(cfg, num_features: int, spatial_dims: int = 0) -> nn.Module:
+    """The norm layer cfg.name names (cfg: the norm group), for num_features channels and spatial_dims
+    dims."""
+    if cfg.name not in NORMS:
+        raise UserError(
+            f"norm.name={cfg.name!r} is not a known normalization; choose one of: {', '.join(NORMS)}."
+        )
+    keys = dict(eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine, groups=cfg.groups, fast=cfg.fast)
+    return NORMS[cfg.name](num_features, spatial_dims, **keys)
+
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 

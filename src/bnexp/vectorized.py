@@ -100,6 +100,7 @@ IMPLEMENTED_KEYS = frozenset(
         "norm.momentum",
         "norm.affine",
         "norm.groups",
+        "norm.fast",
         "init.name",
         "init.std",
         "init.gain",
@@ -297,7 +298,16 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
             module.bias is not None,
             module.padding_mode,
         )
-    if type(module) in (BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d):  # per channel: K·C channels are K runs' C
+    if type(module) is BatchNorm:  # per channel: K·C channels are K runs' C
+        return BatchNorm(
+            k * module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            fast=module.fast,
+        )
+    if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
         return type(module)(
             k * module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
         )
