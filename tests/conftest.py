@@ -75,3 +75,34 @@ def make_cfg():
             return compose(config_name="config", overrides=list(overrides))
 
     return make
+
+
+@pytest.fixture
+def reported(tmp_path):
+    """A claim's report written into tmp_path from hand-made runs, which get the keys every run folder has
+    that they leave out (the claim, data, budget): checks its files and returns finding.json's content."""
+    from bnexp.claims import CLAIMS
+    from bnexp.report import report
+
+    def write(claim: str, runs):
+        for r in runs:
+            r.config.update(
+                {
+                    "claim": claim,
+                    **{
+                        k: v for k, v in (("data.name", "digits"), ("model.name", "mlp")) if k not in r.config
+                    },
+                }
+            )
+            if r.metrics is not None:
+                r.metrics.setdefault("steps_planned", 100)
+                r.metrics.setdefault("provenance", {"bnexp": "0.1.0", "torch": "2.5.0", "device": "cpu"})
+        result = report(tmp_path, runs)
+        text = (tmp_path / "report.md").read_text()
+        assert f"**Verdict: {result['verdict']}.**" in text and CLAIMS[claim].criterion in text
+        assert "**Provenance.** Runs: bnexp 0.1.0, torch 2.5.0, on cpu." in text
+        assert (tmp_path / f"{claim}.png").stat().st_size > 10_000
+        assert json.loads((tmp_path / "finding.json").read_text()) == result
+        return result
+
+    return write

@@ -21,8 +21,20 @@ def test_interleaved_alternates_blocks_and_reports_one_time_per_round():
     # calibration (a, b), then one block of each per round, the order flipping every round
     assert blocks == ["a", "b"] + ["a", "b", "b", "a"] * 2
     assert set(times) == {"a", "b"} and all(len(t) == 4 for t in times.values())
-    assert all(t >= 0 for values in times.values() for t in values)
     assert bench.median_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0
+
+
+def test_interleaved_times_a_call_not_a_block():
+    """A call doing four times the work takes about four times as long (CPU time: another job on the core does
+    not count), however many calls each block was calibrated to."""
+
+    def work(n):
+        return sum(range(n))
+
+    times = bench.interleaved(
+        {"once": lambda: work(20_000), "four": lambda: work(80_000)}, rounds=5, block_s=0.004
+    )
+    assert 2 < bench.median_ratio(times["four"], times["once"]) < 8
 
 
 def test_targets_are_judged_only_in_a_full_run():
@@ -51,18 +63,19 @@ def test_quick_run_prints_the_table_and_writes_flat_json(tmp_path, capsys):
         "norm.4x6x3x3.textbook_ratio",
         "norm.8x6.empty_function_ratio",
         "data.batch.speedup",
-        "data.mlp_step.speedup",
         "logging.overhead",
         "vectorized.mlp.k2.speedup",
         "scaling.steps.per_step_ms",
         "scaling.mlp.norm.bn_vs_torch_bn",
         "scaling.cnn.channels_last_speedup",
-        "profile.mlp.forward_ms",
+        "profile.mlp.forward_backward_ms",
         "profile.cnn.our_batchnorm",
     ]
     for key in expected:
         assert isinstance(figures[key], float) and math.isfinite(figures[key]), key
     assert figures["norm.8x6.torch_us"] > 0 and figures["data.batch.ours_us"] > 0
+    assert 0 < figures["profile.cnn.our_batchnorm"] < 1  # our BatchNorm's kernel, found in the profile
+    assert figures["targets.missed"] == ""  # --quick judges nothing: its sizes say nothing about the targets
 
     printed = capsys.readouterr().out
     for section in ("[norm]", "[data]", "[logging]", "[vectorized]", "[scaling]"):

@@ -1,4 +1,5 @@
-"""The claims' verdict logic on hand-made results, and each claim's pipeline end to end."""
+"""The claims' verdict logic and reports on hand-made runs; a claim's sweep end to end into its report, and a
+reproduction."""
 
 import json
 import os
@@ -9,8 +10,10 @@ import sys
 
 import pytest
 
-from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Run, verdict
+from bnexp import reproduce
+from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, verdict
 from bnexp.config import UserError
+from bnexp.records import Run
 from bnexp.report import report
 
 
@@ -190,48 +193,19 @@ def test_an_analysis_refuses_a_sweep_without_a_comparison_it_makes(claim, runs, 
 
 
 # ---- end to end ----------------------------------------------------------------------------------
-TINY_SWEEPS = {
-    "lr_tolerance": ["seed=0", "train.steps=8", "train.eval_every=4", "optim.lr=0.1,10"],
-    "init_sensitivity": [
-        "seed=0",
-        "train.steps=8",
-        "init=normal",
-        "init.std=0.01,1",
-        "model.activation=relu",
-    ],
-    "regularization": ["seed=0", "train.steps=8", "data.subset=120"],
-    "batch_size": ["seed=0", "train.epochs=null", "train.steps=8", "norm=bn,gn", "data.batch_size=2,32"],
-    "affine": ["seed=0", "train.steps=8", "train.eval_every=4", "log.stats_every=4", "model.depth=1"],
-    "ics": ["seed=0", "train.steps=8", "train.eval_every=4", "log.stats_every=2"],
-    "ics_gradient": [
-        "seed=0",
-        "train.steps=8",
-        "train.eval_every=4",
-        "log.stats_every=2",
-        "measure.ics_every=4",
-        "measure.landscape_every=8",
-    ],
-    "input_norm": ["seed=0,1", "train.steps=30", "optim.lr=0.0001,10"],
-    "rnn": ["seed=0", "train.steps=6", "train.eval_every=3", "model.width=8", "norm=none,bn"],
-}
-
-
-def test_every_claims_pipeline_is_exercised():
-    assert set(TINY_SWEEPS) == set(CLAIMS)
-
-
-@pytest.mark.parametrize("claim", sorted(TINY_SWEEPS))
-def test_each_claims_sweep_runs_end_to_end_into_a_report(claim, tmp_path):
+def test_a_claim_sweep_reports_at_its_end_and_the_report_is_rebuilt_from_its_run_folders_alone(tmp_path):
     out = subprocess.run(
         [
             sys.executable,
             "-m",
             "bnexp",
             "-m",
-            f"experiment={claim}",
-            "device=cpu",
+            "experiment=lr_tolerance",
+            "profile=tiny",
             f"hydra.sweep.dir={tmp_path}",
-            *TINY_SWEEPS[claim],
+            "seed=0",
+            "model=mlp",
+            "optim.lr=0.1,10",
         ],
         capture_output=True,
         text=True,
@@ -240,40 +214,23 @@ def test_each_claims_sweep_runs_end_to_end_into_a_report(claim, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     finding = json.loads((tmp_path / "finding.json").read_text())  # written by the end-of-sweep callback
-    assert finding["claim"] == claim and finding["verdict"] in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
-    assert (tmp_path / f"{claim}.png").stat().st_size > 10_000
-    text = (tmp_path / "report.md").read_text()
-    assert f"**Verdict: {finding['verdict']}.**" in text and CLAIMS[claim].criterion in text
-    assert list((tmp_path / "report").glob("events.out.tfevents.*"))  # the figure, in TensorBoard too
-    # The report is rebuilt from the run folders alone, with the same verdict.
-    (tmp_path / "finding.json").unlink()
-    assert report(tmp_path)["verdict"] == finding["verdict"]
-
-
-def test_a_report_refuses_duplicate_runs_counts_an_unreadable_one_as_failed_and_explains_a_narrowed_sweep(
-    tmp_path,
-):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bnexp",
-            "-m",
-            "experiment=lr_tolerance",
-            "device=cpu",
-            f"hydra.sweep.dir={tmp_path}",
-            "seed=0",
-            "train.steps=4",
-            "model=mlp",
-            "optim.lr=0.1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=os.environ,
+    assert (
+        finding["claim"] == "lr_tolerance"
+        and finding["setup"]["runs"] == 4
+        and finding["setup"]["failed runs"] == 0
     )
-    assert out.returncode == 0, out.stderr
-    assert json.loads((tmp_path / "finding.json").read_text())["setup"]["failed runs"] == 0
+    assert finding["provenance"]["runs"][0]["device"] == "cpu"
+    assert (tmp_path / "lr_tolerance.png").stat().st_size > 10_000
+    text = (tmp_path / "report.md").read_text()
+    assert f"**Verdict: {finding['verdict']}.**" in text and CLAIMS["lr_tolerance"].criterion in text
+    assert list((tmp_path / "report").glob("events.out.tfevents.*"))  # the figure, in TensorBoard too
+    assert f"lr_tolerance: {finding['verdict']}." in out.stdout + out.stderr
+    (tmp_path / "finding.json").unlink()
+    rebuilt = report(tmp_path)
+    assert {k: v for k, v in rebuilt.items() if k != "provenance"} == {
+        k: v for k, v in finding.items() if k != "provenance"
+    }
+
     bn_run = next(tmp_path.glob("*norm=bn*/"))
     shutil.copytree(bn_run, tmp_path / "again")  # the same run twice: one would hide the other
     with pytest.raises(
@@ -281,14 +238,28 @@ def test_a_report_refuses_duplicate_runs_counts_an_unreadable_one_as_failed_and_
     ):
         report(tmp_path)
     shutil.rmtree(tmp_path / "again")
-    damaged = next(tmp_path.glob("*norm=none*/metrics.json"))
+    damaged = next(tmp_path.glob("*norm=none*lr=0.1*/metrics.json"))
     damaged.write_text('{"config": ')  # cut short
     assert report(tmp_path)["setup"]["failed runs"] == 1
-    shutil.rmtree(damaged.parent)  # now no plain network to compare BN with
+    for folder in tmp_path.glob("*norm=none*/"):
+        shutil.rmtree(folder)  # now no plain network to compare BN with
     (tmp_path / "finding.json").unlink()
     with pytest.raises(UserError, match="The lr_tolerance analysis could not use the runs"):
         report(tmp_path)
     assert not (tmp_path / "finding.json").exists()
+
+
+def test_reports_of_lr_tolerance_init_sensitivity_regularization_and_batch_size(reported, tmp_path):
+    assert (
+        reported("lr_tolerance", lr_sweep(lambda s: [0.1, 1, 10, 100], lambda s: [0.1]))["verdict"]
+        == SUPPORTED
+    )
+    assert (
+        reported("init_sensitivity", init_sweep([[0.95, 0.94, 0.95]] * 3, [[0.9, 0.5, 0.1]] * 3))["verdict"]
+        == SUPPORTED
+    )
+    assert reported("regularization", reg_sweep([(0.85, 0.9, 0.91, 0.91)] * 3))["verdict"] == SUPPORTED
+    assert reported("batch_size", bs_sweep([0.7] * 3, [0.94] * 3))["verdict"] == SUPPORTED
 
 
 # ---- affine --------------------------------------------------------------------------------------
@@ -334,13 +305,15 @@ def test_affine_is_inconclusive_when_seeds_disagree():
     assert CLAIMS["affine"].analyze(affine_sweep([0.5, 0.5, 0.67], bias_grad=1e-9)).verdict == INCONCLUSIVE
 
 
-def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path):
+def test_affine_report(reported):
+    assert reported("affine", affine_sweep([0.5] * 3, bias_grad=1e-9))["verdict"] == SUPPORTED
+
+
+# ---- a reproduction --------------------------------------------------------------------------------
+def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path, monkeypatch):
     (tmp_path / "README.md").write_text("intro\n<!-- findings:start -->\nold\n<!-- findings:end -->\nrest\n")
-    out = subprocess.run(
+    reproduce.main(
         [
-            sys.executable,
-            "-m",
-            "bnexp.reproduce",
             "--claims",
             "regularization",
             "--jobs",
@@ -349,27 +322,28 @@ def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path):
             str(tmp_path / "repro"),
             "--update-experiments",
             str(tmp_path / "experiments"),
+            "profile=tiny",
             "seed=0",
-            "train.steps=8",
             "data.subset=120",
-            "device=cpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=os.environ,
+        ]
     )
-    assert out.returncode == 0, out.stderr
     report_md = (tmp_path / "repro" / "REPORT.md").read_text()
     finding = json.loads((tmp_path / "repro" / "regularization" / "finding.json").read_text())
     assert f"**{finding['verdict']}**" in report_md and "`bnexp -m experiment=regularization" in report_md
     assert "hydra/launcher=vectorized" in report_md  # seeds and the like trained together
+    assert f"{reproduce.PROFILES['quick']}; bnexp 0.1.0" in report_md.splitlines()[2]  # what produced it
     notebook = tmp_path / "experiments" / "regularization"
     assert (notebook / "regularization.png").exists()
     assert CLAIMS["regularization"].criterion in (notebook / "README.md").read_text()
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
     assert "experiments/regularization/README.md" in readme
+
+
+def test_the_paper_profile_runs_each_claims_paper_config():
+    command = reproduce.sweep_command(CLAIMS["ics"], "paper", pathlib.Path("out"), 2, ["device=cuda"])
+    assert command[:3] == ["bnexp", "-m", "experiment=paper/ics"] and command[-1] == "device=cuda"
+    assert reproduce.sweep_command(CLAIMS["ics"], "quick", pathlib.Path("out"), 2, [])[2] == "experiment=ics"
 
 
 @pytest.mark.parametrize(
@@ -382,43 +356,32 @@ def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path):
         (["--out", "earlier/REPORT.md"], "is not an empty folder"),
     ],
 )
-def test_reproduce_refuses_bad_arguments_before_any_sweep(tmp_path, args, explained):
+def test_reproduce_refuses_bad_arguments_before_any_sweep(tmp_path, monkeypatch, capsys, args, explained):
     """Nothing is trained or written, and an earlier reproduction's folder is left as it was."""
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / "REPORT.md").write_text("an earlier reproduction")
-    out = subprocess.run(
-        [sys.executable, "-m", "bnexp.reproduce", "--out", "new", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ,
-    )
-    assert out.returncode == 2 and explained in out.stderr and "Traceback" not in out.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(reproduce, "run_claim", lambda *a: pytest.fail("a sweep ran"))
+    with pytest.raises(SystemExit) as error:
+        reproduce.main(["--out", "new", *args])
+    assert error.value.code == 2 and explained in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]
     assert [p.name for p in (tmp_path / "earlier").iterdir()] == ["REPORT.md"]
     assert (tmp_path / "earlier" / "REPORT.md").read_text() == "an earlier reproduction"
 
 
-def test_reproduce_exits_non_zero_when_a_sweep_ends_without_a_report(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bnexp.reproduce",
-            "--claims",
-            "affine",
-            "--jobs",
-            "1",
-            "--out",
-            str(tmp_path / "repro"),
-            "seed=0",
-            "optim.lr=-1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=os.environ,
-    )
-    assert out.returncode == 1, out.stderr
+def test_reproduce_exits_non_zero_when_a_sweep_ends_without_a_report(tmp_path, capfd):
+    with pytest.raises(SystemExit) as error:
+        reproduce.main(
+            ["--claims", "affine", "--jobs", "1", "--out", str(tmp_path / "repro"), "seed=0", "optim.lr=-1"]
+        )
+    assert error.value.code == 1
     assert "| **error** |" in (tmp_path / "repro" / "REPORT.md").read_text()
+    # the sweep itself said why: every run refused its learning rate, in one paragraph each
+    log = capfd.readouterr()
+    log = log.out + log.err
+    assert (
+        "4 of 4 runs failed" in log
+        and "no report for this sweep: Every run" in log
+        and "Traceback" not in log
+    )

@@ -81,10 +81,34 @@ def test_a_nonexistent_option_is_rejected(make_cfg):
         make_cfg("norm=batchnorm")
 
 
+def experiments(profile: str = "") -> list[str]:
+    folder = CONF / "experiment" / profile
+    return sorted(f"{profile}/{p.stem}".lstrip("/") for p in folder.glob("*.yaml"))
+
+
 def test_the_default_config_and_every_experiment_are_within_range(make_cfg):
     check_ranges(make_cfg())
-    for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+    for experiment in experiments() + experiments("paper"):
         check_ranges(make_cfg(f"experiment={experiment}"))
+
+
+def test_every_claim_has_its_quick_experiment_and_its_papers_setup_as_a_diff_of_it(make_cfg):
+    from bnexp.claims import CLAIMS
+
+    assert experiments() == sorted(CLAIMS) and experiments("paper") == sorted(f"paper/{c}" for c in CLAIMS)
+    for claim in CLAIMS:
+        quick, paper = make_cfg(f"experiment={claim}"), make_cfg(f"experiment=paper/{claim}")
+        assert quick.claim == paper.claim == claim
+        assert paper.train.steps > quick.train.steps or (paper.train.epochs or 0) > (quick.train.epochs or 0)
+
+
+def test_the_tiny_profile_shortens_any_run_or_sweep_and_keeps_every_logging_path(make_cfg):
+    for cfg in (make_cfg("profile=tiny"), make_cfg("experiment=batch_size", "profile=tiny")):
+        assert (cfg.train.steps, cfg.train.epochs, cfg.train.eval_every) == (40, None, 20)
+        assert (cfg.log.stats_every, cfg.log.hist_every, cfg.device.value) == (10, 20, "cpu")
+    assert (
+        make_cfg("experiment=batch_size", "profile=tiny").model.name == "cnn"
+    )  # the experiment otherwise stands
 
 
 def test_values_out_of_range_are_all_named_in_one_users_mistake(make_cfg):

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from bnexp.bench import write_mnist_files  # MNIST's idx files (the benchmarks need them too)
 from bnexp.config import DataConfig, UserError
-from bnexp.data import InMemoryData, load_data
+from bnexp.data import BatchOrder, InMemoryData, load_data
 
 # ---- the real on-disk formats -------------------------------------------------------------------
 
@@ -345,35 +345,35 @@ def tiny(n=10) -> InMemoryData:
     return InMemoryData(x, torch.arange(n), x, torch.arange(n), n, 1.0, zero, one)
 
 
-def take(stream, count):
-    return [next(stream) for _ in range(count)]
-
-
-def test_train_batches_are_a_seeded_permutation_per_epoch():
+def test_each_run_sees_its_own_seeded_permutation_per_epoch_the_partial_batch_dropped():
     data = tiny(10)
     assert data.steps_per_epoch(3) == 3
-    batches = take(data.train_batches(3, torch.Generator().manual_seed(7)), 6)  # two epochs
-    again = take(data.train_batches(3, torch.Generator().manual_seed(7)), 6)
-    other = take(data.train_batches(3, torch.Generator().manual_seed(8)), 6)
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, again))
-    assert not all(torch.equal(a[1], b[1]) for a, b in zip(batches, other))
-
-    gen = torch.Generator().manual_seed(7)
-    for epoch in range(2):
-        # Each epoch is a fresh randperm from the generator, the 10th example (partial batch) dropped.
-        order = torch.randperm(10, generator=gen)
-        ys = torch.cat([y for _, y in batches[3 * epoch : 3 * epoch + 3]])
-        assert torch.equal(ys, order[:9])
-        assert len(set(ys.tolist())) == 9
-    for x, y in batches:
-        assert x.shape == (3, 1) and x.dtype == torch.float32
-        assert torch.equal(x[:, 0], y.float())  # inputs and labels stay paired
+    order = BatchOrder(data, 3, [7, 7, 8])  # three runs: two of one seed, one of another
+    batches = [order.next() for _ in range(6)]  # two epochs, (3 runs, 3 examples) each step
+    assert all(b.shape == (3, 3) for b in batches)
+    assert all(torch.equal(b[0], b[1]) for b in batches) and not all(torch.equal(b[0], b[2]) for b in batches)
+    for k, seed in enumerate((7, 8)):
+        gen = torch.Generator().manual_seed(seed)
+        for epoch in range(2):
+            # Each epoch a fresh randperm from the run's generator, the 10th example (partial batch) dropped.
+            seen = torch.cat([b[2 * k] for b in batches[3 * epoch : 3 * epoch + 3]])
+            assert torch.equal(seen, torch.randperm(10, generator=gen)[:9])
+    x, y = data.batch(batches[0][0])
+    assert x.shape == (3, 1) and x.dtype == torch.float32
+    assert torch.equal(x[:, 0], y.float())  # inputs and labels stay paired
 
 
-def test_every_example_once_per_epoch_when_batches_fit():
+def test_runs_that_stop_leave_the_others_their_order():
     data = tiny(12)
-    batches = take(data.train_batches(4, torch.Generator().manual_seed(0)), 3)
-    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(12))
+    together, alone = BatchOrder(data, 4, [0, 1, 2]), BatchOrder(data, 4, [2])
+    steps = [together.next() for _ in range(2)]
+    together.keep([2])  # the first two runs finished
+    assert all(torch.equal(s[2], alone.next()[0]) for s in steps)
+    assert all(torch.equal(together.next()[0], alone.next()[0]) for _ in range(5))  # into the next epochs
+    epoch = BatchOrder(data, 4, [0])
+    assert sorted(torch.cat([epoch.next()[0] for _ in range(3)]).tolist()) == list(
+        range(12)
+    )  # each once an epoch
 
 
 def test_eval_batches_cover_the_split_in_order():
@@ -388,6 +388,6 @@ def test_eval_batches_cover_the_split_in_order():
 def test_impossible_batch_size_fails_at_the_call(batch_size):
     data = tiny(10)
     with pytest.raises(UserError, match="between 1 and the number of training examples, 10"):
-        data.train_batches(batch_size, torch.Generator())
+        BatchOrder(data, batch_size, [0])
     with pytest.raises(UserError):
         data.steps_per_epoch(batch_size)

@@ -1,5 +1,5 @@
 """The input_norm claim: the Hessian computations on cases with known answers, the run measures, the verdict
-logic on hand-made runs (its sweep end to end: tests/test_claims.py)."""
+logic on hand-made runs."""
 
 import json
 import pathlib
@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Run
+from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from bnexp.claims import input_norm as claim
-from bnexp.train import flat_config, train
+from bnexp.engine import train
+from bnexp.records import Run, flat_config
 
 
 # ---- curvature ----------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def test_the_analysis_rebuilds_each_runs_starting_point_exactly_as_training_does
     metrics = train(cfg, str(tmp_path))
     run = Run(tmp_path, metrics_config(cfg), json.loads((tmp_path / "metrics.json").read_text()))
     from bnexp.data import load_data
-    from bnexp.train import initialized_model
+    from bnexp.step import initialized_model
 
     rebuilt = claim.nested_config(run.config)  # as the analysis's curvature measurement rebuilds it
     data = load_data(rebuilt.data)
@@ -84,6 +85,13 @@ def test_the_analysis_rebuilds_each_runs_starting_point_exactly_as_training_does
     start = F.cross_entropy(model(data.prepare(data.train_x)), data.train_y).item()
     assert start == pytest.approx(claim.losses(run)[0], rel=1e-6)  # the run's loss before its first update
     assert metrics["steps"] == 2 and len(claim.losses(run)) == 3
+
+
+def test_a_run_recorded_before_a_setting_existed_is_rebuilt_with_its_default(make_cfg):
+    flat = metrics_config(make_cfg("experiment=input_norm"))
+    del flat["norm.fast"]  # recorded by a bnexp that had no such key
+    rebuilt = claim.nested_config(flat)
+    assert rebuilt.norm.fast is False and rebuilt.model.depth == 0  # the textbook kernel, for torch.func
 
 
 def metrics_config(cfg) -> dict:
@@ -210,3 +218,8 @@ def test_input_norm_is_inconclusive_when_starting_points_disagree(configs):
         sweep(configs, lambda s: 10, lambda s: {10: 3} if s == 0 else {10: 20}, lambda s: 1e-4, lambda s: {})
     )
     assert finding.verdict == INCONCLUSIVE
+
+
+def test_the_input_norm_report(configs, reported):
+    runs = sweep(configs, lambda s: 10, lambda s: {10: 3, 1: 20}, lambda s: 1e-4, lambda s: {})
+    assert reported("input_norm", runs)["verdict"] == SUPPORTED

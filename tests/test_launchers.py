@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-TINY = ["train.steps=6", "train.eval_every=3", "device=cpu"]
-
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_a_sweep_runs_through_the_launcher_into_one_folder_per_run(launcher, tmp_path):
@@ -20,7 +18,9 @@ def test_a_sweep_runs_through_the_launcher_into_one_folder_per_run(launcher, tmp
             "-m",
             f"hydra/launcher={launcher}",
             "norm=none,bn",
-            *TINY,
+            "profile=tiny",
+            "train.steps=6",
+            "train.eval_every=3",
             f"hydra.sweep.dir={tmp_path}",
         ],
         capture_output=True,

@@ -10,11 +10,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bnexp.engine import train, train_runs
 from bnexp.models import build_model
-from bnexp.train import train
-from bnexp.vectorized import _stacked, fold, plan_groups, train_vectorized, unsupported_reason
+from bnexp.vectorized import _stacked, fold, plan_groups, unsupported_reason
 
-TINY = ["train.steps=40", "train.eval_every=20", "log.stats_every=10", "log.hist_every=20", "device=cpu"]
+TINY = ["profile=tiny"]  # 40 steps: statistics every 10, evaluations and histograms every 20
 # Measured: at most ~2e-6 absolute and ~5e-5 relative apart after 40 steps at lr 0.5 (float32; the
 # batched matmuls sum in another order than the eager ones).
 CLOSE = dict(rel=1e-4, abs=1e-5)
@@ -36,8 +36,8 @@ def assert_same_records(sequential, vectorized):
     """metrics.json but its series (same_series checks those) and the TensorBoard tags and steps."""
     a = json.loads((sequential / "metrics.json").read_text())
     b = json.loads((vectorized / "metrics.json").read_text())
-    assert a.keys() == b.keys() and a["config"] == b["config"]
-    for key in a.keys() - {"series", "config", "wall_time_s"}:
+    assert a.keys() == b.keys() and a["config"] == b["config"] and a["provenance"] == b["provenance"]
+    for key in a.keys() - {"series", "config", "provenance", "wall_time_s"}:
         assert b[key] == (
             a[key] if a[key] is None or isinstance(a[key], (bool, str)) else pytest.approx(a[key], **CLOSE)
         ), key
@@ -70,7 +70,7 @@ CASES = {
         ["optim=momentum", "optim.weight_decay=0.01", "norm.eps=1e-3", "norm.momentum=0.5"],
         [["seed=0"], ["seed=1"]],
     ),
-    # one run diverges (recorded as diverged where train.py stops it); the others go on undisturbed
+    # one run diverges (recorded as diverged where it would stop alone); the others go on undisturbed
     "divergence": (
         ["norm=none", "model.activation=relu", "log.stats_every=5"],
         [["optim.lr=0.1"], ["optim.lr=1e3"], ["optim.lr=0.3", "seed=1"]],
@@ -86,7 +86,8 @@ CASES = {
     "dropout": (["model.dropout=0.3"], [["seed=0"], ["seed=1", "optim.lr=0.5"], ["seed=2"]]),
     # the per-example norms
     # (seeds only: at lr 0.5 round-off moves two neighbouring values of a percentile past each other by step
-    # 40, and the percentile then is the neighbour, ~1e-4 away)
+    # 40,
+    # and the percentile then is the neighbour, ~1e-4 away)
     "ln": (["norm=ln"], [["seed=0"], ["seed=1"]]),
     "gn": (["norm=gn"], [["seed=0"], ["seed=1"]]),
 }
@@ -147,7 +148,7 @@ def test_vectorized_runs_record_what_sequential_runs_record(case, make_cfg, same
     cfgs = [make_cfg(*TINY, *common, *run) for run in runs]
     assert all(unsupported_reason(c) is None for c in cfgs) and plan_groups(cfgs) == [list(range(len(cfgs)))]
     sequential = [train(cfg, str(tmp_path / f"seq{k}")) for k, cfg in enumerate(cfgs)]
-    vectorized = train_vectorized(cfgs, [str(tmp_path / f"vec{k}") for k in range(len(cfgs))])
+    vectorized = train_runs(cfgs, [str(tmp_path / f"vec{k}") for k in range(len(cfgs))])
     for k, (s, v) in enumerate(zip(sequential, vectorized)):
         assert s.keys() == v.keys()
         assert (s["diverged"], s["diverged_step"], s["steps"]) == (
@@ -184,7 +185,23 @@ def test_grouping_rule(make_cfg):
     assert "out of its range" in unsupported_reason(cfgs[9])  # alone, it fails without failing the others
 
 
-def run_bnexp(tmp_path, *args):
+def test_a_sweep_config_with_a_working_folder_per_job_is_trained_run_by_run():
+    """hydra.job.chdir=true: a program's runs share one process, hence one working folder."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="bnexp.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra.job.chdir=true"], return_hydra_config=True)
+    assert "hydra.job.chdir=true" in unsupported_reason(cfg)
+
+
+def test_a_vectorized_sweep_trains_its_programs_in_parallel_and_each_run_records_what_it_would_alone(
+    make_cfg, tmp_path
+):
+    """One sweep through the launcher, two worker processes: the SGD runs of each norm as one program of two,
+    the Adam runs one by one (no program can train them); norm.groups=7 does not divide GroupNorm's 100 units,
+    so those four runs fail, as each alone would, with the message and not a traceback, and the sweep goes
+    on."""
+    sweep = ["seed=0,1", "optim=sgd,adam", "norm=bn,gn", "norm.groups=7"]
     out = subprocess.run(
         [
             sys.executable,
@@ -192,12 +209,9 @@ def run_bnexp(tmp_path, *args):
             BNEXP,
             "-m",
             "hydra/launcher=vectorized",
-            *args,
-            "train.steps=10",
-            "train.eval_every=5",
-            "log.stats_every=5",
-            "log.hist_every=10",
-            "device=cpu",
+            "hydra.launcher.n_jobs=2",
+            "profile=tiny",
+            *sweep,
             f"hydra.sweep.dir={tmp_path}",
         ],
         capture_output=True,
@@ -206,50 +220,35 @@ def run_bnexp(tmp_path, *args):
         env=os.environ,
     )
     assert out.returncode == 0, out.stderr
-    return out.stdout + out.stderr
-
-
-def test_a_sweep_through_the_vectorized_launcher_writes_one_folder_per_run(tmp_path):
-    output = run_bnexp(tmp_path, "seed=0,1", "optim.lr=0.1,0.5")
-    assert "as 1 programs (1 vectorized)" in output
-    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert runs == [
-        f"optim.lr={lr},seed={s},train.eval_every=5,train.steps=10" for lr in (0.1, 0.5) for s in (0, 1)
+    log = out.stdout + out.stderr
+    assert "as 6 programs (2 vectorized)" in log
+    assert "bnexp: norm.groups=7 does not divide" in log and "Traceback" not in log
+    assert "4 of 8 runs failed" in log  # the end-of-sweep report still ran
+    folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert folders == [
+        f"norm.groups=7,norm={n},optim={o},seed={s}"
+        for n in ("bn", "gn")
+        for o in ("adam", "sgd")
+        for s in (0, 1)
     ]
-    for r in runs:
-        metrics = json.loads((tmp_path / r / "metrics.json").read_text())
-        assert metrics["steps"] == 10 and [s for s, _ in metrics["series"]["test/acc"]] == [5, 10]
-        assert f"optim.lr={metrics['config']['optim.lr']}" in r and f"seed={metrics['config']['seed']}" in r
-        assert (tmp_path / r / ".hydra" / "overrides.yaml").exists()
-        assert "test/acc" in events(tmp_path / r).Tags()["scalars"]
-
-
-def test_programs_run_in_parallel_worker_processes_and_record_the_same(tmp_path):
-    sweep = ["seed=0,1", "optim=sgd,adam"]  # one vectorized program (sgd) and two single runs (adam)
-    output = run_bnexp(tmp_path / "parallel", "hydra.launcher.n_jobs=2", *sweep)
-    assert "as 3 programs (1 vectorized)" in output
-    run_bnexp(tmp_path / "serial", *sweep)
-    runs = sorted(p.name for p in (tmp_path / "serial").iterdir() if p.is_dir())
-    assert len(runs) == 4 and sorted(p.name for p in (tmp_path / "parallel").iterdir() if p.is_dir()) == runs
-    for r in runs:
-        serial = json.loads((tmp_path / "serial" / r / "metrics.json").read_text())
-        parallel = json.loads((tmp_path / "parallel" / r / "metrics.json").read_text())
-        assert parallel["series"] == serial["series"], r  # the same computation, one thread each: bit for bit
-
-
-def test_a_users_mistake_in_a_program_fails_its_runs_and_the_sweep_goes_on(tmp_path):
-    # norm.groups=7 does not divide the 100 units: both runs of the program fail, as each alone would
-    output = run_bnexp(tmp_path, "seed=0,1", "norm=gn", "norm.groups=7")
-    assert "bnexp: norm.groups=7 does not divide" in output and "Traceback" not in output
-    assert "2 of 2 runs failed" in output  # the end-of-sweep report still ran
-    assert not list(tmp_path.glob("*/metrics.json"))
-
-
-@pytest.mark.parametrize("unsupported", ["optim=adam", "hydra.job.chdir=true"])
-def test_runs_that_cannot_be_vectorized_fall_back_to_the_plain_runner(tmp_path, unsupported):
-    output = run_bnexp(tmp_path, "seed=0,1", unsupported)
-    assert "as 2 programs (0 vectorized)" in output
-    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert len(runs) == 2
-    for r in runs:
-        assert json.loads((tmp_path / r / "metrics.json").read_text())["steps"] == 10
+    assert not list(tmp_path.glob("norm.groups=7,norm=gn,*/metrics.json"))
+    # The same runs in this process, one thread each as there: the same computation, bit for bit.
+    for optim in ("sgd", "adam"):
+        cfgs = [
+            make_cfg("profile=tiny", f"optim={optim}", "norm=bn", "norm.groups=7", f"seed={s}")
+            for s in (0, 1)
+        ]
+        dirs = [str(tmp_path / "here" / f"{optim}{s}") for s in (0, 1)]
+        alone = train_runs(cfgs, dirs) if optim == "sgd" else [train(c, d) for c, d in zip(cfgs, dirs)]
+        for s, metrics in enumerate(alone):
+            swept = json.loads(
+                (tmp_path / f"norm.groups=7,norm=bn,optim={optim},seed={s}" / "metrics.json").read_text()
+            )
+            assert (
+                swept["series"]
+                == json.loads((tmp_path / "here" / f"{optim}{s}" / "metrics.json").read_text())["series"]
+            )
+            assert swept["final_test_acc"] == metrics["final_test_acc"] and swept["config"]["seed"] == s
+            assert (
+                tmp_path / f"norm.groups=7,norm=bn,optim={optim},seed={s}" / ".hydra" / "overrides.yaml"
+            ).exists()

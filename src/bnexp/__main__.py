@@ -12,8 +12,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from bnexp import records
 from bnexp.config import UserError, register
-from bnexp.train import train
+from bnexp.engine import train
 from hydra_plugins.bnexp_vectorized import register as register_vectorized_launcher
 
 log = logging.getLogger("bnexp")
@@ -44,7 +45,7 @@ def main(cfg) -> float | None:
     if not sweeping:
         log.info(f"outputs in {run_dir}\n  view them with: tensorboard --logdir {run_dir}")
     # Sweepers (e.g. Optuna) maximize what the job returns.
-    return metrics["final_test_acc"]
+    return metrics[records.FINAL_TEST_ACC]
 
 
 if __name__ == "__main__":

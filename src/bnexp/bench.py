@@ -1,6 +1,6 @@
 """Benchmarks: how fast bnexp is, each figure a ratio against a reference measured beside it.
 
-    python -m bnexp.bench                        # everything: a table, and bench.json (~8 min)
+    python -m bnexp.bench                        # everything: a table, and bench.json
     python -m bnexp.bench --out FILE.json        # the same figures, flat, plus machine info
     python -m bnexp.bench --only norm,data       # some sections: norm data logging vectorized startup scaling
     python -m bnexp.bench --quick                # a smoke run of the same code at tiny sizes
@@ -17,15 +17,15 @@ How it measures, so that a busy machine (other jobs on the same cores) distorts 
     seconds of fresh `bnexp` processes, with their wall time beside them.
 Timings are never assertions of the test suite; tests/test_bench.py only runs --quick.
 
-Sections (the targets of issue 6; the table marks each judged figure ok / MISSED):
+Sections (the table marks each judged figure ok / MISSED):
   norm      our BatchNorm (its fast and textbook kernels) vs torch.nn.BatchNorm, forward + backward in
             training mode: reported, not judged
-  data      InMemoryData.train_batches vs torchvision MNIST + ToTensor + DataLoader (≥ 5×)
+  data      the engine's batches vs torchvision MNIST + ToTensor + DataLoader (≥ 5×)
   logging   a run with the default logging vs the same run with logging off (≤ +10 %)
   vectorized  K runs in one program (hydra/launcher=vectorized) vs one after another (≥ 2× at K = 8)
   startup   the default `bnexp` run in a fresh process: start-up vs training (training ≥ half)
   scaling   run time vs steps; step time vs batch size, width, norm, memory layout and threads;
-            where the time of one MLP and one CNN step goes (phases, top ops, our BatchNorm)
+            where the time of one MLP and one CNN step goes (top ops, our BatchNorm)
 """
 
 import argparse
@@ -45,7 +45,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from omegaconf import OmegaConf
 from torch import nn
@@ -198,7 +197,7 @@ def _compose_groups(overrides: tuple[str, ...]):
 def _compose(overrides: list[str]):
     """The real config (conf/ through Hydra, typed schema included) with overrides.
 
-    Hydra composes each distinct choice of groups (and top-level keys) once, ~0.3 s here; nested
+    Hydra composes each distinct choice of groups (and top-level keys) once, which is slow; nested
     keys (`model.width=50`) are then set on a copy, through the same typed schema.
     """
     nested = [o for o in overrides if "." in o.split("=", 1)[0]]
@@ -328,51 +327,30 @@ def bench_data(res: Results, quick: bool) -> None:
     from torch.utils.data import DataLoader
 
     from bnexp.config import DataConfig
-    from bnexp.data import load_data
+    from bnexp.data import BatchOrder, load_data
 
     batch_size = 60
     with tempfile.TemporaryDirectory(prefix="bnexp-bench-") as root:
         write_mnist_files(root, n_train=300 if quick else 6000, n_test=100)
         data = load_data(DataConfig(name="mnist", root=root, batch_size=batch_size))
         reference = torchvision.datasets.MNIST(root, train=True, transform=torchvision.transforms.ToTensor())
-
-        def ours():
-            return data.train_batches(batch_size, torch.Generator().manual_seed(0))
-
-        def theirs():
-            loader = DataLoader(reference, batch_size=batch_size, shuffle=True, drop_last=True)
-            return _endless(loader)
-
-        ours_batches, their_batches = ours(), theirs()
-        rounds, block_s = (3, 0.005) if quick else (21, 0.05)
+        order = BatchOrder(data, batch_size, [0])  # the engine's batches: indices, then gathered and prepared
+        their_batches = _endless(DataLoader(reference, batch_size=batch_size, shuffle=True, drop_last=True))
         times = interleaved(
-            {"torchvision": lambda: next(their_batches), "ours": lambda: next(ours_batches)},
-            rounds,
-            block_s,
+            {"torchvision": lambda: next(their_batches), "ours": lambda: data.batch(order.next()[0])},
+            *((3, 0.005) if quick else (21, 0.05)),
         )
         res.add("data.batch.torchvision_us", median(times["torchvision"]) * 1e6, "us")
         res.add("data.batch.ours_us", median(times["ours"]) * 1e6, "us")
         res.add("data.batch.speedup", median_ratio(times["torchvision"], times["ours"]), "x", at_least=5)
-
-        # A step of the default network (3x100 sigmoid MLP, our BN) on batches from each path
-        their_step, our_step = Trainer(["data=mnist"], data), Trainer(["data=mnist"], data)
-        their_batches = theirs()
-        times = interleaved(
-            {"torchvision": lambda: their_step.step(next(their_batches)), "ours": our_step.step},
-            rounds,
-            block_s,
-        )
-        res.add("data.mlp_step.torchvision_us", median(times["torchvision"]) * 1e6, "us")
-        res.add("data.mlp_step.ours_us", median(times["ours"]) * 1e6, "us")
-        res.add("data.mlp_step.speedup", median_ratio(times["torchvision"], times["ours"]), "x")
 
 
 # ---- 3. logging overhead -------------------------------------------------------------------------
 
 
 def _timed_run(overrides: list[str]) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of bnexp.train.train on the composed config, in a fresh folder."""
-    from bnexp.train import train
+    """(CPU seconds, wall seconds) of bnexp.engine.train on the composed config, in a fresh folder."""
+    from bnexp.engine import train
 
     cfg = _compose(overrides)
     with tempfile.TemporaryDirectory(prefix="bnexp-bench-run-") as run_dir:
@@ -389,9 +367,9 @@ def _logging_off(steps: int) -> list[str]:
 def bench_logging(res: Results, quick: bool) -> None:
     # The default run (the BN-MLP on digits, default logging: statistics every 50 steps, histograms
     # every 500, evaluations every 250), 500 of its 2000 steps: every logging rate is kept but the
-    # evaluations' (2 in 500 steps against 8 in 2000; one evaluation costs ~0.3 % of 500 steps).
+    # evaluations' (2 in 500 steps against 8 in 2000; an evaluation is cheap against 500 steps).
     # Short runs, many of them: whole runs are the unit here, and a busy machine makes single runs
-    # vary by ±10 %. --quick: 20 steps on synthetic data, the logging intervals shrunk in proportion.
+    # vary. --quick: 20 steps on synthetic data, the logging intervals shrunk in proportion.
     steps = 20 if quick else 500
     base = ["device=cpu", f"train.steps={steps}"] + (["data=synthetic"] if quick else [])
     on = base + (["log.stats_every=2", "log.hist_every=10", "train.eval_every=5"] if quick else [])
@@ -419,12 +397,11 @@ def bench_logging(res: Results, quick: bool) -> None:
 
 
 def bench_vectorized(res: Results, quick: bool, device: torch.device = torch.device("cpu")) -> None:
-    """K runs (seeds 0 … K−1) trained by train_vectorized vs one after another by train.train: whole runs
+    """K runs (seeds 0 … K−1) trained together by the engine vs one after another: whole runs
     of the default config (BN-MLP on digits), logging and evaluation included, 200 steps each; and the
     default CNN at K = 8, 60 steps each. CPU time (process_time: the TensorBoard writers' threads count);
     wall time on a GPU, where tiny models are launch-bound and larger K pays more."""
-    from bnexp.train import train
-    from bnexp.vectorized import train_vectorized
+    from bnexp.engine import train, train_runs
 
     clock = time.process_time if device.type == "cpu" else time.perf_counter  # runs end in a sync anyway
     ks = (8, 16, 32) if device.type == "cpu" else (8, 32, 128)
@@ -443,7 +420,7 @@ def bench_vectorized(res: Results, quick: bool, device: torch.device = torch.dev
                     train(cfg, os.path.join(tmp, f"seq{r}_{s}"))
 
             def vectorized(r, cfgs=cfgs):
-                train_vectorized(cfgs, [os.path.join(tmp, f"vec{r}_{s}") for s in range(len(cfgs))])
+                train_runs(cfgs, [os.path.join(tmp, f"vec{r}_{s}") for s in range(len(cfgs))])
 
             for r in range(1 if quick else 3):
                 for name, fn in (
@@ -466,7 +443,7 @@ def bench_vectorized(res: Results, quick: bool, device: torch.device = torch.dev
 # ---- 5. start-up vs training of the default run --------------------------------------------------
 
 # Run in a fresh interpreter: the `bnexp` command itself, with timestamps at the boundaries of its
-# phases (wrapping functions that bnexp.train looks up at call time).
+# phases (wrapping functions that bnexp.engine and bnexp.step look up at call time).
 _TIMELINE_CHILD = r"""
 import json, sys, time
 marks = {}
@@ -475,8 +452,8 @@ def mark(name):
 mark("python")
 import bnexp.__main__ as cli
 mark("imported")
-import bnexp.train as tr
-real_load, real_optimizer, real_train = tr.load_data, tr.make_optimizer, cli.train
+import bnexp.engine as tr, bnexp.step as st
+real_load, real_optimizer, real_train = tr.load_data, st.make_optimizer, cli.train
 def train(*args, **kwargs):
     mark("train_start")
     return real_train(*args, **kwargs)
@@ -499,7 +476,7 @@ def make_optimizer(*args, **kwargs):
         return out
     optimizer.step = timed_step
     return optimizer
-tr.load_data, tr.make_optimizer = load_data, make_optimizer
+tr.load_data, st.make_optimizer = load_data, make_optimizer
 sys.argv = ["bnexp", *sys.argv[1:]]
 try:
     cli.main()
@@ -600,62 +577,47 @@ def bench_startup(res: Results, quick: bool) -> None:
 # ---- 6. scaling and where a step goes ------------------------------------------------------------
 
 
-def _mnist_shaped(n: int = 2048, size: int = 28, seed: int = 0):
-    """An in-memory MNIST-shaped dataset (1xHxW uint8 images, 10 classes), no files."""
+def _mnist_shaped(n: int = 2048, size: int = 28, seed: int = 0, device=torch.device("cpu")):
+    """An in-memory MNIST-shaped dataset (1xHxW uint8 images, 10 classes) on `device`, no files."""
     from bnexp.data import InMemoryData
 
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    mean, std = torch.full((1, 1, 1, 1), 0.5), torch.full((1, 1, 1, 1), 0.29)
+    x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g).to(device)
+    y = torch.randint(0, 10, (n,), generator=g).to(device)
+    mean, std = torch.full((1, 1, 1, 1), 0.5, device=device), torch.full((1, 1, 1, 1), 0.29, device=device)
     return InMemoryData(x, y, x[:256], y[:256], 10, 1 / 255, mean, std)
 
 
 class Trainer:
-    """The runner's training step (bnexp.train's loop without the monitor) on a composed config."""
+    """bnexp's training step for one run on a composed config: the engine's Eager stepper on the engine's
+    batches, what `bnexp` does between two logging steps."""
 
     def __init__(self, overrides: list[str], data=None):
-        from bnexp.data import load_data
-        from bnexp.train import initialized_model, learning_rate, make_optimizer, step_module
+        from bnexp import runtime
+        from bnexp.data import BatchOrder, load_data
+        from bnexp.step import Eager
 
         cfg = _compose(["device=cpu", *overrides])
-        data = data if data is not None else load_data(cfg.data)
-        self.model = initialized_model(cfg, data, torch.device("cpu"))
-        # train.channels_last / train.compile, exactly as the runner applies them
-        self.step_model, self.memory_format = step_module(cfg, self.model, data.input_shape)
-        self.optimizer = make_optimizer(self.model.parameters(), cfg.optim, learning_rate(cfg))
-        self.batches = data.train_batches(cfg.data.batch_size, torch.Generator().manual_seed(0))
-        self.batch_size = cfg.data.batch_size
+        device = runtime.prepare(cfg)  # as a run sets its process up (on CUDA: cuDNN held exact)
+        data = data if data is not None else load_data(cfg.data, device)
+        self.stepper = Eager(cfg, data, device)
+        self.order = BatchOrder(data, cfg.data.batch_size, [0])
 
-    def next_batch(self):
-        x, y = next(self.batches)
-        return x.contiguous(memory_format=self.memory_format), y
-
-    def step(self, batch=None):
-        x, y = batch if batch is not None else self.next_batch()
-        self.model.train()
-        loss = F.cross_entropy(self.step_model(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+    def step(self):
+        self.stepper.forward_backward(self.order.next(), observe=False)
+        self.stepper.update()
 
     def phases(self, steps: int) -> dict[str, float]:
-        """Median CPU seconds per step of: the batch, forward (+ loss), backward, optimizer."""
-        clock, spent = time.thread_time, {"batch": [], "forward": [], "backward": [], "optimizer": []}
-        self.model.train()
+        """Median CPU seconds per step of: forward and backward (the batch included), and the update."""
+        clock, spent = time.thread_time, {"forward_backward": [], "update": []}
         for _ in range(steps):
             t0 = clock()
-            x, y = self.next_batch()
+            self.stepper.forward_backward(self.order.next(), observe=False)
             t1 = clock()
-            loss = F.cross_entropy(self.step_model(x), y)
+            self.stepper.update()
             t2 = clock()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            t3 = clock()
-            self.optimizer.step()
-            t4 = clock()
-            for key, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                spent[key].append(dt)
+            spent["forward_backward"].append(t1 - t0)
+            spent["update"].append(t2 - t1)
         return {key: median(values) for key, values in spent.items()}
 
 
@@ -733,7 +695,7 @@ def bench_scaling(res: Results, quick: bool) -> None:
             "channels_last": Trainer([*cnn, "train.channels_last=true"], mnist),
         },
     }
-    if not quick:  # compiling takes ~30 s per model (and a C++ compiler): not for a smoke run
+    if not quick:  # compiling takes long (and a C++ compiler): not for a smoke run
         groups["mlp.compile"] = {
             "eager": Trainer(mlp_data),
             "compiled": Trainer([*mlp_data, "train.compile=true"]),

@@ -109,7 +109,7 @@ class TrainConfig:
     # metrics.json gets final_test_acc_length_<n> for each.
     eval_lengths: list[int] = field(default_factory=list)
     # Opt-in speed flags: whether they pay off depends on the model and the machine, which
-    # `python -m bnexp.bench --only scaling` measures (README, Performance). Compiling costs ~30 s up front.
+    # `python -m bnexp.bench --only scaling` measures (README, Performance). Compiling costs time up front.
     channels_last: bool = False  # model=cnn on images: NHWC weights and batches
     compile: bool = False  # the training steps call torch.compile(model) (logging steps stay eager)
 
@@ -123,7 +123,7 @@ class LogConfig:
 
 @dataclass
 class MeasureConfig:
-    """Extra measurements on the training batch (bnexp.ics), every N steps; 0 = off."""
+    """Extra measurements on the training batch (bnexp.measures), every N steps; 0 = off."""
 
     ics_every: int = 0  # gradient-based internal covariate shift per layer (Santurkar et al. 2018)
     landscape_every: int = 0  # loss and gradient along the gradient direction (Santurkar et al. 2018)
@@ -143,7 +143,7 @@ class Config:
     device: Device = Device.auto
     # Intra-op CPU threads per run; 0 = PyTorch's default (one per core). Sweeps run a job per core, and
     # one thread each keeps them from fighting over the cores; alone on an idle machine a second thread
-    # pays off only a little (`scaling.*.threads_2_vs_1_wall` of python -m bnexp.bench: 0.96x MLP, 0.65x CNN).
+    # pays off only a little (`scaling.*.threads_2_vs_1_wall` of python -m bnexp.bench measures it).
     threads: int = 1
     # Set by experiment configs: which claim a sweep tests (its analysis in bnexp.claims).
     claim: str | None = None

@@ -49,25 +49,9 @@ class InMemoryData:
         self._check_batch_size(batch_size)
         return len(self.train_y) // batch_size
 
-    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-        """An endless stream of prepared (x, y) training batches.
-
-        Each epoch is a fresh permutation drawn from `generator`, a CPU generator, so that the
-        order is bit-for-bit the same on every device. The last partial batch of an epoch is
-        dropped: a batch-norm layer must never see a batch of one.
-        """
-        # Checked here, not inside the generator below, so a bad size fails at the call.
-        steps = self.steps_per_epoch(batch_size)
-
-        def stream() -> Iterator[tuple[Tensor, Tensor]]:
-            while True:
-                order = torch.randperm(len(self.train_y), generator=generator)
-                order = order.to(self.train_y.device)
-                for i in range(steps):
-                    idx = order[i * batch_size : (i + 1) * batch_size]
-                    yield self.prepare(self.train_x[idx]), self.train_y[idx]
-
-        return stream()
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The prepared training batch (x, y) of the examples at `idx`."""
+        return self.prepare(self.train_x[idx]), self.train_y[idx]
 
     def eval_batches(self, split: str, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
         """All of a split ("train" or "test"), in order, prepared, the last batch possibly short."""
@@ -88,6 +72,36 @@ class InMemoryData:
                 f"training examples, {n}. Set data.batch_size to a value in that range (or keep "
                 f"more examples with data.subset)."
             )
+
+
+class BatchOrder:
+    """Which training examples each of K runs sees at each step: per run an endless stream of batches, every
+    epoch a fresh permutation drawn from the run's own CPU generator (seeded with the run's seed), so that the
+    order is bit for bit the same on every device and however many runs train together. The last partial
+    batch of an epoch is dropped: a batch-norm layer must never see a batch of one."""
+
+    def __init__(self, data: InMemoryData, batch_size: int, seeds: list[int]):
+        self.steps_per_epoch = data.steps_per_epoch(batch_size)  # checks the batch size
+        self.batch_size, self.n, self.device = batch_size, len(data.train_y), data.train_y.device
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.orders: Tensor = torch.empty(0)
+        self.i = 0
+
+    def next(self) -> Tensor:
+        """The next batch of every run: (K, batch_size) indices into the training split, on the data's
+        device."""
+        if self.i % self.steps_per_epoch == 0:  # a new epoch: one permutation per run, gathered in one copy
+            self.orders = torch.stack([torch.randperm(self.n, generator=g) for g in self.generators]).to(
+                self.device
+            )
+        start = (self.i % self.steps_per_epoch) * self.batch_size
+        self.i += 1
+        return self.orders[:, start : start + self.batch_size]
+
+    def keep(self, index: list[int]) -> None:
+        """Only the runs at `index` (positions among the current runs) go on."""
+        self.generators = [self.generators[k] for k in index]
+        self.orders = self.orders[index]
 
 
 class _Arrays(NamedTuple):
@@ -188,8 +202,7 @@ def _cached(path: str, make: Callable[[], dict[str, np.ndarray]]) -> list[Tensor
 
 def _load_digits(cfg: DataConfig, root: str) -> _Arrays:
     """scikit-learn's bundled 8x8 digits (values 0..16) with a fixed stratified 75/25 split, cached under
-    <root>/digits/: importing scikit-learn takes about 2 s, as long as the default run's training itself
-    on two CPU cores."""
+    <root>/digits/: importing scikit-learn is slow, and a run needs only the arrays."""
     return _Arrays(
         *_cached(os.path.join(root, "digits", "digits.npz"), _split_digits), num_classes=10, scale=1 / 16
     )

@@ -1,21 +1,10 @@
 """What a run records: curves, the distributions at the probe points, gradient norms.
 
-Every scalar goes to TensorBoard and into `series` (tag -> [[step, value], ...]), which the runner
-saves in metrics.json so that analyses read runs without parsing event files. Everything is
-computed only on the steps it is logged, and each logging step costs one host-device sync:
-statistics are stacked on the device and read back together.
-
-Tags (one run = one event directory, the run folder itself):
-  train/loss, train/acc, test/loss, test/acc   full splits in eval mode, every train.eval_every steps
-  batch/loss, batch/acc, lr                    mean over the mini-batches since the last log
-  act/<layer>/p15|p50|p85|mean|std             the input of the layer's nonlinearity (BN paper, Fig. 1)
-  act/<layer>/unit0/p15|p50|p85                the same for one fixed unit (channel 0) of the layer
-  act/<layer>/linear_frac                      fraction of those inputs with |x| < 1, where the sigmoid
-                                               is near-linear (sigmoid(x) within 0.02 of 1/2 + x/4)
-  act/<layer>                                  histograms, every log.hist_every steps
-  grad/<layer>/norm                            L2 norm of the gradient of the layer's parameters
-  grad/<layer>/bias                            L2 norm of the gradient of the bias before the norm, if kept
-  hparams (HParams tab)                        the config and final metrics, in this same event file
+`Monitor` is one run's recorder: every scalar goes to TensorBoard and into its series (saved in
+metrics.json, so that analyses read runs without parsing event files); the tags, and what each means, are
+bnexp.records'. The statistics are computed only on the steps they are logged, stacked on the device and
+read back together: one host-device sync per logging step. `Meter` keeps the running means of the batch
+loss and accuracy between logging steps for K runs at once.
 """
 
 from contextlib import contextmanager
@@ -25,24 +14,48 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from bnexp import records
 from bnexp.models import Network
-
-PERCENTILES = (15, 50, 85)
-LINEAR_BOUND = 1.0  # |x| below this: the near-linear region of the sigmoid
-STATS = ("p15", "p50", "p85", "mean", "std", "linear_frac", "unit0/p15", "unit0/p50", "unit0/p85")
 
 
 def percentiles(x: torch.Tensor) -> torch.Tensor:
     """The 15th/50th/85th percentiles of all values of `x`: the order statistics of ranks
-    round(p/100·(n − 1)). On the CPU by selection (kthvalue, linear time: a sort cost 5x more at 6000
-    values, torch.quantile more still); on accelerators by one sort, the same order statistics: CUDA's
-    kthvalue is far slower than its sort on large tensors (pytorch/pytorch#75599), MPS has it only from
-    torch 2.9 on."""
+    round(p/100·(n − 1)). On the CPU by selection (kthvalue, linear time, where a sort is n log n); on
+    accelerators by one sort, the same order statistics: CUDA's kthvalue is far slower than its sort on
+    large tensors (pytorch/pytorch#75599), and MPS has it only from torch 2.9 on."""
     v = x.detach().flatten()
-    ranks = [round(p / 100 * (v.numel() - 1)) for p in PERCENTILES]
+    ranks = [round(p / 100 * (v.numel() - 1)) for p in records.PERCENTILES]
     if v.device.type != "cpu":
         return v.sort().values[ranks]
     return torch.stack([v.kthvalue(r + 1).values for r in ranks])
+
+
+def probe_stats(layer: str, v: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The statistics of one probe point's values v, (B, C, *) (records.PROBE_STATS), on the device."""
+    unit0 = v.select(1, 0)  # channel 0: one fixed unit, as the BN paper plots
+    linear = (v.abs() < records.LINEAR_BOUND).float().mean()
+    values = torch.cat([percentiles(v), v.mean()[None], v.std()[None], linear[None], percentiles(unit0)])
+    return {records.act(layer, stat): value for stat, value in zip(records.PROBE_STATS, values)}
+
+
+def gradient_stats(network: Network, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per hidden layer of `network`, the L2 norm of the gradients `grads` (by parameter name) of all its
+    parameters, and of the bias before its norm where there is one; on the device."""
+    stats = {}
+    full = {id(m): name for name, m in network.named_modules()}
+    for layer_name, layer in network.layers().items():
+        prefix = full[id(layer)]
+        norms = [
+            grads[f"{prefix}.{name}"].norm()
+            for name, _ in layer.named_parameters()
+            if f"{prefix}.{name}" in grads
+        ]
+        if norms:
+            stats[records.grad_norm(layer_name)] = torch.linalg.vector_norm(torch.stack(norms))
+        bias = grads.get(f"{prefix}.linear.bias")
+        if bias is not None:
+            stats[records.grad_bias(layer_name)] = bias.norm()
+    return stats
 
 
 @contextmanager
@@ -60,72 +73,62 @@ def captured(model: Network):
             h.remove()
 
 
-class Monitor:
-    def __init__(self, run_dir: str, model: Network, cfg):
-        self.writer = SummaryWriter(run_dir)
-        self.model, self.cfg = model, cfg
-        self.series: dict[str, list] = {}
-        self.loss_sum = self.correct = self.seen = 0
-        self.batches = 0
+class Meter:
+    """The mean batch loss and accuracy of K runs since the last logging step, accumulated on the device."""
 
-    def wants_stats(self, step: int) -> bool:
-        return step % self.cfg.stats_every == 0
+    def __init__(self, k: int, device):
+        self.loss_sum = torch.zeros(k, device=device)
+        self.correct = torch.zeros(k, dtype=torch.long, device=device)
+        self.seen = self.batches = 0
 
-    def observes(self, step: int) -> bool:
-        """Whether this step's forward pass is observed at the probe points (statistics or histograms)."""
-        return self.wants_stats(step) or step % self.cfg.hist_every == 0
-
-    @contextmanager
-    def probes(self, step: int):
-        """Collects the probe points' values during the forward pass of a logging step, else nothing."""
-        if not self.observes(step):
-            yield {}
-            return
-        with captured(self.model) as values:
-            yield values
-        self.histograms(step, values)
-
-    def histograms(self, step: int, values: dict):
-        """The probe points' values (as `probes` collects them) as histograms, on histogram steps."""
-        if step % self.cfg.hist_every == 0:
-            for name, v in values.items():
-                self.writer.add_histogram(f"act/{name}", v.float().cpu(), step)
-
-    def batch(self, step: int, loss, logits, y, lr: float, acts: dict):
-        """Accumulate this mini-batch (on the device); on logging steps write the statistics."""
-        self.loss_sum = self.loss_sum + loss.detach()
-        self.correct = self.correct + (logits.detach().argmax(1) == y).sum()
-        self.seen += y.numel()
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        """One mini-batch of n examples per run: its mean loss (K,) and number right (K,)."""
+        self.loss_sum = self.loss_sum + loss
+        self.correct = self.correct + correct
+        self.seen += n
         self.batches += 1
-        if not self.wants_stats(step):
-            return
-        stats = {"batch/loss": self.loss_sum / self.batches, "batch/acc": self.correct / self.seen}
-        for name, v in acts.items():
-            unit0 = v.select(1, 0)  # channel 0: one fixed unit, as the BN paper plots
-            linear = (v.abs() < LINEAR_BOUND).float().mean()
-            values = torch.cat(
-                [percentiles(v), v.mean()[None], v.std()[None], linear[None], percentiles(unit0)]
-            )
-            stats.update({f"act/{name}/{key}": value for key, value in zip(STATS, values)})
-        for name, layer in self.model.layers().items():
-            grads = [p.grad.norm() for p in layer.parameters() if p.grad is not None]
-            if grads:
-                stats[f"grad/{name}/norm"] = torch.linalg.vector_norm(torch.stack(grads))
-            if layer.linear.bias is not None and layer.linear.bias.grad is not None:
-                stats[f"grad/{name}/bias"] = layer.linear.bias.grad.norm()
-        values = torch.stack([v.float() for v in stats.values()]).tolist()  # the single sync of this step
-        self.scalars(step, {"lr": lr, **dict(zip(stats, values))})
-        self.loss_sum = self.correct = self.seen = self.batches = 0
 
-    def scalars(self, step: int, values: dict):
-        """Record {tag: value} at this step, e.g. {"test/acc": 0.9}."""
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean loss (K,) and accuracy (K,) since the last take, and a fresh start."""
+        out = self.loss_sum / self.batches, self.correct / self.seen
+        self.loss_sum, self.correct = torch.zeros_like(self.loss_sum), torch.zeros_like(self.correct)
+        self.seen = self.batches = 0
+        return out
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Only the runs at `index` go on."""
+        self.loss_sum, self.correct = (
+            self.loss_sum.index_select(0, index),
+            self.correct.index_select(0, index),
+        )
+
+
+class Monitor:
+    """One run's records: its TensorBoard events (in the run folder itself) and its series."""
+
+    def __init__(self, run_dir: str):
+        self.writer = SummaryWriter(run_dir)
+        self.series: dict[str, list] = {}  # every scalar recorded so far: {tag: [[step, value], ...]}
+
+    def scalars(self, step: int, values: dict) -> None:
+        """Record {tag: value} at this step, e.g. {"test/acc": 0.9}. Values still on the device (0-dim
+        tensors) are read back together: one host-device sync."""
+        on_device = [tag for tag, v in values.items() if isinstance(v, torch.Tensor)]
+        if on_device:
+            read = torch.stack([values[tag].float() for tag in on_device]).tolist()
+            values = {**values, **dict(zip(on_device, read))}
         self._write(step, values)
         for tag, value in values.items():
             self.series.setdefault(tag, []).append([step, value])
 
+    def histograms(self, step: int, probes: dict[str, torch.Tensor]) -> None:
+        """The probe points' values as histograms."""
+        for name, v in probes.items():
+            self.writer.add_histogram(records.act(name), v.float().cpu(), step)
+
     def _write(self, step: int, values: dict):
-        # One event holding every tag: what add_scalar writes tag by tag (a simple_value each), at a
-        # fifteenth of its cost, which on logging steps rivalled the statistics themselves.
+        # One event holding every tag, where add_scalar writes one event per tag: on logging steps that
+        # cost rivalled the statistics themselves.
         summary = Summary(
             value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()]
         )
@@ -136,7 +139,7 @@ class Monitor:
         hparam_dict = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparam_dict.items()
         }
-        metrics = {f"hparam/{k}": v for k, v in final.items()}
+        metrics = {records.hparam(k): v for k, v in final.items()}
         for summary in hparams(hparam_dict, metrics):
             self.writer.file_writer.add_summary(summary)
         self._write(step, metrics)

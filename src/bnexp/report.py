@@ -12,9 +12,10 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from bnexp.claims import CLAIMS, Run, load_runs
+from bnexp import records
+from bnexp.claims import CLAIMS
 from bnexp.config import UserError
-from bnexp.train import write_json
+from bnexp.records import Run, load_runs
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -32,7 +33,7 @@ def setup(runs: list[Run]) -> dict:
     def values(key):
         return sorted({r[key] for r in runs}, key=str)
 
-    steps = sorted({r.metrics["steps_planned"] for r in runs if r.metrics})
+    steps = sorted({r.steps_planned for r in runs if r.metrics})
     return {
         "runs": len(runs),
         "failed runs": sum(r.metrics is None for r in runs),
@@ -43,6 +44,14 @@ def setup(runs: list[Run]) -> dict:
         "models": values("model.name"),
         "norms": values("norm.name"),
     }
+
+
+def distinct_provenance(runs: list[Run]) -> list[dict]:
+    """The different provenance records among the finished runs (one, unless code or device changed)."""
+    seen = {
+        json.dumps(r.provenance, sort_keys=True): r.provenance for r in runs if r.metrics and r.provenance
+    }
+    return list(seen.values())
 
 
 def render(result: dict, figure: str, level: int = 1) -> str:
@@ -67,6 +76,8 @@ def render(result: dict, figure: str, level: int = 1) -> str:
     ]
     parts += [f"*Note.* {note}" for note in result["notes"]]
     parts.append(f"**Setup.** {setup}")
+    made = "; ".join(records.describe(p) for p in result["provenance"]["runs"])
+    parts.append(f"**Provenance.** Runs: {made}. Report: {records.describe(result['provenance']['report'])}.")
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -131,10 +142,10 @@ def report(sweep_dir, runs: list[Run] | None = None) -> dict:
         notes=([claim.disclosure] if claim.disclosure else []) + finding.notes,
         figure=figure,
         setup=setup(runs),
+        provenance={"report": records.provenance(), "runs": distinct_provenance(runs)},
     )
-    (sweep_dir / "report.md.tmp").write_text(render(result, figure))
-    (sweep_dir / "report.md.tmp").replace(sweep_dir / "report.md")
-    write_json(str(sweep_dir / "finding.json"), result)
+    records.write_text(sweep_dir / "report.md", render(result, figure))
+    records.write_json(sweep_dir / "finding.json", result)
     return result
 
 

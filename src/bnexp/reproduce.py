@@ -1,6 +1,6 @@
 """`bnexp-reproduce`: run every claim's sweep and write one REPORT.md with all the verdicts.
 
-    bnexp-reproduce                          # quick profile: offline data, ~8 min on 2 CPU cores
+    bnexp-reproduce                          # quick profile: the offline datasets, sized for a 2-core laptop
     bnexp-reproduce --profile paper          # the papers' setups (MNIST, CIFAR-10): for a GPU
     bnexp-reproduce --claims lr_tolerance,batch_size --out my_results
     bnexp-reproduce --update-experiments     # also refresh experiments/<claim>/README.md
@@ -22,8 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
+from bnexp import records
 from bnexp.claims import CLAIMS
 from bnexp.report import markdown_table, render
 
@@ -34,9 +33,10 @@ PROFILES = {
 
 
 def sweep_command(claim, profile: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:
-    cmd = ["bnexp", "-m", f"experiment={claim.name}", f"hydra.sweep.dir={sweep_dir}"]
-    if profile == "paper":
-        cmd += claim.paper
+    """The claim's sweep in a profile: conf/experiment/<claim>.yaml (quick), or
+    conf/experiment/<profile>/<claim>.yaml."""
+    experiment = claim.name if profile == "quick" else f"{profile}/{claim.name}"
+    cmd = ["bnexp", "-m", f"experiment={experiment}", f"hydra.sweep.dir={sweep_dir}"]
     # Runs that differ only in seeds, learning rates, init scales, ... train K at a time as one program;
     # the programs (and the runs that cannot be vectorized) `jobs` at a time, one process each.
     cmd += ["hydra/launcher=vectorized", f"hydra.launcher.n_jobs={jobs}"]
@@ -61,8 +61,8 @@ def run_claim(claim, cmd: list[str], sweep_dir: Path) -> dict:
 def write_report(out: Path, profile: str, results: list[dict], commands: dict, seconds: float) -> Path:
     head = [
         f"# bnexp reproduction: {profile} profile",
-        f"{datetime.now():%Y-%m-%d %H:%M}, {PROFILES[profile]}; {platform.platform()}, "
-        f"torch {torch.__version__}, {seconds / 60:.1f} min in all.",
+        f"{datetime.now():%Y-%m-%d %H:%M}, {PROFILES[profile]}; {records.describe(records.provenance())}, "
+        f"{platform.platform()}, {seconds / 60:.1f} min in all.",
         markdown_table(
             [
                 {

@@ -12,7 +12,7 @@ class SweepEnd(Callback):
     """At the end of a sweep: the claim's report if it tests one, and where to look."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from bnexp.claims import load_runs  # here, not at import: every `bnexp` start loads this callback
+        from bnexp.records import load_runs  # here, not at import: every `bnexp` start loads this callback
 
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = load_runs(sweep_dir)

@@ -1,72 +1,22 @@
 """The claims the suite tests: each a hypothesis, a criterion fixed before any result, and the
 analysis that applies the criterion to a finished sweep.
 
-A claim's sweep is `conf/experiment/<name>.yaml`; its module here holds the rest. The analysis
-reads only the sweep's run folders (`metrics.json`, `.hydra/config.yaml`), so a report can be
-rebuilt at any time without training anything again.
+A claim's sweep is `conf/experiment/<name>.yaml` (its papers' setup `conf/experiment/paper/<name>.yaml`);
+its module here holds the rest. The analysis reads only the sweep's run folders, through bnexp.records,
+so a report can be rebuilt at any time without training anything again.
 
 Verdicts are decided per seed, then pooled: the claim is `supported` when its criterion holds for
 every seed (and every model the claim covers), `not supported` when it fails for every one, and
 `inconclusive` when they disagree.
 """
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-from omegaconf import OmegaConf
+from bnexp.records import Run
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
-
-
-@dataclass
-class Run:
-    """One run folder of a sweep, as recorded; `metrics` is None if the run failed before the end."""
-
-    path: Path
-    config: dict  # flat "group.key" -> value, as in metrics.json
-    metrics: dict | None
-
-    def __getitem__(self, key: str):
-        return self.config[key]
-
-    @property
-    def diverged(self) -> bool:
-        return self.metrics is None or self.metrics["diverged"]
-
-    @property
-    def test_acc(self) -> float:
-        """Final test accuracy; a failed run counts as 0 (it produced no classifier)."""
-        return (self.metrics or {}).get("final_test_acc") or 0.0
-
-
-def load_runs(sweep_dir) -> list[Run]:
-    """Every run of a sweep: each subfolder that Hydra made (it holds `.hydra/config.yaml`); a run without a
-    readable metrics.json counts as failed."""
-    from bnexp.train import flat_config
-
-    runs = []
-    for cfg_file in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml")):
-        folder = cfg_file.parent.parent
-        try:
-            metrics = json.loads((folder / "metrics.json").read_text())
-        except (OSError, ValueError):  # not there (the run failed), or unreadable: no result either way
-            metrics = None
-        config = metrics["config"] if metrics else flat_config(OmegaConf.load(cfg_file))
-        runs.append(Run(folder, config, metrics))
-    return runs
-
-
-def curve(run, tag) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a logged scalar; a non-finite value (None in metrics.json) is NaN; empty if
-    absent."""
-    points = (run.metrics or {}).get("series", {}).get(tag, [])
-    steps = np.array([s for s, _ in points], dtype=float)
-    values = np.array([math.nan if v is None else v for _, v in points], dtype=float)
-    return steps, values
 
 
 def require(runs: list[Run], key: str, *values) -> None:
@@ -125,7 +75,6 @@ class Claim:
     hypothesis: str
     criterion: str  # in plain words
     analyze: Callable[[list[Run]], Finding]
-    paper: tuple[str, ...] = ()  # overrides that turn the quick sweep into the papers' setup
     # Set only where the criterion was fixed after some of its results had been seen: when and how, put
     # first among the report's notes.
     disclosure: str = ""

@@ -1,9 +1,10 @@
 """Claim: BN's learnable γ and β let it leave the linear region of a sigmoid; a bias before BN is
 redundant."""
 
-from bnexp.claims import Claim, Finding, curve, group, mean_std, verdict
+from bnexp import records
+from bnexp.claims import Claim, Finding, group, mean_std, verdict
 from bnexp.claims.plots import band, figure
-from bnexp.monitor import LINEAR_BOUND
+from bnexp.records import curve
 
 LEAVES = 0.05  # γ/β must lower the near-linear fraction by at least this much
 ROUND_OFF = 1e-4  # the bias gradient, relative to the layer's gradient, must stay below this
@@ -17,7 +18,7 @@ HYPOTHESIS = (
 )
 CRITERION = (
     f"For each seed, in the sigmoid MLP with BN: (a) with learnable γ/β, the fraction of sigmoid inputs in "
-    f"the near-linear region |x| < {LINEAR_BOUND:g}, averaged over the hidden layers at the end of "
+    f"the near-linear region |x| < {records.LINEAR_BOUND:g}, averaged over the hidden layers at the end of "
     f"training, is at least {LEAVES * 100:.0f} points lower than with γ = 1, β = 0 fixed; (b) with a "
     f"bias before BN, that bias's gradient norm stays below {ROUND_OFF:g} × the layer's gradient norm at "
     f"every logged step, and test accuracy with and without the bias agrees within {SAME * 100:.1f} "
@@ -27,26 +28,26 @@ CRITERION = (
 
 def linear_fraction(run) -> float:
     """The end-of-training near-linear fraction, averaged over the hidden layers."""
-    series = run.metrics["series"]
-    fractions = [points[-1][1] for tag, points in series.items() if tag.endswith("/linear_frac")]
+    fractions = [
+        run.series[records.act(layer, records.LINEAR_FRAC)][-1][1]
+        for layer in records.layers_logged(run.series)
+    ]
     return sum(fractions) / len(fractions)
 
 
 def bias_ratio(run) -> float:
     """The largest bias gradient over the layer's gradient, over all layers and logged steps."""
-    series = run.metrics["series"]
+    series = run.series
     return max(
         b / w
-        for tag, points in series.items()
-        if tag.endswith("/bias")
-        for (_, b), (_, w) in zip(points, series[tag.replace("/bias", "/norm")])
+        for layer in records.layers_logged(series, "grad")
+        if records.grad_bias(layer) in series
+        for (_, b), (_, w) in zip(series[records.grad_bias(layer)], series[records.grad_norm(layer)])
     )
 
 
 def acc_difference(a, b) -> float:
-    return max(
-        abs(x - y) for (_, x), (_, y) in zip(a.metrics["series"]["test/acc"], b.metrics["series"]["test/acc"])
-    )
+    return max(abs(x - y) for (_, x), (_, y) in zip(a.series[records.TEST_ACC], b.series[records.TEST_ACC]))
 
 
 def analyze(runs) -> Finding:
@@ -66,7 +67,7 @@ def analyze(runs) -> Finding:
                 "γ/β learnable": affine,
                 "bias before BN": bias,
                 "test acc": "%.3f ± %.3f" % mean_std(r.test_acc for r in rs),
-                f"near-linear fraction (|x| < {LINEAR_BOUND:g})": "%.3f ± %.3f"
+                f"near-linear fraction (|x| < {records.LINEAR_BOUND:g})": "%.3f ± %.3f"
                 % mean_std(map(linear_fraction, rs)),
                 "max bias grad / layer grad": "%.1e" % max(map(bias_ratio, rs)) if bias else "—",
             }
@@ -78,23 +79,34 @@ def analyze(runs) -> Finding:
         band(
             ax_lin,
             rs,
-            lambda r: curve(r, f"act/{last}/linear_frac"),
+            lambda r: curve(r, records.act(last, records.LINEAR_FRAC)),
             "learnable γ, β" if affine else "γ = 1, β = 0 fixed",
         )
     ax_lin.set(
         xlabel="step",
-        ylabel=f"fraction with |x| < {LINEAR_BOUND:g}",
+        ylabel=f"fraction with |x| < {records.LINEAR_BOUND:g}",
         ylim=(0, 1),
         title=f"Sigmoid inputs in the near-linear region ({last})",
     )
     ax_lin.legend()
     for (bias,), rs in group([r for r in runs if r["norm.affine"]], "model.bias_before_norm").items():
-        band(ax_acc, rs, lambda r: curve(r, "test/acc"), "with bias before BN" if bias else "without bias")
+        band(
+            ax_acc,
+            rs,
+            lambda r: curve(r, records.TEST_ACC),
+            "with bias before BN" if bias else "without bias",
+        )
     ax_acc.set(xlabel="step", ylabel="test accuracy", title="The bias before BN changes nothing")
     ax_acc.legend()
     with_bias = [r for r in runs if r["model.bias_before_norm"] and r["norm.affine"]]
-    band(ax_bias, with_bias, lambda r: curve(r, "grad/layer1/norm"), "all of layer 1's parameters", log=True)
-    band(ax_bias, with_bias, lambda r: curve(r, "grad/layer1/bias"), "the bias before BN", log=True)
+    band(
+        ax_bias,
+        with_bias,
+        lambda r: curve(r, records.grad_norm("layer1")),
+        "all of layer 1's parameters",
+        log=True,
+    )
+    band(ax_bias, with_bias, lambda r: curve(r, records.grad_bias("layer1")), "the bias before BN", log=True)
     ax_bias.set(xlabel="step", ylabel="gradient norm", yscale="log", title="Gradients in layer 1")
     ax_bias.legend(fontsize=8)
     fig.suptitle("γ/β and the bias before BN (sigmoid MLP; mean ± std over seeds)")
@@ -114,5 +126,4 @@ CLAIM = Claim(
     hypothesis=HYPOTHESIS,
     criterion=CRITERION,
     analyze=analyze,
-    paper=("data=mnist", "train.steps=50000", "train.eval_every=1000", "seed=0,1,2,3,4"),
 )

@@ -5,11 +5,12 @@ import math
 
 import numpy as np
 
-from bnexp.claims import Claim, Finding, curve, group, mean_std, require, verdict
+from bnexp import records
+from bnexp.claims import Claim, Finding, group, mean_std, require, verdict
 from bnexp.claims.plots import band, plt
+from bnexp.records import curve
 
 RATIO = 0.5  # BN's drift must be at most this fraction of the plain network's
-PERCENTILES = ("p15", "p50", "p85")
 COLORS = {"none": "C0", "bn": "C1", "noisy_bn": "C2"}
 LABELS = {"none": "without BN", "bn": "with BN", "noisy_bn": "noisy BN"}
 
@@ -34,14 +35,14 @@ CRITERION = (
 # ---- reading the runs' curves (shared with the ics_gradient claim) --------------------------------
 def hidden_layers(run) -> list[str]:
     """The probe points the run logged (layer1, layer2, ...), in depth order."""
-    names = {tag.split("/")[1] for tag in (run.metrics or {}).get("series", {}) if tag.startswith("act/")}
-    return sorted(names, key=lambda n: int(n[len("layer") :]) if n[len("layer") :].isdigit() else 0)
+    return records.layers_logged(run.series)
 
 
-def _movement(run, prefix: str, change, min_points: int) -> float:
-    """`change` of each of the 15th/50th/85th percentile curves at `prefix`, averaged over the three and
-    divided by their mean 15–85 % width; NaN if fewer than min_points are recorded, or any is not finite."""
-    p15, p50, p85 = (curve(run, f"{prefix}/{p}")[1] for p in PERCENTILES)
+def _movement(run, layer: str, unit0: bool, change, min_points: int) -> float:
+    """`change` of each of the 15th/50th/85th percentile curves of a layer (unit 0 or all units), averaged
+    over the three and divided by their mean 15–85 % width; NaN if fewer than min_points are recorded, or any
+    is not finite."""
+    p15, p50, p85 = (curve(run, tag)[1] for tag in records.act_percentiles(layer, unit0))
     if len(p50) < min_points or not all(np.isfinite(v).all() for v in (p15, p50, p85)):
         return math.nan
     width = float(np.mean(p85 - p15))
@@ -50,30 +51,30 @@ def _movement(run, prefix: str, change, min_points: int) -> float:
     return float(np.mean([change(v) for v in (p15, p50, p85)])) / width
 
 
-def drift(run, prefix: str) -> float:
-    """Range over training of the 15th/50th/85th percentiles at `prefix` (e.g. act/layer3/unit0), averaged
-    over the three and divided by the mean 15–85 % width; NaN if not recorded or not finite (e.g.
-    diverged)."""
-    return _movement(run, prefix, lambda v: v.max() - v.min(), min_points=1)
+def drift(run, layer: str, unit0: bool = False) -> float:
+    """Range over training of the 15th/50th/85th percentiles of a layer's inputs to its nonlinearity (of unit
+    0, or of all units), averaged over the three and divided by the mean 15–85 % width; NaN if not recorded or
+    not finite (e.g. diverged)."""
+    return _movement(run, layer, unit0, lambda v: v.max() - v.min(), min_points=1)
 
 
-def jitter(run, prefix: str) -> float:
-    """Mean change of the 15th/50th/85th percentiles at `prefix` from one logged step to the next, averaged
+def jitter(run, layer: str, unit0: bool = False) -> float:
+    """Mean change of the 15th/50th/85th percentiles (as for drift) from one logged step to the next, averaged
     over the three and divided by the mean 15–85 % width (drift's short-term counterpart); NaN if absent."""
-    return _movement(run, prefix, lambda v: np.abs(np.diff(v)).mean(), min_points=2)
+    return _movement(run, layer, unit0, lambda v: np.abs(np.diff(v)).mean(), min_points=2)
 
 
 def mean_test_acc(run) -> float:
     """Test accuracy averaged over the run's evaluations: higher when a network learns sooner."""
-    acc = curve(run, "test/acc")[1]
+    acc = curve(run, records.TEST_ACC)[1]
     return float(np.mean(acc)) if len(acc) else math.nan
 
 
-def percentile_panel(ax, run, prefix: str, color: str, title: str, ylabel: str = "input to the sigmoid"):
+def percentile_panel(
+    ax, run, layer: str, unit0: bool, color: str, title: str, ylabel: str = "input to the sigmoid"
+):
     """The paper's Fig. 1b/c: the 15th, 50th and 85th percentiles of one run over training."""
-    steps, p15 = curve(run, f"{prefix}/p15")
-    _, p50 = curve(run, f"{prefix}/p50")
-    _, p85 = curve(run, f"{prefix}/p85")
+    (steps, p15), (_, p50), (_, p85) = (curve(run, tag) for tag in records.act_percentiles(layer, unit0))
     ax.fill_between(steps, p15, p85, color=color, alpha=0.15, lw=0)
     for values, style, label in (
         (p85, "--", "85th percentile"),
@@ -101,7 +102,7 @@ def analyze(runs) -> Finding:
     require(runs, "norm.name", "bn", "none")
     layers = max((hidden_layers(r) for r in runs), key=len, default=[])
     last = layers[-1] if layers else "layer?"
-    prefixes = {"unit 0": f"act/{last}/unit0", "whole layer": f"act/{last}"}
+    unit0 = {"unit 0": True, "whole layer": False}  # where: of unit 0 or of all units
 
     passed = {}
     for (seed,), cell in group(runs, "seed").items():
@@ -110,14 +111,14 @@ def analyze(runs) -> Finding:
         passed[f"seed {seed}"] = (
             bn is not None
             and plain is not None
-            and all(drift(bn, prefix) <= RATIO * drift(plain, prefix) for prefix in prefixes.values())
+            and all(drift(bn, last, u) <= RATIO * drift(plain, last, u) for u in unit0.values())
         )  # False for NaN
 
     table = []
     for (norm,), rs in group(runs, "norm.name").items():
         row = {"network": LABELS.get(norm, norm)}
-        for where, prefix in prefixes.items():
-            row[f"drift, {where} of {last}"] = fmt([drift(r, prefix) for r in rs])
+        for where, u in unit0.items():
+            row[f"drift, {where} of {last}"] = fmt([drift(r, last, u) for r in rs])
         row["final test acc"] = fmt([r.test_acc for r in rs], "%.3f")
         row["test acc averaged over training"] = fmt([mean_test_acc(r) for r in rs], "%.3f")
         row["diverged runs"] = sum(r.diverged for r in rs)
@@ -126,7 +127,7 @@ def analyze(runs) -> Finding:
     fig, axes = plt.subplots(2, 3, figsize=(16, 9), constrained_layout=True)
     ax = axes[0, 0]
     for (norm,), rs in group(runs, "norm.name").items():
-        band(ax, rs, lambda r: curve(r, "test/acc"), LABELS.get(norm, norm), COLORS.get(norm, "C3"))
+        band(ax, rs, lambda r: curve(r, records.TEST_ACC), LABELS.get(norm, norm), COLORS.get(norm, "C3"))
     ax.set(
         xlabel="training step",
         ylabel="test accuracy",
@@ -134,7 +135,7 @@ def analyze(runs) -> Finding:
         ylim=(0, 1),
     )
     ax.legend()
-    for row, (where, prefix) in enumerate(prefixes.items()):
+    for row, (where, u) in enumerate(unit0.items()):
         panels = axes[row, 1:]
         for ax, norm in zip(panels, ("none", "bn")):
             r = first_run(runs, norm)
@@ -142,10 +143,11 @@ def analyze(runs) -> Finding:
                 percentile_panel(
                     ax,
                     r,
-                    prefix,
+                    last,
+                    u,
                     COLORS[norm],
                     f"{LABELS[norm]}: input to the sigmoid, {where} of {last}\n(seed {r['seed']}; "
-                    f"drift {drift(r, prefix):.2f})",
+                    f"drift {drift(r, last, u):.2f})",
                 )
         lo = min(a.get_ylim()[0] for a in panels)
         hi = max(a.get_ylim()[1] for a in panels)
@@ -154,8 +156,8 @@ def analyze(runs) -> Finding:
     ax = axes[1, 0]
     norms = [n for n in ("none", "bn") if any(r["norm.name"] == n for r in runs)]
     for i, norm in enumerate(norms):
-        for j, prefix in enumerate(prefixes.values()):
-            values = [drift(r, prefix) for r in runs if r["norm.name"] == norm]
+        for j, u in enumerate(unit0.values()):
+            values = [drift(r, last, u) for r in runs if r["norm.name"] == norm]
             m = mean_std(values)[0]
             x = j + (i - (len(norms) - 1) / 2) * 0.35
             ax.bar(
@@ -167,7 +169,7 @@ def analyze(runs) -> Finding:
                 label=LABELS[norm] if j == 0 else None,
             )
             ax.plot([x] * len(values), values, "k.", ms=6)
-    ax.set_xticks(range(len(prefixes)), [f"{w} of {last}" for w in prefixes])
+    ax.set_xticks(range(len(unit0)), [f"{w} of {last}" for w in unit0])
     ax.set(
         ylabel="drift: percentiles' range over training ÷ mean width",
         title="Drift of the sigmoid's input (bars: mean; dots: seeds)\nlower = more stable",
@@ -180,7 +182,7 @@ def analyze(runs) -> Finding:
 
     held = sum(passed.values())
     means = {
-        norm: [mean_std(drift(r, p) for r in runs if r["norm.name"] == norm)[0] for p in prefixes.values()]
+        norm: [mean_std(drift(r, last, u) for r in runs if r["norm.name"] == norm)[0] for u in unit0.values()]
         for norm in ("none", "bn")
     }
     summary = (
@@ -206,12 +208,4 @@ CLAIM = Claim(
     hypothesis=HYPOTHESIS,
     criterion=CRITERION,
     analyze=analyze,
-    paper=(
-        "data=mnist",
-        "train.steps=50000",
-        "train.eval_every=1000",
-        "log.stats_every=250",
-        "log.hist_every=5000",
-        "seed=0,1,2,3,4",
-    ),
 )

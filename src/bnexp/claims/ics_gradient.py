@@ -5,16 +5,17 @@ import math
 
 import numpy as np
 
-from bnexp.claims import Claim, Finding, curve, group, mean_std, require, verdict
+from bnexp import records
+from bnexp.claims import Claim, Finding, group, mean_std, require, verdict
 from bnexp.claims.ics import COLORS, LABELS, drift, first_run, fmt, hidden_layers, jitter, percentile_panel
 from bnexp.claims.plots import band, plt
-from bnexp.ics import LANDSCAPE_STEPS
+from bnexp.records import curve
 
 TOLERANCE = 0.03  # noisy BN "trains like BN": final test accuracy at most this far below BN's
 LANDSCAPE = {
-    "loss_range": "loss range along the gradient",
-    "grad_change": "gradient change ‖∇L(x′) − ∇L(x)‖",
-    "beta_smoothness": "effective β-smoothness",
+    records.LOSS_RANGE: "loss range along the gradient",
+    records.GRAD_CHANGE: "gradient change ‖∇L(x′) − ∇L(x)‖",
+    records.BETA_SMOOTHNESS: "effective β-smoothness",
 }
 PARTS = ("gradient ICS not reduced by BN", "noisy BN less stable, trains like BN", "BN's landscape smoother")
 
@@ -40,27 +41,27 @@ CRITERION = (
     f"{TOLERANCE * 100:.0f} points below BN's. "
     f"(3) *BN's landscape is smoother*: the medians over the checkpoints of the loss range, the gradient "
     f"change and the effective β-smoothness along the gradient (steps of "
-    f"{', '.join('%g' % k for k in LANDSCAPE_STEPS)} × the learning rate) are each smaller for BN than for "
-    f"the plain network."
+    f"{', '.join('%g' % k for k in records.LANDSCAPE_STEPS)} × the learning rate) are each smaller for BN "
+    f"than for the plain network."
 )
 
 
 def ics_layers(run) -> list[str]:
     """The layers with a gradient-ICS measurement that can be non-zero: all but the first, head last."""
-    tags = {t.split("/")[1] for t in (run.metrics or {}).get("series", {}) if t.startswith("ics/")}
-    hidden = [n for n in hidden_layers(run) if n in tags]
-    return hidden[1:] + (["head"] if "head" in tags else [])
+    measured = records.layers_logged(run.series, "ics")
+    hidden = [n for n in hidden_layers(run) if n in measured]
+    return hidden[1:] + (["head"] if "head" in measured else [])
 
 
 def one_minus_cos_curve(run) -> tuple[np.ndarray, np.ndarray]:
     """(steps, 1 − cos(G, G′) averaged over the layers that have layers before them)."""
-    steps, cos = mean_curve(run, "cos")
+    steps, cos = mean_curve(run, records.ICS_COS)
     return steps, 1 - cos
 
 
 def mean_curve(run, per_layer: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, an ics/<layer>/<per_layer> value averaged over the layers that have layers before them)."""
-    curves = [curve(run, f"ics/{layer}/{per_layer}") for layer in ics_layers(run)]
+    curves = [curve(run, records.ics(layer, per_layer)) for layer in ics_layers(run)]
     if not curves:
         return np.array([]), np.array([])
     return curves[0][0], np.mean([v for _, v in curves], axis=0)
@@ -75,20 +76,20 @@ def gradient_ics(run) -> float:
 def layer_drift(run) -> float:
     """Part (2)'s number: the drift of the layer-wide input distribution, averaged over the hidden layers."""
     layers = hidden_layers(run)
-    return float(np.mean([drift(run, f"act/{layer}") for layer in layers])) if layers else math.nan
+    return float(np.mean([drift(run, layer) for layer in layers])) if layers else math.nan
 
 
 def layer_jitter(run) -> float:
     """Not judged: the step-to-step change of the layer-wide input distribution, averaged over the hidden
     layers."""
     layers = hidden_layers(run)
-    return float(np.mean([jitter(run, f"act/{layer}") for layer in layers])) if layers else math.nan
+    return float(np.mean([jitter(run, layer) for layer in layers])) if layers else math.nan
 
 
 def landscape(run, key: str, second_half: bool = False) -> float:
     """Part (3)'s numbers: the median over checkpoints of landscape/<key> (NaN: none, or a non-finite one).
     `second_half`: only the checkpoints in the second half of training (not judged)."""
-    steps, values = curve(run, f"landscape/{key}")
+    steps, values = curve(run, records.landscape(key))
     if second_half and len(steps):
         values = values[steps > steps.max() / 2]
     return float(np.median(values)) if len(values) else math.nan
@@ -134,13 +135,13 @@ def analyze(runs) -> Finding:
                 "layer-input drift": fmt([layer_drift(r) for r in rs]),
                 "step-to-step change (not judged)": fmt([layer_jitter(r) for r in rs]),
                 "1 − cos(G, G′)": fmt([gradient_ics(r) for r in rs]),
-                "‖G − G′‖": fmt([_mean(mean_curve(r, "l2")[1]) for r in rs]),
-                "‖G − G′‖ / ‖G‖": fmt([_mean(mean_curve(r, "rel")[1]) for r in rs]),
+                "‖G − G′‖": fmt([_mean(mean_curve(r, records.ICS_L2)[1]) for r in rs]),
+                "‖G − G′‖ / ‖G‖": fmt([_mean(mean_curve(r, records.ICS_REL)[1]) for r in rs]),
                 **{
                     f"{key.replace('_', ' ')} (median)": fmt([landscape(r, key) for r in rs])
                     for key in LANDSCAPE
                 },
-                "‖∇L‖ at checkpoints (median)": fmt([landscape(r, "grad_norm") for r in rs]),
+                "‖∇L‖ at checkpoints (median)": fmt([landscape(r, records.GRAD_NORM) for r in rs]),
                 "diverged runs": sum(r.diverged for r in rs),
             }
         )
@@ -172,7 +173,7 @@ def _readings(runs) -> list[str]:
     g = {n: _avg(runs, n, gradient_ics) for n in ("none", "bn", "noisy_bn")}
     acc = {n: _avg(runs, n, lambda r: r.test_acc) for n in ("none", "bn", "noisy_bn")}
     land = {k: {n: _avg(runs, n, lambda r, k=k: landscape(r, k)) for n in ("none", "bn")} for k in LANDSCAPE}
-    gn = {n: _avg(runs, n, lambda r: landscape(r, "grad_norm")) for n in ("none", "bn")}
+    gn = {n: _avg(runs, n, lambda r: landscape(r, records.GRAD_NORM)) for n in ("none", "bn")}
     notes = []
     ics_for = []
     if d["bn"] < d["none"]:
@@ -266,7 +267,10 @@ def _figure(runs):
 
     # Row 1: training, and the layer-input distributions (Santurkar Fig. 2).
     by_norm(
-        axes[0, 0], lambda r: curve(r, "test/acc"), "test accuracy", "Test accuracy (mean ± std over seeds)"
+        axes[0, 0],
+        lambda r: curve(r, records.TEST_ACC),
+        "test accuracy",
+        "Test accuracy (mean ± std over seeds)",
     )
     axes[0, 0].set_ylim(0, 1)
     panels = axes[0, 1:]
@@ -276,10 +280,11 @@ def _figure(runs):
             percentile_panel(
                 ax,
                 r,
-                f"act/{last}",
+                last,
+                False,
                 COLORS[norm],
                 f"{LABELS[norm]}: inputs to {last}'s nonlinearity\n"
-                f"(all units; seed {r['seed']}; drift {drift(r, f'act/{last}'):.2f})",
+                f"(all units; seed {r['seed']}; drift {drift(r, last):.2f})",
                 ylabel="input to the nonlinearity",
             )
     lo, hi = min(a.get_ylim()[0] for a in panels), max(a.get_ylim()[1] for a in panels)
@@ -296,20 +301,22 @@ def _figure(runs):
     )
     by_norm(
         axes[1, 1],
-        lambda r: mean_curve(r, "l2"),
+        lambda r: mean_curve(r, records.ICS_L2),
         "‖G − G′‖₂",
         "Gradient ICS: ‖G − G′‖₂, mean over layers ≥ 2",
         log=True,
     )
     all_layers = max((ics_layers(r) for r in runs), key=len, default=[])
-    for ax, (stat, ylabel) in zip(axes[1, 2:], (("cos", "1 − cos(G, G′)"), ("l2", "‖G − G′‖₂"))):
+    for ax, (stat, ylabel) in zip(
+        axes[1, 2:], ((records.ICS_COS, "1 − cos(G, G′)"), (records.ICS_L2, "‖G − G′‖₂"))
+    ):
         width = 0.8 / max(len(norms), 1)
         for i, norm in enumerate(norms):
             rs = [r for r in runs if r["norm.name"] == norm]
             means = []
             for layer in all_layers:
-                per_run = [curve(r, f"ics/{layer}/{stat}")[1] for r in rs]
-                per_run = [1 - v if stat == "cos" else v for v in per_run if len(v)]
+                per_run = [curve(r, records.ics(layer, stat))[1] for r in rs]
+                per_run = [1 - v if stat == records.ICS_COS else v for v in per_run if len(v)]
                 means.append(mean_std([float(np.mean(v)) for v in per_run])[0])
             ax.bar(
                 np.arange(len(all_layers)) + (i - (len(norms) - 1) / 2) * width,
@@ -332,9 +339,10 @@ def _figure(runs):
     for ax, (key, text) in zip(axes[2, :3], LANDSCAPE.items()):
         by_norm(
             ax,
-            lambda r, key=key: curve(r, f"landscape/{key}"),
+            lambda r, key=key: curve(r, records.landscape(key)),
             text,
-            f"{text}\n(steps {LANDSCAPE_STEPS[0]:g}–{LANDSCAPE_STEPS[-1]:g} × lr along the gradient)",
+            f"{text}\n(steps {records.LANDSCAPE_STEPS[0]:g}–{records.LANDSCAPE_STEPS[-1]:g} × lr "
+            "along the gradient)",
             log=True,
         )
     ax = axes[2, 3]
@@ -362,18 +370,4 @@ CLAIM = Claim(
     hypothesis=HYPOTHESIS,
     criterion=CRITERION,
     analyze=analyze,
-    paper=(
-        "data=cifar10",
-        "model=cnn",
-        "model.channels=[64,128,256]",
-        "model.activation=relu",
-        "optim.lr=0.1",
-        "train.steps=10000",
-        "train.eval_every=500",
-        "log.stats_every=100",
-        "log.hist_every=2000",
-        "measure.ics_every=100",
-        "measure.landscape_every=500",
-        "seed=0,1,2,3,4",
-    ),
 )

@@ -75,5 +75,4 @@ CLAIM = Claim(
     hypothesis=HYPOTHESIS,
     criterion=CRITERION,
     analyze=analyze,
-    paper=("data=mnist", "train.steps=20000", "train.eval_every=1000", "seed=0,1,2,3,4"),
 )

@@ -2,6 +2,7 @@
 
 import math
 
+from bnexp import records
 from bnexp.claims import Claim, Finding, group, mean_std, require, verdict
 from bnexp.claims.plots import errorbars, figure
 
@@ -39,11 +40,7 @@ def common_min(values: list[float]) -> str:
 
 def steps_to(run, target: float):
     """The first evaluated step at which the run's test accuracy reached `target` (None: never)."""
-    return (
-        next((step for step, acc in run.metrics["series"]["test/acc"] if acc >= target), None)
-        if run.metrics
-        else None
-    )
+    return next((step for step, acc in run.series.get(records.TEST_ACC, []) if acc >= target), None)
 
 
 def analyze(runs) -> Finding:
@@ -116,11 +113,4 @@ CLAIM = Claim(
     hypothesis=HYPOTHESIS,
     criterion=CRITERION,
     analyze=analyze,
-    paper=(
-        "data=mnist",
-        "train.steps=20000",
-        "train.eval_every=500",
-        "model.channels=[32,64]",
-        "seed=0,1,2,3,4",
-    ),
 )

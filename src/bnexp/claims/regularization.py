@@ -43,7 +43,7 @@ def analyze(runs) -> Finding:
     table = []
     for name in names:
         rs = by_setting[name]
-        train_acc = [r.metrics["final_train_acc"] if r.metrics else None for r in rs]
+        train_acc = [r.train_acc for r in rs]
         table.append(
             {
                 "setting": name,
@@ -56,10 +56,7 @@ def analyze(runs) -> Finding:
 
     fig, (ax,) = figure(1, width=6)
     test = [mean_std(r.test_acc for r in by_setting[n]) for n in names]
-    gap = [
-        mean_std((r.metrics or {}).get("final_train_acc", 0) - r.test_acc for r in by_setting[n])
-        for n in names
-    ]
+    gap = [mean_std((r.train_acc or 0) - r.test_acc for r in by_setting[n]) for n in names]
     xs = range(len(names))
     ax.bar(
         [x - 0.2 for x in xs],
@@ -96,5 +93,4 @@ CLAIM = Claim(
     hypothesis=HYPOTHESIS,
     criterion=CRITERION,
     analyze=analyze,
-    paper=("data=mnist", "data.subset=5000", "train.steps=30000", "train.eval_every=1000", "seed=0,1,2,3,4"),
 )

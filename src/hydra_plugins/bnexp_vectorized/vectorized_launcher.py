@@ -5,7 +5,7 @@ folder from hydra.sweep.dir/subdir with the .hydra/ files, its job log file, the
 on_job_start/on_job_end, and a JobReturn whose return_value is what `bnexp`'s task returns (the final
 test accuracy). Jobs whose configs are equal except bnexp.vectorized.SHAPE_FREE_KEYS, and that it
 supports, are trained together in programs of at most `max_batch` runs; the rest (and groups of one)
-call the task function exactly as the basic launcher would (bnexp.train.train). With `n_jobs` > 1 the
+call the task function exactly as the basic launcher would (bnexp.engine.train). With `n_jobs` > 1 the
 programs run `n_jobs` at a time, each in its own worker process (joblib's loky backend, as Hydra's
 joblib launcher: `pip install 'bnexp[joblib]'`), largest first.
 """
@@ -165,7 +165,8 @@ def _run_group(
     hydra_context: HydraContext, task_function: TaskFunction, configs: list[DictConfig]
 ) -> list[JobReturn]:
     """Hydra's run_job for several jobs at once: set up every job, train them together, end every job."""
-    from bnexp.vectorized import train_vectorized
+    from bnexp import records
+    from bnexp.engine import train_runs
 
     callbacks = hydra_context.callbacks
     orig_hydra_cfg = HydraConfig.instance().cfg
@@ -200,9 +201,9 @@ def _run_group(
             run_dirs.append(config.hydra.runtime.output_dir)
             loggers.append(_job_logger(config))
         try:
-            metrics = train_vectorized(task_cfgs, run_dirs, loggers)
+            metrics = train_runs(task_cfgs, run_dirs, loggers)
             for ret, m in zip(rets, metrics):
-                ret.return_value = m["final_test_acc"] if m["final_test_acc"] is not None else 0.0
+                ret.return_value = m[records.FINAL_TEST_ACC]
                 ret.status = JobStatus.COMPLETED
         # As bnexp's task in a sweep: these runs fail (no metrics.json), the sweep and its report go on (a
         # FAILED job would stop Hydra's sweep before the end-of-sweep report).

@@ -1,4 +1,4 @@
-"""The training runner: what a run records, divergence as a result, repeatability."""
+"""The training engine: what a run records, divergence as a result, repeatability."""
 
 import copy
 import json
@@ -7,18 +7,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bnexp import records
+from bnexp.engine import train
 from bnexp.models import build_model
 from bnexp.monitor import percentiles
-from bnexp.train import step_module, train
+from bnexp.step import step_module
 
-TINY = [
-    "optim.lr=0.5",
-    "train.steps=40",
-    "train.eval_every=20",
-    "log.stats_every=10",
-    "log.hist_every=20",
-    "device=cpu",
-]
+TINY = ["profile=tiny", "optim.lr=0.5"]  # 40 steps: statistics every 10, evaluations and histograms every 20
 
 
 def events(run_dir):
@@ -114,7 +109,7 @@ def test_epochs_replace_steps(make_cfg, tmp_path):
 
 
 def test_bn_runs_also_record_test_accuracy_with_batch_statistics(make_cfg, tmp_path, monkeypatch):
-    import bnexp.train as runner
+    import bnexp.engine as runner
 
     calls, evaluate = [], runner.evaluate
 
@@ -131,17 +126,18 @@ def test_bn_runs_also_record_test_accuracy_with_batch_statistics(make_cfg, tmp_p
 
 
 def test_testing_with_batch_statistics_normalizes_each_batch_by_its_own(make_cfg):
-    from bnexp.data import load_data
+    from bnexp.data import BatchOrder, load_data
+    from bnexp.engine import evaluate
     from bnexp.norm import BatchNorm
-    from bnexp.train import evaluate, initialized_model
+    from bnexp.step import initialized_model
 
     cfg = make_cfg("device=cpu")
     data = load_data(cfg.data)
     model = initialized_model(cfg, data, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    batches = data.train_batches(60, torch.Generator().manual_seed(0))
+    order = BatchOrder(data, 60, [0])
     for _ in range(30):
-        x, y = next(batches)
+        x, y = data.batch(order.next()[0])
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
@@ -183,7 +179,7 @@ def test_a_batch_of_one_is_refused_only_where_a_norm_needs_batch_statistics(make
     reason="torch < 2.9 has only the older allow_tf32 switch",
 )
 def test_a_cuda_run_asks_cudnn_for_full_float32_precision_and_deterministic_algorithms(monkeypatch):
-    from bnexp.train import resolve_device
+    from bnexp.runtime import resolve_device
 
     cudnn = torch.backends.cudnn
     before = (cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark)
@@ -228,8 +224,20 @@ def test_channels_last_without_images_is_a_users_mistake(make_cfg, tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
-@pytest.mark.slow  # compiling costs ~30 s and needs a C++ compiler
+@pytest.mark.slow  # compiling takes long and needs a C++ compiler
 def test_a_compiled_run_trains_as_the_eager_one(make_cfg, same_series, tmp_path):
     train(make_cfg(*TINY, "train.steps=20"), str(tmp_path / "eager"))
     train(make_cfg(*TINY, "train.steps=20", "train.compile=true"), str(tmp_path / "compiled"))
     same_series(tmp_path / "eager", tmp_path / "compiled")
+
+
+@pytest.mark.parametrize(
+    "model", [[], ["model=cnn", "model.channels=[4,8]", "model.width=16", "optim.lr=0.1"]], ids=["mlp", "cnn"]
+)
+def test_the_textbook_kernel_trains_as_the_fast_one(make_cfg, same_series, tmp_path, model):
+    """norm.fast=false trains through bnexp.norm's textbook function: the same run, up to round-off."""
+    train(make_cfg(*TINY, *model), str(tmp_path / "fast"))
+    train(make_cfg(*TINY, *model, "norm.fast=false"), str(tmp_path / "textbook"))
+    same_series(tmp_path / "fast", tmp_path / "textbook")
+    textbook = json.loads((tmp_path / "textbook" / records.METRICS_FILE).read_text())
+    assert textbook["config"]["norm.fast"] is False

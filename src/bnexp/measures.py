@@ -31,12 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from bnexp import records
 from bnexp.models import Network
 from bnexp.norm import held_noise
-
-# landscape(): the step sizes along the negative gradient, as multiples of the learning rate: from
-# half the SGD step to four SGD steps (at lr 0.1: 0.05 to 0.4).
-LANDSCAPE_STEPS = (0.5, 1.0, 2.0, 3.0, 4.0)
 
 
 def _get_rng(device: torch.device) -> list[Tensor]:
@@ -129,7 +126,7 @@ def gradient_ics(model: Network, x: Tensor, y: Tensor, lr: float) -> dict[str, f
             G, G2 = g[weight].flatten(), g_moved[weight].flatten()
             l2 = torch.linalg.vector_norm(G - G2)
             values += [l2, F.cosine_similarity(G, G2, dim=0), l2 / torch.linalg.vector_norm(G)]
-            tags += [f"ics/{tag}/l2", f"ics/{tag}/cos", f"ics/{tag}/rel"]
+            tags += [records.ics(tag, stat) for stat in (records.ICS_L2, records.ICS_COS, records.ICS_REL)]
             before += names
     return dict(zip(tags, torch.stack(values).float().tolist()))  # one host sync
 
@@ -137,7 +134,7 @@ def gradient_ics(model: Network, x: Tensor, y: Tensor, lr: float) -> dict[str, f
 def landscape(model: Network, x: Tensor, y: Tensor, lr: float) -> dict[str, float]:
     """The loss landscape along the gradient on this batch (Santurkar et al. 2018, Sec. 3.1, Fig. 4).
 
-    With g = ∇L(θ) over all parameters, the points θ_η = θ − η·g for η in LANDSCAPE_STEPS × lr
+    With g = ∇L(θ) over all parameters, the points θ_η = θ − η·g for η in records.LANDSCAPE_STEPS × lr
     (½ to 4 SGD steps). Tags:
       landscape/loss_range        max_η L(θ_η) − min_η L(θ_η): how much the loss varies along the
                                   gradient direction (the Lipschitzness of the loss), ≥ 0
@@ -155,7 +152,7 @@ def landscape(model: Network, x: Tensor, y: Tensor, lr: float) -> dict[str, floa
         g_flat = _flat(g[n] for n in names)
         g_norm = torch.linalg.vector_norm(g_flat)
         losses, changes, betas = [], [], []
-        for k in LANDSCAPE_STEPS:
+        for k in records.LANDSCAPE_STEPS:
             eta = k * lr
             moved = {n: params[n] - eta * g[n] for n in names}
             loss_k, g_k = _loss_and_grads(model, moved, x, y, names, rewind)
@@ -165,12 +162,13 @@ def landscape(model: Network, x: Tensor, y: Tensor, lr: float) -> dict[str, floa
             betas.append(change / (eta * g_norm))
     losses, changes, betas = torch.stack(losses), torch.stack(changes), torch.stack(betas)
     out = {
-        "landscape/loss_range": losses.max() - losses.min(),
-        "landscape/loss_min": losses.min(),
-        "landscape/loss_max": losses.max(),
-        "landscape/grad_change": changes.max(),
-        "landscape/beta_smoothness": betas.max(),
-        "landscape/loss": loss,
-        "landscape/grad_norm": g_norm,
+        records.LOSS_RANGE: losses.max() - losses.min(),
+        records.LOSS_MIN: losses.min(),
+        records.LOSS_MAX: losses.max(),
+        records.GRAD_CHANGE: changes.max(),
+        records.BETA_SMOOTHNESS: betas.max(),
+        records.LOSS: loss,
+        records.GRAD_NORM: g_norm,
     }
+    out = {records.landscape(key): value for key, value in out.items()}
     return dict(zip(out, torch.stack(list(out.values())).float().tolist()))  # one host sync

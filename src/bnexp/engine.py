@@ -1,0 +1,294 @@
+"""The training engine: one loop that owns a run's schedule, for one run or K runs trained together.
+
+`train_runs` decides when things happen (`Schedule`): the steps (train.steps, or train.epochs passes over the
+data), the batch order, the logging steps, the measurements, the evaluations, the divergence checks, the
+progress lines, and each run's epilogue (final metrics, the HParams summary, metrics.json). What one step
+computes is the stepper's (bnexp.step):
+
+  * `bnexp.step.Eager` trains one run's model with its torch.optim optimizer (every model, norm, optimizer);
+  * `bnexp.vectorized.Folded` trains K runs that differ only in shape-free settings (seeds, learning rates,
+    init scales, ...) as one network K times wider.
+
+Divergence is flagged on the device and looked at on every logging and evaluation step, so a diverged run
+stops within log.stats_every steps, recording the exact step its loss first became non-finite.
+"""
+
+import logging
+import time
+from collections.abc import Sequence
+from copy import deepcopy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bnexp import records, runtime
+from bnexp.config import UserError, check_ranges
+from bnexp.data import BatchOrder, InMemoryData, load_data
+from bnexp.measures import gradient_ics, landscape
+from bnexp.monitor import Meter, Monitor, gradient_stats, probe_stats
+from bnexp.step import Eager, learning_rate
+from bnexp.vectorized import Folded, check_foldable
+
+log = logging.getLogger("bnexp")
+
+
+# ---- the schedule and what a run must satisfy ----------------------------------------------------------
+def planned_steps(cfg, data: InMemoryData) -> int:
+    """The run's optimizer steps: train.steps, or train.epochs passes over the data."""
+    if cfg.train.epochs is None:
+        return cfg.train.steps
+    return cfg.train.epochs * data.steps_per_epoch(cfg.data.batch_size)
+
+
+class Schedule:
+    """When a run of `steps` steps logs, observes, evaluates and reports progress (train and log groups)."""
+
+    def __init__(self, cfg, steps: int):
+        self.train, self.log, self.steps = cfg.train, cfg.log, steps
+
+    def wants_stats(self, step: int) -> bool:
+        return step % self.log.stats_every == 0
+
+    def wants_histograms(self, step: int) -> bool:
+        return step % self.log.hist_every == 0
+
+    def observes(self, step: int) -> bool:
+        """Whether the step's forward pass is observed at the probe points (statistics or histograms)."""
+        return self.wants_stats(step) or self.wants_histograms(step)
+
+    def evaluates(self, step: int) -> bool:
+        return step % self.train.eval_every == 0 or step == self.steps
+
+    def checks_divergence(self, step: int) -> bool:
+        """Whether the host looks at the divergence flags (a sync): on logging and evaluation steps."""
+        return self.evaluates(step) or self.wants_stats(step)
+
+    def reports_progress(self, step: int) -> bool:
+        """A progress line, where no evaluation's line is logged anyway."""
+        every = self.log.progress_every
+        return bool(every) and step % every == 0 and not self.evaluates(step)
+
+
+def has_running_statistics(model) -> bool:
+    return any(getattr(m, "track_running_stats", False) for m in model.modules())
+
+
+def check_batch_statistics(cfg, model) -> None:
+    """BN's batch statistics need two examples: a batch of one has no spread to normalize by."""
+    if cfg.data.batch_size < 2 and has_running_statistics(model):
+        raise UserError(
+            f"norm={cfg.norm.name} normalizes by statistics over each batch, and a batch of "
+            f"{cfg.data.batch_size} example has none; set data.batch_size to 2 or more, or choose a "
+            f"norm without batch statistics (ln, gn, none)."
+        )
+
+
+# ---- evaluation --------------------------------------------------------------------------------------
+def change_length(data: InMemoryData, x: torch.Tensor, length: int) -> torch.Tensor:
+    """Prepared sequences x (steps along dim 2: L of (N, C, L), the rows H of (N, C, H, W)) made
+    `length` steps long, aligned at their end: the first steps dropped, or blank steps (a raw 0: no
+    signal, an image's background) put before the first. The steps a classifier reads last stay."""
+    extra = length - x.shape[2]
+    if extra <= 0:
+        return x[:, :, -length:]
+    blank = data.prepare(x.new_zeros(x.shape[0], x.shape[1], extra, *x.shape[3:]))
+    return torch.cat([blank, x], 2)
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    data: InMemoryData,
+    split: str,
+    batch_size: int = 1000,
+    batch_statistics: bool = False,
+    length: int | None = None,
+) -> tuple[float, float]:
+    """Loss and accuracy on a whole split, in eval mode: BN uses its running statistics.
+
+    With `batch_statistics`, BN layers instead normalize each batch (of `batch_size`) by its own
+    statistics, as in training. The gap between the two shows how far the running averages are
+    from what the network was trained with, which grows as batches shrink (Wu & He 2018).
+    With `length`, every sequence is first made that many steps long (`change_length`).
+    """
+    if batch_statistics:
+        model = deepcopy(model)  # in train mode BN updates running statistics: not the real model's
+    model.eval()
+    for m in model.modules():
+        if batch_statistics and getattr(m, "track_running_stats", False):
+            m.train()
+    loss, correct, n = 0.0, 0, 0
+    for x, y in data.eval_batches(split, batch_size):
+        if batch_statistics and len(y) < 2:  # a last batch of one example has no statistics
+            continue
+        logits = model(x if length is None else change_length(data, x, length))
+        loss = loss + F.cross_entropy(logits, y, reduction="sum")
+        correct = correct + (logits.argmax(1) == y).sum()
+        n += len(y)
+    return float(loss) / n, int(correct) / n
+
+
+def record_evaluation(
+    model, data: InMemoryData, monitor: Monitor, step: int, steps: int, logger: logging.Logger
+):
+    """The full train and test splits evaluated at this step: into the run's curves and its log."""
+    (train_loss, train_acc), (test_loss, test_acc) = (
+        evaluate(model, data, "train"),
+        evaluate(model, data, "test"),
+    )
+    monitor.scalars(
+        step,
+        {
+            records.TRAIN_LOSS: train_loss,
+            records.TRAIN_ACC: train_acc,
+            records.TEST_LOSS: test_loss,
+            records.TEST_ACC: test_acc,
+        },
+    )
+    logger.info(f"step {step:>6}/{steps}  train loss {train_loss:.4f}  test acc {test_acc:.4f}")
+
+
+# ---- the loop ----------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    cfg: object
+    run_dir: str
+    log: logging.Logger
+    monitor: Monitor
+    lr: float
+    metrics: dict | None = None
+
+
+def train(cfg, run_dir: str) -> dict:
+    """Train the run described by `cfg` (a composed Config), recording into `run_dir`; return its metrics."""
+    return train_runs([cfg], [run_dir])[0]
+
+
+def train_runs(
+    cfgs: Sequence, run_dirs: Sequence[str], loggers: Sequence[logging.Logger] | None = None
+) -> list[dict]:
+    """Train the runs `cfgs`, each recording into its `run_dirs` entry, and return their metrics: one run with
+    the Eager stepper, several (which must differ only in bnexp.vectorized.SHAPE_FREE_KEYS) folded
+    together."""
+    start = time.perf_counter()
+    for cfg in cfgs:
+        check_ranges(cfg)
+    if len(cfgs) > 1:
+        check_foldable(cfgs)  # measure.* among them: a measurement needs a run of its own
+    cfg = cfgs[0]  # for what the runs share
+    device = runtime.prepare(cfg)
+    provenance = records.provenance(device)  # the code and device as the runs start
+    data = load_data(cfg.data, device)
+    stepper = Eager(cfg, data, device) if len(cfgs) == 1 else Folded(cfgs, data, device)
+    check_batch_statistics(cfg, stepper.models[0])
+    lengths = list(cfg.train.eval_lengths)
+    if lengths and not getattr(stepper.models[0], "reads_any_length", False):
+        raise UserError(
+            f"train.eval_lengths={lengths} tests on sequences of other lengths, which needs a model "
+            f"that reads any length (model=rnn)."
+        )
+    steps, batch_size = planned_steps(cfg, data), cfg.data.batch_size
+    schedule = Schedule(cfg, steps)  # the same for every run
+    order = BatchOrder(data, batch_size, [c.seed for c in cfgs])
+    loggers = loggers or [log] * len(cfgs)
+    runs = [_Run(c, d, logger, Monitor(d), learning_rate(c)) for c, d, logger in zip(cfgs, run_dirs, loggers)]
+    # bnexp.measures' measurements on the step's batch, after backward and before the update
+    measures = [
+        (every, fn)
+        for every, fn in ((cfg.measure.ics_every, gradient_ics), (cfg.measure.landscape_every, landscape))
+        if every
+    ]
+    meter = Meter(len(runs), device)
+    first_bad = torch.zeros(
+        len(runs), dtype=torch.long, device=device
+    )  # the step each loss became non-finite
+    active = list(runs)  # the runs still training, in the stepper's order
+    step = 0
+    for step in range(1, steps + 1):
+        out = stepper.forward_backward(order.next(), schedule.observes(step))
+        meter.add(out.loss, out.correct, batch_size)
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(out.loss), step, first_bad)
+        if schedule.wants_histograms(step):
+            for run, probes in zip(active, out.probes):
+                run.monitor.histograms(step, probes)
+        if schedule.wants_stats(step):
+            losses, accs = meter.take()
+            for k, run in enumerate(active):
+                stats = {records.LR: run.lr, records.BATCH_LOSS: losses[k], records.BATCH_ACC: accs[k]}
+                for name, v in out.probes[k].items():
+                    stats.update(probe_stats(name, v))
+                stats.update(gradient_stats(stepper.models[k], stepper.grads(k)))
+                run.monitor.scalars(step, stats)
+        for every, measure in measures:
+            if step % every == 0:
+                active[0].monitor.scalars(step, measure(stepper.model(0), *out.batch, active[0].lr))
+        stepper.update()
+
+        done = []
+        if schedule.checks_divergence(step):
+            for k, (run, bad) in enumerate(zip(active, first_bad.tolist())):
+                if bad or schedule.evaluates(step):
+                    if bad:
+                        run.log.info(f"diverged: the loss became non-finite at step {bad}; stopping this run")
+                    model = stepper.model(k)
+                    record_evaluation(model, data, run.monitor, step, steps, run.log)
+                    if bad or step == steps:
+                        run.metrics = _finish(run, model, data, step, steps, bad or None, provenance, start)
+                        done.append(k)
+        if schedule.reports_progress(step):
+            for k, run in enumerate(active):  # (a diverged run's evaluation was logged)
+                if k not in done:
+                    run.log.info(f"step {step:>6}/{steps}")
+        if done:
+            keep = [k for k in range(len(active)) if k not in done]
+            if not keep:
+                break
+            stepper.keep(keep)  # (only a stepper of several runs gets here)
+            order.keep(keep)
+            index = torch.tensor(keep, device=device)
+            meter.keep(index)
+            first_bad = first_bad.index_select(0, index)
+            active = [active[k] for k in keep]
+    return [run.metrics for run in runs]
+
+
+def _finish(
+    run: _Run,
+    model,
+    data: InMemoryData,
+    step: int,
+    steps: int,
+    diverged_step: int | None,
+    provenance: dict,
+    start: float,
+) -> dict:
+    """A run's epilogue: final metrics from its logged curves, the extra evaluations, the HParams summary and
+    metrics.json. Returns the metrics."""
+    cfg, series = run.cfg, run.monitor.series
+    last = {tag: points[-1][1] for tag, points in series.items()}
+    metrics = {
+        records.FINAL_TEST_ACC: last[records.TEST_ACC],
+        records.BEST_TEST_ACC: max(acc for _, acc in series[records.TEST_ACC]),
+        records.FINAL_TRAIN_ACC: last[records.TRAIN_ACC],
+        records.FINAL_TRAIN_LOSS: records.finite(last[records.TRAIN_LOSS]),
+        records.FINAL_TEST_LOSS: records.finite(last[records.TEST_LOSS]),
+        records.DIVERGED: diverged_step is not None,
+        records.DIVERGED_STEP: diverged_step,
+        records.STEPS: step,
+        records.STEPS_PLANNED: steps,
+    }
+    if has_running_statistics(model):
+        metrics[records.BATCH_STATS_ACC] = evaluate(
+            model, data, "test", cfg.data.batch_size, batch_statistics=True
+        )[1]
+    lengths = list(cfg.train.eval_lengths)
+    if lengths:  # the step axis's length in training, then the test accuracy at each other length
+        metrics[records.TRAIN_LENGTH] = data.input_shape[1]
+    for length in lengths:
+        metrics[records.acc_at_length(length)] = evaluate(model, data, "test", length=length)[1]
+    metrics[records.WALL_TIME] = time.perf_counter() - start  # K runs trained together: the program's time
+    config = records.flat_config(cfg)
+    run.monitor.close(config, {k: float("nan") if v is None else float(v) for k, v in metrics.items()}, step)
+    records.write_metrics(run.run_dir, config, provenance, metrics, series)
+    return metrics

@@ -1,0 +1,207 @@
+"""The measurements on the training batch (bnexp.measures): gradient-based ICS and the loss landscape along
+the gradient, checked against steps taken by hand; measuring leaves training as it was."""
+
+import json
+import math
+import pathlib
+from copy import deepcopy
+from functools import partial
+
+import bnexp.conf
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnexp.config import NormConfig
+from bnexp.engine import train
+from bnexp.measures import gradient_ics, landscape
+from bnexp.models import MLP, build_model, make_norm
+from bnexp.norm import NoisyBatchNorm, held_noise
+from bnexp.records import LANDSCAPE_STEPS
+
+NORMS = ["none", "bn", "noisy_bn"]
+
+
+def tiny(norm: str, dropout: float = 0.0, seed: int = 0):
+    """A 3-layer sigmoid MLP on 12 features after one training forward and backward: (model, x, y)."""
+    torch.manual_seed(seed)
+    model = MLP((12,), 5, partial(make_norm, NormConfig(name=norm)), depth=3, width=16, dropout=dropout)
+    x, y = torch.randn(24, 12), torch.randint(0, 5, (24,))
+    model.train()
+    F.cross_entropy(model(x), y).backward()
+    return model, x, y
+
+
+def snapshot(model):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [p.grad.clone() for p in model.parameters()],
+        [m.noise for m in model.modules() if isinstance(m, NoisyBatchNorm)],
+    )
+
+
+# ---- the measurements ----------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", NORMS)
+def test_layer1_has_no_gradient_shift_since_nothing_precedes_it(norm):
+    values = gradient_ics(*tiny(norm), lr=0.5)
+    assert values["ics/layer1/l2"] == 0 and values["ics/layer1/rel"] == 0
+    assert values["ics/layer1/cos"] == pytest.approx(1, abs=1e-6)
+    for layer in ("layer2", "layer3", "head"):
+        assert values[f"ics/{layer}/l2"] > 0 and -1 <= values[f"ics/{layer}/cos"] <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("norm", ["none", "bn"])
+def test_g_prime_is_the_gradient_after_the_layers_below_took_their_sgd_step(norm):
+    model, x, y = tiny(norm)
+    lr = 0.7
+    values = gradient_ics(model, x, y, lr)
+    # By hand, on a copy: layer1 and layer2 step, then layer3's weight gradient on the same batch.
+    moved = deepcopy(model)
+    with torch.no_grad():
+        for name in ("layer1", "layer2"):
+            for p, q in zip(getattr(model.body, name).parameters(), getattr(moved.body, name).parameters()):
+                q -= lr * p.grad
+    moved.zero_grad()
+    F.cross_entropy(moved(x), y).backward()
+    G, G2 = model.body.layer3.linear.weight.grad, moved.body.layer3.linear.weight.grad
+    assert values["ics/layer3/l2"] == pytest.approx(float((G - G2).norm()), rel=1e-4)
+    assert values["ics/layer3/cos"] == pytest.approx(
+        float(F.cosine_similarity(G.flatten(), G2.flatten(), 0)), abs=1e-6
+    )
+    assert values["ics/layer3/rel"] == pytest.approx(float((G - G2).norm() / G.norm()), rel=1e-4)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("measure", [gradient_ics, landscape])
+def test_a_measurement_leaves_parameters_buffers_grads_noise_and_rng_untouched(measure, norm, dropout):
+    model, x, y = tiny(norm, dropout)
+    state, grads, noise = snapshot(model)
+    rng = torch.get_rng_state()
+    values = measure(model, x, y, 0.5)
+    assert all(math.isfinite(v) for v in values.values())
+    assert torch.equal(torch.get_rng_state(), rng)
+    after_state, after_grads, after_noise = snapshot(model)
+    assert all(torch.equal(state[k], after_state[k]) for k in state)  # BN running statistics included
+    assert all(torch.equal(a, b) for a, b in zip(grads, after_grads))
+    assert all(a is b for a, b in zip(noise, after_noise))
+    assert model.training and not any(m.hold_noise for m in model.modules() if isinstance(m, NoisyBatchNorm))
+
+
+def test_with_dropout_g_and_g_prime_share_one_mask():
+    # With different masks G′ would differ from G even for layer1.
+    values = gradient_ics(*tiny("bn", dropout=0.5), lr=0.5)
+    assert values["ics/layer1/l2"] == 0
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_landscape_numbers_are_consistent(norm):
+    model, x, y = tiny(norm)
+    values = landscape(model, x, y, lr=0.5)
+    assert all(math.isfinite(v) for v in values.values())
+    assert values["landscape/loss_range"] >= 0
+    assert values["landscape/loss_range"] == pytest.approx(
+        values["landscape/loss_max"] - values["landscape/loss_min"]
+    )
+    assert values["landscape/grad_change"] > 0 and values["landscape/beta_smoothness"] > 0
+    # β is the largest change per distance, so at least the largest change over the largest distance.
+    largest_step = LANDSCAPE_STEPS[-1] * 0.5 * values["landscape/grad_norm"]
+    assert values["landscape/beta_smoothness"] >= values["landscape/grad_change"] / largest_step * (1 - 1e-6)
+    # The current point: the step's own loss and gradient (same batch, same noise).
+    with held_noise(model), torch.no_grad():
+        loss = F.cross_entropy(deepcopy(model)(x), y)
+    grad_norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert values["landscape/loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert values["landscape/grad_norm"] == pytest.approx(float(grad_norm), rel=1e-5)
+
+
+def test_landscape_walks_down_the_gradient_and_keeps_the_extremes():
+    """Each point θ − η·g stepped to by hand on a copy: the loss's extremes over the points, the largest
+    gradient change, and the largest change per distance moved (β)."""
+    model, x, y = tiny("none")
+    lr = 0.5
+    values = landscape(model, x, y, lr=lr)
+    g = [p.grad.clone() for p in model.parameters()]
+    g_flat = torch.cat([t.flatten() for t in g])
+    losses, changes, betas = [], [], []
+    for k in LANDSCAPE_STEPS:
+        eta, moved = k * lr, deepcopy(model)
+        with torch.no_grad():
+            for p, gp in zip(moved.parameters(), g):
+                p.sub_(eta * gp)
+        moved.zero_grad()
+        loss = F.cross_entropy(moved(x), y)
+        loss.backward()
+        change = float((torch.cat([p.grad.flatten() for p in moved.parameters()]) - g_flat).norm())
+        (
+            losses.append(loss.item()),
+            changes.append(change),
+            betas.append(change / (eta * float(g_flat.norm()))),
+        )
+    assert len(set(losses)) == len(losses)  # the points differ, so the extremes below say something
+    assert values["landscape/loss_min"] == pytest.approx(min(losses), rel=1e-5)
+    assert values["landscape/loss_max"] == pytest.approx(max(losses), rel=1e-5)
+    assert values["landscape/grad_change"] == pytest.approx(max(changes), rel=1e-4)
+    assert values["landscape/beta_smoothness"] == pytest.approx(max(betas), rel=1e-4)
+
+
+MODELS = sorted(p.stem for p in pathlib.Path(bnexp.conf.__path__[0]).glob("model/*.yaml"))
+
+
+@pytest.mark.parametrize("norm", ["bn", "noisy_bn"])
+@pytest.mark.parametrize("name", MODELS)
+def test_the_measurements_work_on_every_model(make_cfg, name, norm):
+    torch.manual_seed(0)
+    cfg = make_cfg(f"model={name}", f"norm={norm}", "model.width=8", "model.channels=[4,8]")
+    model = build_model(cfg, (1, 8, 8), num_classes=5)
+    x, y = torch.randn(10, 1, 8, 8), torch.randint(0, 5, (10,))
+    F.cross_entropy(model(x), y).backward()
+    state, _, _ = snapshot(model)
+    values = {**gradient_ics(model, x, y, 0.1), **landscape(model, x, y, 0.1)}
+    assert all(math.isfinite(v) for v in values.values())
+    assert (
+        values["ics/layer1/l2"] == 0
+        and f"ics/{list(model.layers())[-1]}/cos" in values
+        and "ics/head/cos" in values
+    )
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_a_tiny_step_barely_changes_the_loss():
+    model, x, y = tiny("bn")
+    small, large = landscape(model, x, y, lr=1e-4), landscape(model, x, y, lr=1.0)
+    assert small["landscape/loss_range"] < 1e-3 < large["landscape/loss_range"]
+
+
+MEASURED = [
+    "norm=noisy_bn",
+    "model.dropout=0.2",
+    "optim.lr=0.5",
+    "train.steps=20",
+    "train.eval_every=10",
+    "log.stats_every=5",
+    "log.hist_every=20",
+    "device=cpu",
+]
+
+
+def test_training_with_measurements_is_the_same_training(make_cfg, tmp_path):
+    """Measuring changes nothing the run does: same curves, step for step, with the measurements added."""
+    train(make_cfg(*MEASURED), str(tmp_path / "plain"))
+    train(
+        make_cfg(*MEASURED, "measure.ics_every=3", "measure.landscape_every=10"), str(tmp_path / "measured")
+    )
+    plain, measured = (
+        json.loads((tmp_path / d / "metrics.json").read_text())["series"] for d in ("plain", "measured")
+    )
+    assert {t: v for t, v in measured.items() if not t.startswith(("ics/", "landscape/"))} == plain
+    assert [s for s, _ in measured["ics/layer2/cos"]] == [3, 6, 9, 12, 15, 18]
+    assert [s for s, _ in measured["landscape/beta_smoothness"]] == [10, 20]
+    assert {"ics/head/l2", "ics/layer3/rel", "landscape/loss_range", "landscape/grad_change"} <= set(measured)
+
+
+def test_negative_measurement_intervals_are_refused(make_cfg, tmp_path):
+    from bnexp.config import UserError
+
+    with pytest.raises(UserError, match="measure.ics_every"):
+        train(make_cfg("train.steps=2", "device=cpu", "measure.ics_every=-1"), str(tmp_path))
