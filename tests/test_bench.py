@@ -50,7 +50,7 @@ def test_targets_are_judged_only_in_a_full_run():
 
 def test_quick_run_prints_the_table_and_writes_flat_json(tmp_path, capsys):
     out = tmp_path / "figures.json"
-    bench.main(["--quick", "--only", "norm,data,logging,vectorized,scaling", "--out", str(out)])
+    bench.main(["--quick", "--only", "norm,step,data,logging,vectorized,scaling", "--out", str(out)])
 
     figures = json.loads(out.read_text())
     # Flat: metric name -> number or string, machine info included.
@@ -62,6 +62,9 @@ def test_quick_run_prints_the_table_and_writes_flat_json(tmp_path, capsys):
         "norm.8x6.fast_ratio",
         "norm.4x6x3x3.textbook_ratio",
         "norm.8x6.empty_function_ratio",
+        "step.mlp.ratio",
+        "step.cnn.ratio",
+        "step.mlp.textbook_ratio",
         "data.batch.speedup",
         "logging.overhead",
         "vectorized.mlp.k2.speedup",
@@ -78,9 +81,9 @@ def test_quick_run_prints_the_table_and_writes_flat_json(tmp_path, capsys):
     assert figures["targets.missed"] == ""  # --quick judges nothing: its sizes say nothing about the targets
 
     printed = capsys.readouterr().out
-    for section in ("[norm]", "[data]", "[logging]", "[vectorized]", "[scaling]"):
+    for section in ("[norm]", "[step]", "[data]", "[logging]", "[vectorized]", "[scaling]"):
         assert section in printed
-    assert "norm.8x6.fast_ratio" in printed and str(out) in printed
+    assert "norm.8x6.fast_ratio" in printed and "step.mlp.ratio" in printed and str(out) in printed
 
 
 @pytest.mark.slow

@@ -2,12 +2,14 @@
 
 import copy
 import json
+import platform
+import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bnexp import records
+from bnexp import records, runtime
 from bnexp.engine import train
 from bnexp.models import build_model
 from bnexp.monitor import percentiles
@@ -241,3 +243,10 @@ def test_the_textbook_kernel_trains_as_the_fast_one(make_cfg, same_series, tmp_p
     same_series(tmp_path / "fast", tmp_path / "textbook")
     textbook = json.loads((tmp_path / "textbook" / records.METRICS_FILE).read_text())
     assert textbook["config"]["norm.fast"] is False
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
+)
+def test_a_run_keeps_the_memory_it_frees_where_glibc_lets_it():
+    assert runtime.keep_freed_memory()

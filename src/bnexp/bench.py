@@ -2,12 +2,13 @@
 
     python -m bnexp.bench                        # everything: a table, and bench.json
     python -m bnexp.bench --out FILE.json        # the same figures, flat, plus machine info
-    python -m bnexp.bench --only norm,data       # some sections: norm data logging vectorized startup scaling
+    python -m bnexp.bench --only step,norm       # some of: norm step data logging vectorized startup scaling
     python -m bnexp.bench --quick                # a smoke run of the same code at tiny sizes
-    python -m bnexp.bench --device cuda          # the norm and vectorized sections on a GPU (wall time)
+    python -m bnexp.bench --device cuda          # the norm, step and vectorized sections on a GPU (wall time)
 
 How it measures, so that a busy machine (other jobs on the same cores) distorts little:
-  * one intra-op thread (torch.set_num_threads(1)) unless a figure says otherwise;
+  * one intra-op thread (torch.set_num_threads(1)) unless a figure says otherwise, and freed memory kept
+    (bnexp.runtime.keep_freed_memory), as in every bnexp run;
   * a candidate and its reference run side by side in one process, in alternating blocks of
     calls (the order flips every round), and a figure is the median over rounds; a ratio is the
     median of the per-round ratios, so a slow spell slows both sides of it alike;
@@ -20,6 +21,8 @@ Timings are never assertions of the test suite; tests/test_bench.py only runs --
 Sections (the table marks each judged figure ok / MISSED):
   norm      our BatchNorm (its fast and textbook kernels) vs torch.nn.BatchNorm, forward + backward in
             training mode: reported, not judged
+  step      the whole SGD step (forward, backward, update) of the BN paper's MNIST network and of the default
+            CNN with our BatchNorm vs torch_bn, through the engine's stepper (MLP ≤ 1.15×, CNN ≤ 1.0×)
   data      the engine's batches vs torchvision MNIST + ToTensor + DataLoader (≥ 5×)
   logging   a run with the default logging vs the same run with logging off (≤ +10 %)
   vectorized  K runs in one program (hydra/launcher=vectorized) vs one after another (≥ 2× at K = 8)
@@ -49,14 +52,12 @@ import yaml
 from omegaconf import OmegaConf
 from torch import nn
 
-SECTIONS = ("norm", "data", "logging", "vectorized", "startup", "scaling")
+SECTIONS = ("norm", "step", "data", "logging", "vectorized", "startup", "scaling")
 DEVICE_SECTIONS = (
     "norm",
+    "step",
     "vectorized",
-)  # the ones that run on a GPU (--device cuda); the rest measure CPU work
-# glibc: never give freed memory back to the system, never serve big blocks by mmap
-_NO_TRIM_ENV = ("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
-_NO_MMAP_ENV = ("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
+)  # the ones that run on a GPU (--device cuda); the rest: CPU work
 NORM_SHAPES = [(60, 100), (256, 1024), (128, 64, 16, 16), (8, 32, 32, 32)]
 QUICK_NORM_SHAPES = [(8, 6), (4, 6, 3, 3)]
 
@@ -238,62 +239,97 @@ def bench_norm(res: Results, quick: bool, device: torch.device = torch.device("c
     from bnexp.norm import BatchNorm
 
     clock, sync = timers(device)
-    shapes = QUICK_NORM_SHAPES if quick else NORM_SHAPES
-    for shape in shapes:
+    for shape in QUICK_NORM_SHAPES if quick else NORM_SHAPES:
         torch.manual_seed(0)
         channels = shape[1]
-        native = (nn.BatchNorm1d if len(shape) <= 3 else nn.BatchNorm2d)(channels).to(device)
-        fast, textbook = BatchNorm(channels, fast=True).to(device), BatchNorm(channels).to(device)
-        empty = _EmptyNorm(channels).to(device)
-        x, dy = torch.randn(shape, device=device), torch.randn(shape, device=device)
+        layers = {
+            "torch": (nn.BatchNorm1d if len(shape) <= 3 else nn.BatchNorm2d)(channels),
+            "fast": BatchNorm(channels, fast=True),
+            "textbook": BatchNorm(channels),
+            "empty": _EmptyNorm(channels),
+        }
+        x, dy = torch.randn(shape, device=device, requires_grad=True), torch.randn(shape, device=device)
 
-        def step(bn, x=x.clone().requires_grad_(), dy=dy):
-            # forward + backward in training mode: gradients for the input, γ and β
+        def step(bn, x=x, dy=dy):  # forward + backward in training mode: gradients for the input, γ and β
             torch.autograd.grad(bn(x), (x, bn.weight, bn.bias), dy)
 
-        candidates = {
-            "torch": functools.partial(step, native),
-            "fast": functools.partial(step, fast),
-            "textbook": functools.partial(step, textbook),
-            "empty": functools.partial(step, empty),
-        }
-        # train.compile's path: our BatchNorm through torch.compile (~10 s to compile each shape); not in the
-        # allocator pass below, which reads back only the ratio
-        if not quick and os.environ.get(_NO_TRIM_ENV[0]) is None:
-            compiled = torch.compile(BatchNorm(channels, fast=True).to(device))
-            candidates["compiled"] = functools.partial(step, compiled)
         times = interleaved(
-            candidates, rounds=3 if quick else 41, block_s=0.002 if quick else 0.02, clock=clock, sync=sync
+            {name: functools.partial(step, layer.to(device)) for name, layer in layers.items()},
+            rounds=3 if quick else 41,
+            block_s=0.002 if quick else 0.02,
+            clock=clock,
+            sync=sync,
         )
         key = f"norm.{_shape_key(shape)}"
         res.add(f"{key}.torch_us", median(times["torch"]) * 1e6, "us")
-        for kernel in ("fast", "textbook"):  # the one bnexp trains with, and the one as the paper writes it
+        for kernel in ("fast", "textbook"):
             res.add(f"{key}.{kernel}_us", median(times[kernel]) * 1e6, "us")
             res.add(f"{key}.{kernel}_ratio", median_ratio(times[kernel], times["torch"]), "x")
         # The floor of any Python-level BatchNorm: a module whose autograd.Function computes nothing.
         res.add(f"{key}.empty_function_ratio", median_ratio(times["empty"], times["torch"]), "x")
-        if "compiled" in times:
-            res.add(f"{key}.compiled_ratio", median_ratio(times["compiled"], times["torch"]), "x")
 
-    if not quick and device.type == "cpu" and os.environ.get(_NO_TRIM_ENV[0]) is None:
-        # Again in a process whose allocator keeps freed memory (glibc's MALLOC_*_THRESHOLD_):
-        # at the MB shapes a fresh tensor can cost more in page faults (the allocator handing
-        # memory back and faulting it in again) than its arithmetic, and how often that happens
-        # depends on the process's history. This pass shows the arithmetic alone.
-        with tempfile.TemporaryDirectory(prefix="bnexp-bench-") as tmp:
-            out = os.path.join(tmp, "norm.json")
-            _run_child(
-                ["-m", "bnexp.bench", "--only", "norm", "--out", out],
-                {**os.environ, **dict([_NO_TRIM_ENV, _NO_MMAP_ENV])},
+
+# ---- 2. the whole training step ------------------------------------------------------------------
+
+
+# The BN paper's MNIST network (3 × 100 sigmoid, batch 60, Sec. 4.1) and the default CNN, on MNIST-shaped data
+STEP_MODELS = {"mlp": [], "cnn": ["model=cnn"]}
+STEP_TARGETS = {"mlp": 1.15, "cnn": 1.0}
+
+
+def bench_step(res: Results, quick: bool, device: torch.device = torch.device("cpu")) -> None:
+    """One SGD step of bnexp's own training loop (the engine's Eager stepper: batch, forward, backward,
+    update) with our BatchNorm (norm=bn, its fast kernel as runs train it; and its textbook kernel) vs torch's
+    (norm=torch_bn): what a user feels. Where this process keeps freed memory (bnexp.runtime), the same
+    figures in a process that leaves glibc's defaults are reported beside them."""
+    from bnexp import runtime
+
+    clock, sync = timers(device)
+    data = _mnist_shaped(256, size=8, device=device) if quick else _mnist_shaped(4096, device=device)
+    for name, overrides in STEP_MODELS.items():
+        small = ["model.channels=[4,8]", "model.width=16"] if quick else []
+        steppers = {
+            norm: Trainer([*overrides, *small, *norm_overrides, f"device={device.type}"], data)
+            for norm, norm_overrides in (
+                ("torch_bn", ["norm=torch_bn"]),
+                ("ours", ["norm=bn"]),
+                ("textbook", ["norm=bn", "norm.fast=false"]),
             )
+        }
+        times = interleaved(
+            {norm: t.step for norm, t in steppers.items()},
+            rounds=3 if quick else 21,
+            block_s=0.002 if quick else 0.2,
+            clock=clock,
+            sync=sync,
+        )
+        key = f"step.{name}"
+        res.add(f"{key}.torch_bn_ms", median(times["torch_bn"]) * 1e3, "ms")
+        res.add(f"{key}.ours_ms", median(times["ours"]) * 1e3, "ms")
+        res.add(
+            f"{key}.ratio", median_ratio(times["ours"], times["torch_bn"]), "x", at_most=STEP_TARGETS[name]
+        )
+        res.add(f"{key}.textbook_ratio", median_ratio(times["textbook"], times["torch_bn"]), "x")
+    if not quick and device.type == "cpu" and runtime.keep_freed_memory():
+        code = (
+            "import sys, bnexp.runtime as r; r.keep_freed_memory = lambda: False; import bnexp.bench as b; "
+            "b.main(sys.argv[1:])"
+        )
+        with tempfile.TemporaryDirectory(prefix="bnexp-bench-") as tmp:
+            out = os.path.join(tmp, "step.json")
+            _run_child(["-c", code, "--only", "step", "--out", out], dict(os.environ))
             with open(out) as f:
                 figures = json.load(f)
-        for shape in shapes:
-            key = f"norm.{_shape_key(shape)}"
-            res.add(f"{key}.fast_ratio_allocator_keeps_memory", figures[f"{key}.fast_ratio"], "x")
+        for name in STEP_MODELS:
+            for figure in ("ours_ms", "ratio"):
+                res.add(
+                    f"step.{name}.{figure}_glibc_defaults",
+                    figures[f"step.{name}.{figure}"],
+                    "ms" if figure.endswith("ms") else "x",
+                )
 
 
-# ---- 2. the data path ----------------------------------------------------------------------------
+# ---- 3. the data path ----------------------------------------------------------------------------
 
 
 def _write_idx(path: str, array: np.ndarray) -> None:
@@ -345,7 +381,7 @@ def bench_data(res: Results, quick: bool) -> None:
         res.add("data.batch.speedup", median_ratio(times["torchvision"], times["ours"]), "x", at_least=5)
 
 
-# ---- 3. logging overhead -------------------------------------------------------------------------
+# ---- 4. logging overhead -------------------------------------------------------------------------
 
 
 def _timed_run(overrides: list[str]) -> tuple[float, float]:
@@ -393,7 +429,7 @@ def bench_logging(res: Results, quick: bool) -> None:
     res.add("logging.overhead_wall", median_ratio(wall["on"], wall["off"]) - 1, "")
 
 
-# ---- 4. vectorized sweeps -------------------------------------------------------------------------
+# ---- 5. vectorized sweeps -------------------------------------------------------------------------
 
 
 def bench_vectorized(res: Results, quick: bool, device: torch.device = torch.device("cpu")) -> None:
@@ -440,7 +476,7 @@ def bench_vectorized(res: Results, quick: bool, device: torch.device = torch.dev
         )
 
 
-# ---- 5. start-up vs training of the default run --------------------------------------------------
+# ---- 6. start-up vs training of the default run --------------------------------------------------
 
 # Run in a fresh interpreter: the `bnexp` command itself, with timestamps at the boundaries of its
 # phases (wrapping functions that bnexp.engine and bnexp.step look up at call time).
@@ -574,7 +610,7 @@ def bench_startup(res: Results, quick: bool) -> None:
         res.add(f"startup.loads_{module.replace('.', '_')}", int(loaded), "")
 
 
-# ---- 6. scaling and where a step goes ------------------------------------------------------------
+# ---- 7. scaling and where a step goes ------------------------------------------------------------
 
 
 def _mnist_shaped(n: int = 2048, size: int = 28, seed: int = 0, device=torch.device("cpu")):
@@ -753,6 +789,7 @@ def bench_scaling(res: Results, quick: bool) -> None:
 
 BENCHES = {
     "norm": bench_norm,
+    "step": bench_step,
     "data": bench_data,
     "logging": bench_logging,
     "vectorized": bench_vectorized,
@@ -775,10 +812,13 @@ def run(
 ) -> dict:
     """Run the benchmark sections; return the flat mapping (machine info first). With a GPU `device`, only
     the DEVICE_SECTIONS, on it."""
+    from bnexp import runtime
+
     torch.set_num_threads(1)
     device = torch.device(device)
     out = machine_info()
     out["machine.bench_device"] = str(device)
+    out["machine.keeps_freed_memory"] = int(runtime.keep_freed_memory())  # as every bnexp run does
     if device.type == "cuda":
         torch.cuda.set_device(device)  # cuda:N for every section, also where a config says device=cuda
         out["machine.gpu"] = torch.cuda.get_device_name(device)

@@ -1,4 +1,10 @@
-"""Where a run computes: its device, its CPU threads, and the process settings that keep it exact."""
+"""Where a run computes: its device, its CPU threads, and the process settings that make both exact or
+fast."""
+
+import ctypes
+import ctypes.util
+import functools
+import sys
 
 import torch
 
@@ -15,9 +21,11 @@ def device_name(name) -> str:
 
 def prepare(cfg) -> torch.device:
     """Set the process up for the run `cfg` (its `device` and `threads` keys) and return its device: the
-    device if PyTorch sees it, its threads, cuDNN held exact on CUDA."""
+    device if PyTorch sees it, its threads, cuDNN held exact on CUDA, and freed memory kept
+    (keep_freed_memory)."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
     return resolve_device(cfg.device)
 
 
@@ -47,3 +55,25 @@ def exact_cuda() -> None:
         torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP = 1 << 30  # bytes
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep the memory the process frees for its next allocations (Linux only; elsewhere
+    nothing). A training step allocates and frees the same MB-sized tensors every time; by default glibc
+    serves them from fresh pages (mmap) and gives freed ones back to the system, so every step pays for page
+    faults, which on virtual machines can cost more than the arithmetic on the memory. Kept, the process's
+    memory stays at its peak instead. Returns whether the setting took. `python -m bnexp.bench --only step`
+    measures what it does to a training step."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP)) and bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
