@@ -175,7 +175,7 @@ def train_runs(
     for cfg in cfgs:
         check_ranges(cfg)
     if len(cfgs) > 1:
-        check_foldable(cfgs)  # measure.* among them: a measurement needs a run of its own
+        check_foldable(cfgs)  # (which keeps measure.* out: a measurement needs a run of its own)
     cfg = cfgs[0]  # for what the runs share
     device = runtime.prepare(cfg)
     provenance = records.provenance(device)  # the code and device as the runs start
