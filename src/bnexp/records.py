@@ -117,9 +117,12 @@ BATCH_STATS_ACC = "final_test_acc_batch_stats"  # norms with running statistics:
 TRAIN_LENGTH = "train_length"  # with train.eval_lengths: the length of the step axis in training
 
 
+ACC_AT_LENGTH = "final_test_acc_length_"  # + n: on test sequences made n steps long (train.eval_lengths)
+
+
 def acc_at_length(length: int) -> str:
     """The final test accuracy on sequences made `length` steps long (train.eval_lengths)."""
-    return f"final_test_acc_length_{length}"
+    return f"{ACC_AT_LENGTH}{length}"
 
 
 def finite(x: float | None) -> float | None:
@@ -273,8 +276,7 @@ class Run:
 
     @property
     def tested_lengths(self) -> list[int]:
-        prefix = acc_at_length(0)[:-1]
-        return sorted(int(k[len(prefix) :]) for k in self.metrics or {} if k.startswith(prefix))
+        return sorted(int(k[len(ACC_AT_LENGTH) :]) for k in self.metrics or {} if k.startswith(ACC_AT_LENGTH))
 
     @property
     def series(self) -> dict[str, list]:
