@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bnexp import reproduce
-from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, verdict
+from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Effect, pool, t_interval
 from bnexp.config import UserError
 from bnexp.records import Run
 from bnexp.report import report
@@ -30,10 +30,50 @@ def run(acc, diverged=False, train_acc=1.0, batch_stats=None, **config):
     return Run(pathlib.Path("."), config, metrics)
 
 
-def test_verdict_pools_the_seeds():
-    assert verdict({"seed 0": True, "seed 1": True, "seed 2": True}) == SUPPORTED
-    assert verdict({"seed 0": False, "seed 1": False, "seed 2": False}) == NOT_SUPPORTED
-    assert verdict({"seed 0": True, "seed 1": False, "seed 2": True}) == INCONCLUSIVE
+# ---- the verdict rule -----------------------------------------------------------------------------
+def test_the_interval_is_students_t_over_the_seeds():
+    # Reference quantiles from a printed t table: t(0.975, 2) = 4.303, t(0.975, 4) = 2.776.
+    mean, low, high = t_interval([1.0, 2.0, 3.0])  # s = 1
+    assert mean == 2.0 and low == pytest.approx(2 - 4.303 / 3**0.5, abs=1e-3)
+    assert high == pytest.approx(2 + 4.303 / 3**0.5, abs=1e-3)
+    mean, low, high = t_interval([0.1, 0.3, 0.2, 0.5, 0.4])  # s = 0.158
+    assert mean == pytest.approx(0.3) and high - mean == pytest.approx(2.776 * 0.15811 / 5**0.5, abs=1e-4)
+    assert t_interval([5.0, 5.0, 5.0]) == (5.0, 5.0, 5.0)  # no spread: the interval is the point
+
+
+GAIN = Effect("gain", "arm A minus arm B", smallest=0.05, above=True)
+LOSS = Effect("loss", "arm A minus arm B", smallest=0.05, above=False)
+
+
+def seeds(*values):
+    return {str(i): v for i, v in enumerate(values)}
+
+
+def test_an_effect_is_supported_only_when_its_whole_interval_lies_beyond_the_smallest_effect():
+    assert GAIN.judge(seeds(0.10, 0.11, 0.12)).verdict == SUPPORTED
+    assert GAIN.judge(seeds(0.00, 0.01, 0.02)).verdict == NOT_SUPPORTED
+    # Every seed beyond δ, but the interval reaches below it: three seeds cannot settle it.
+    undecided = GAIN.judge(seeds(0.06, 0.10, 0.20))
+    assert undecided.verdict == INCONCLUSIVE and "contains +5.0 points" in undecided.reason
+    # The same values, for a claim that predicts the effect below δ.
+    assert LOSS.judge(seeds(0.00, 0.01, 0.02)).verdict == SUPPORTED
+    assert LOSS.judge(seeds(0.10, 0.11, 0.12)).verdict == NOT_SUPPORTED
+
+
+def test_an_effect_is_inconclusive_with_one_seed_or_an_undefined_one():
+    assert GAIN.judge(seeds(0.5)).reason == "fewer than two seeds"
+    part = GAIN.judge(seeds(0.5, float("nan"), 0.6))
+    assert part.verdict == INCONCLUSIVE and part.reason == "undefined in seed(s) 1"
+    assert part.to_dict()["per_seed"] == {"0": 0.5, "1": None, "2": 0.6}  # JSON has no NaN
+
+
+def test_a_claim_is_decided_by_its_weakest_part():
+    yes, maybe, no = (
+        GAIN.judge(seeds(*v), w) for v, w in (((0.1, 0.1), "a"), ((0, 0.1), "b"), ((0, 0), "c"))
+    )
+    assert pool([yes, yes]) == (SUPPORTED, "every part")
+    assert pool([yes, maybe]) == (INCONCLUSIVE, "gain (b)")
+    assert pool([maybe, no, yes]) == (NOT_SUPPORTED, "gain (c)")
 
 
 def test_a_failed_run_counts_as_no_classifier():
@@ -222,7 +262,7 @@ def test_a_claim_sweep_reports_at_its_end_and_the_report_is_rebuilt_from_its_run
     assert finding["provenance"]["runs"][0]["device"] == "cpu"
     assert (tmp_path / "lr_tolerance.png").stat().st_size > 10_000
     text = (tmp_path / "report.md").read_text()
-    assert f"**Verdict: {finding['verdict']}.**" in text and CLAIMS["lr_tolerance"].criterion in text
+    assert f"**Verdict: {finding['verdict']}**" in text and CLAIMS["lr_tolerance"].criterion in text
     assert list((tmp_path / "report").glob("events.out.tfevents.*"))  # the figure, in TensorBoard too
     assert f"lr_tolerance: {finding['verdict']}." in out.stdout + out.stderr
     (tmp_path / "finding.json").unlink()
@@ -296,9 +336,11 @@ def test_affine_is_not_supported_when_gamma_beta_stay_linear_and_the_bias_matter
     [dict(bias_grad=1e-2), dict(bias_grad=1e-9, bias_acc_shift=0.03)],
     ids=["bias-gets-a-gradient", "bias-changes-accuracy"],
 )
-def test_affine_is_not_supported_outright_when_only_the_bias_matters(bias):
-    # γ/β leave the linear region in every seed, but the bias before BN is not inert: half the claim fails
-    assert CLAIMS["affine"].analyze(affine_sweep([0.5] * 3, **bias)).verdict == INCONCLUSIVE
+def test_affine_is_not_supported_when_only_the_bias_matters(bias):
+    # γ/β leave the linear region in every seed, but the bias before BN is not inert: that part decides
+    f = CLAIMS["affine"].analyze(affine_sweep([0.5] * 3, **bias))
+    assert f.verdict == NOT_SUPPORTED and f.decided_by in ("bias gradient", "accuracy change from the bias")
+    assert f.parts[0].verdict == SUPPORTED
 
 
 def test_affine_is_inconclusive_when_seeds_disagree():

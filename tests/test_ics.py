@@ -51,13 +51,10 @@ def test_ics_is_not_supported_when_bn_drifts_as_much():
 
 
 def test_ics_needs_both_the_unit_and_the_layer():
-    # Seed 1: the layer is stable, the unit is not.
+    # Seed 1: the layer is stable, the unit is not; the unit's interval then reaches past half.
     finding = CLAIMS["ics"].analyze(ics_sweep([(0.4, 0.2), (1.5, 0.2), (0.4, 0.2)], [(2.0, 1.0)] * 3))
-    assert finding.verdict == INCONCLUSIVE and finding.passed == {
-        "seed 0": True,
-        "seed 1": False,
-        "seed 2": True,
-    }
+    assert finding.verdict == INCONCLUSIVE and finding.decided_by == "drift ratio (unit 0 of layer3)"
+    assert [p.verdict for p in finding.parts] == [INCONCLUSIVE, SUPPORTED]
 
 
 def gradient_run(norm, seed, acc=0.95, drift=0.5, one_minus_cos=0.1, land=1.0, steps=STEPS):
@@ -111,7 +108,7 @@ def test_ics_refuses_a_sweep_without_bn_or_without_the_plain_network(norm):
 
 def test_ics_gradient_is_supported_when_all_three_of_santurkars_claims_hold():
     finding = CLAIMS["ics_gradient"].analyze(gradient_sweep([SANTURKAR] * 3))
-    assert finding.verdict == SUPPORTED and len(finding.passed) == 9
+    assert finding.verdict == SUPPORTED and len(finding.parts) == 6
     assert any("Reading 2, smoothness" in note for note in finding.notes)
 
 
@@ -121,15 +118,13 @@ def test_ics_gradient_is_not_supported_when_the_data_tell_the_ics_story():
     assert any(note.startswith("**Reading 1") and "For the original story" in note for note in finding.notes)
 
 
-def test_ics_gradient_is_inconclusive_when_parts_or_seeds_disagree():
+def test_ics_gradient_is_decided_by_the_part_that_fails():
     noisy_trains_worse = {**SANTURKAR, "noisy_bn": dict(drift=0.6, one_minus_cos=0.2, land=1.0, acc=0.85)}
     finding = CLAIMS["ics_gradient"].analyze(gradient_sweep([SANTURKAR, noisy_trains_worse, SANTURKAR]))
-    assert finding.verdict == INCONCLUSIVE
-    assert [k for k, ok in finding.passed.items() if not ok] == [
-        "noisy BN less stable, trains like BN, seed 1"
-    ]
-    # One part failing everywhere, the others holding: also inconclusive (the parts are itemized).
-    assert CLAIMS["ics_gradient"].analyze(gradient_sweep([noisy_trains_worse] * 3)).verdict == INCONCLUSIVE
+    assert finding.verdict == INCONCLUSIVE and finding.decided_by == "noisy BN's accuracy − BN's"
+    # One part failing in every seed, the others holding: not supported, and that part decided it.
+    finding = CLAIMS["ics_gradient"].analyze(gradient_sweep([noisy_trains_worse] * 3))
+    assert finding.verdict == NOT_SUPPORTED and finding.decided_by == "noisy BN's accuracy − BN's"
 
 
 def test_the_reports_of_ics_and_ics_gradient(reported, tmp_path):

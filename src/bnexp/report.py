@@ -54,24 +54,54 @@ def distinct_provenance(runs: list[Run]) -> list[dict]:
     return list(seen.values())
 
 
+def effects_table(parts: list[dict]) -> str:
+    """The judged parts of a claim: each effect with its 95 % interval, δ, the verdict and the seeds."""
+    rows = [
+        {
+            "part": p["name"],
+            "effect [95 % interval]": p["estimate"],
+            "claim predicts": f"{p['predicted']} {p['smallest_text']}",
+            "verdict": p["verdict"] + (f" ({p['reason']})" if p["reason"] else ""),
+            "per seed": ", ".join(
+                f"{seed}: {'undefined' if v is None else '%.3g' % v}" for seed, v in p["per_seed"].items()
+            ),
+        }
+        for p in parts
+    ]
+    return markdown_table(rows)
+
+
+def headline(result: dict) -> str:
+    """The verdict with the effect that decided it, for the summary tables."""
+    parts = {p["name"]: p for p in result.get("parts", [])}
+    deciding = [parts[name] for name in result.get("decided_by", "").split("; ") if name in parts]
+    shown = deciding or list(parts.values())
+    effects = "; ".join(f"{p['name']}: {p['estimate']}" for p in shown[:2])
+    return f"**{result['verdict']}**" + (f" — {effects}" if effects else "")
+
+
 def render(result: dict, figure: str, level: int = 1) -> str:
     """A claim's result (finding.json's content) as markdown; `figure` is the image's path from the page."""
-    held = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["passed"].items())
     setup = "; ".join(
         f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in result["setup"].items()
     )
     fixed = (
-        "fixed before the runs"
+        f"version {result['version']}, fixed before the runs"
         if result["preregistered"]
-        else "fixed after a first look at results: see the note"
+        else f"version {result['version']}, fixed after a first look at results: see the note"
     )
+    papers = [f"*{p['name']}* — {p['paper']}" for p in result["parts"] if p["paper"]]
     parts = [
         f"{'#' * level} {result['title']}",
-        f"**Verdict: {result['verdict']}.** {result['summary']}",
+        f"**Verdict: {result['verdict']}** (decided by: {result['decided_by']}). {result['summary']}",
         f"![{result['claim']}]({figure})",
         f"**Hypothesis.** {result['hypothesis']}",
         f"**Criterion ({fixed}).** {result['criterion']}",
-        f"**Criterion held:** {held}.",
+        "**Effects** (mean over seeds and its 95 % Student-t interval; rule: supported when the whole "
+        "interval lies beyond the smallest effect of interest on the predicted side, not supported when it "
+        "lies wholly on the other side, inconclusive otherwise):",
+        effects_table(result["parts"]),
+        "**The papers' numbers beside ours.** " + " ".join(dict.fromkeys(papers)) if papers else "",
         markdown_table(result["table"]),
     ]
     parts += [f"*Note.* {note}" for note in result["notes"]]
@@ -133,13 +163,15 @@ def report(sweep_dir, runs: list[Run] | None = None) -> dict:
         claim=claim.name,
         title=claim.title,
         verdict=finding.verdict,
+        decided_by=finding.decided_by,
         summary=finding.summary,
         hypothesis=claim.hypothesis,
         criterion=claim.criterion,
+        version=claim.version,
         preregistered=claim.preregistered,
-        passed=finding.passed,
+        parts=[p.to_dict() for p in finding.parts],
         table=finding.table,
-        notes=([claim.disclosure] if claim.disclosure else []) + finding.notes,
+        notes=[claim.revision] + ([claim.disclosure] if claim.disclosure else []) + finding.notes,
         figure=figure,
         setup=setup(runs),
         provenance={"report": records.provenance(), "runs": distinct_provenance(runs)},

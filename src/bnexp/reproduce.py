@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bnexp import records
 from bnexp.claims import CLAIMS
-from bnexp.report import markdown_table, render
+from bnexp.report import headline, markdown_table, render
 
 PROFILES = {
     "quick": "the offline datasets (digits, MNIST-1D, synthetic), sized for a 2-core laptop",
@@ -67,7 +67,7 @@ def write_report(out: Path, profile: str, results: list[dict], commands: dict, s
             [
                 {
                     "claim": f"[{r['title']}](#{r['claim']})",
-                    "verdict": f"**{r['verdict']}**",
+                    "verdict and deciding effect [95 % interval]": headline(r),
                     "summary": r["summary"],
                 }
                 for r in results
@@ -121,7 +121,7 @@ def update_findings(readme: Path, folder: Path, results: list[dict], stamp: str)
     rows = [
         {
             "claim": f"[{r['title']}]({rel}/{r['claim']}/README.md)",
-            "verdict": f"**{r['verdict']}**",
+            "verdict and deciding effect [95 % interval]": headline(r),
             "setup": "; ".join(
                 f"{k} {', '.join(map(str, r['setup'][k]))}" for k in ("data", "steps", "seeds")
             )

@@ -1,22 +1,47 @@
 """The claims the suite tests: each a hypothesis, a criterion fixed before any result, and the
 analysis that applies the criterion to a finished sweep.
 
-A claim's sweep is `conf/experiment/<name>.yaml` (its papers' setup `conf/experiment/paper/<name>.yaml`);
-its module here holds the rest. The analysis reads only the sweep's run folders, through bnexp.records,
-so a report can be rebuilt at any time without training anything again.
+A claim's sweep is `conf/experiment/<name>.yaml` (the quick profile; `conf/experiment/<profile>/<name>.yaml`
+for the others); its module here holds the rest. The analysis reads only the sweep's run folders, through
+bnexp.records, so a report can be rebuilt at any time without training anything again.
 
-Verdicts are decided per seed, then pooled: the claim is `supported` when its criterion holds for
-every seed (and every model the claim covers), `not supported` when it fails for every one, and
-`inconclusive` when they disagree.
+The verdict rule (criteria version 2). A claim's criterion names one or more *effects*: a number computed
+for each seed from that seed's runs (a difference or a ratio between arms), each with a *smallest effect
+of interest* δ and the side of δ the claim predicts. Per effect, the analysis takes the mean over seeds
+and its 95 % Student-t interval, mean ± t(0.975, n − 1) · s / √n. The t interval rather than a bootstrap:
+with the 3 to 10 seeds a profile runs, a percentile bootstrap resamples only those n values and ignores
+that s is itself an estimate, so its interval is too narrow (for n = 5 about 0.63× the t interval's
+width), and it would call effects settled that are not; the t interval is exact for normally distributed
+per-seed effects and holds up well for mild skew. An effect (a *part* of the claim) is
+
+    supported      when the whole interval lies on the predicted side of δ,
+    not supported  when the whole interval lies on the other side,
+    inconclusive   otherwise: the interval contains δ, there are fewer than two seeds, or a seed's
+                   effect is undefined (e.g. a run diverged and has no drift to measure).
+
+A claim is supported when every part is, not supported when any part is not, inconclusive otherwise;
+the verdict names the part that decided it.
 """
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from scipy.stats import t as student_t
+
 from bnexp.records import Run
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+LEVEL = 0.95
+
+# The first rule (version 1) called a claim supported when its criterion held in every seed, not supported
+# when it failed in every one. Each claim module states its previous verdict beside this.
+REVISION = (
+    "Criterion version 2 (2026-12-03), replacing version 1, whose rule asked every seed to agree: each part "
+    "is now an effect per seed with a smallest effect of interest, judged by its 95 % interval over seeds "
+    "(rule: src/bnexp/claims/__init__.py). The thresholds are version 1's, carried over unchanged; "
+    "written after version 1's quick-profile results had been seen, before any run of the standard profile."
+)
 
 
 def require(runs: list[Run], key: str, *values) -> None:
@@ -46,26 +71,154 @@ def mean_std(values) -> tuple[float, float]:
     return m, (sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
 
 
-def verdict(passed: dict) -> str:
-    """Pool the criterion's outcome per seed (or per seed and model) into a verdict."""
-    outcomes = set(passed.values())
-    if outcomes == {True}:
-        return SUPPORTED
-    if outcomes == {False}:
-        return NOT_SUPPORTED
-    return INCONCLUSIVE
+def ratio(a: float, b: float) -> float:
+    """a ÷ b, NaN where b is 0 (or either is NaN): a ratio with nothing to compare to is undefined."""
+    return a / b if b else math.nan
+
+
+def t_interval(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """The mean of `values` and its two-sided Student-t confidence interval (low, high); NaN bounds with
+    fewer than two values or any that is not finite."""
+    n = len(values)
+    if n == 0 or not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan, math.nan
+    mean, std = mean_std(values)
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = student_t.ppf((1 + level) / 2, n - 1) * std / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+UNITS = {  # how an effect's values print: a multiplier and a format
+    "points": (100.0, "%+.1f points"),  # accuracy differences, as percentage points
+    "×": (1.0, "%.3g×"),  # ratios
+    "decades": (1.0, "%+.2f decades"),  # log10 ratios
+    "": (1.0, "%.3g"),
+}
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One part of a claim's criterion: a number per seed, the smallest effect of interest δ, and the side
+    of δ the claim predicts."""
+
+    name: str  # short, e.g. "BN's drop beyond GroupNorm's"
+    measures: str  # how one seed's value is computed, in words
+    smallest: float  # δ
+    above: bool  # the claim predicts the effect beyond δ upwards (False: below δ)
+    unit: str = "points"  # a key of UNITS
+    paper: str = ""  # the papers' comparable number, with its setup
+
+    def format(self, value: float) -> str:
+        scale, spec = UNITS[self.unit]
+        return "n/a" if not math.isfinite(value) else spec % (value * scale)
+
+    def text(self) -> str:
+        """The part of the criterion's text this effect contributes."""
+        side = "above" if self.above else "below"
+        return f"*{self.name}*: {self.measures}; the claim predicts it {side} {self.format(self.smallest)}."
+
+    def judge(self, per_seed: dict[str, float], where: str = "") -> "Part":
+        """Apply the rule to this effect's values per seed (of one model, activation, ... `where`)."""
+        values = [float(v) for v in per_seed.values()]
+        mean, low, high = t_interval(values)
+        reason = ""
+        if math.isnan(low):
+            reason = (
+                "fewer than two seeds"
+                if len(values) < 2
+                else "undefined in seed(s) "
+                + ", ".join(s for s, v in per_seed.items() if not math.isfinite(v))
+            )
+            verdict = INCONCLUSIVE
+        elif (low > self.smallest) if self.above else (high < self.smallest):
+            verdict = SUPPORTED
+        elif (high < self.smallest) if self.above else (low > self.smallest):
+            verdict = NOT_SUPPORTED
+        else:
+            verdict, reason = INCONCLUSIVE, f"the interval contains {self.format(self.smallest)}"
+        return Part(self, where, dict(per_seed), mean, low, high, verdict, reason)
+
+
+@dataclass
+class Part:
+    """An effect judged on a sweep: its values per seed, their mean and 95 % interval, and the verdict."""
+
+    effect: Effect
+    where: str
+    per_seed: dict[str, float]
+    mean: float
+    low: float
+    high: float
+    verdict: str
+    reason: str = ""  # why inconclusive
+
+    @property
+    def name(self) -> str:
+        return f"{self.effect.name} ({self.where})" if self.where else self.effect.name
+
+    def estimate(self) -> str:
+        """The effect and its interval, e.g. "+8.1 points [+5.2, +11.0]"."""
+        e = self.effect
+        if math.isnan(self.low):
+            return e.format(self.mean)
+        return f"{e.format(self.mean)} [{e.format(self.low)}, {e.format(self.high)}]"
+
+    def to_dict(self) -> dict:
+        """For finding.json, an undefined number (NaN) as null."""
+        e = self.effect
+
+        def number(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+
+        return dict(
+            name=self.name,
+            effect=e.name,
+            where=self.where,
+            measures=e.measures,
+            smallest=e.smallest,
+            predicted="above" if e.above else "below",
+            unit=e.unit,
+            per_seed={seed: number(v) for seed, v in self.per_seed.items()},
+            mean=number(self.mean),
+            interval=[number(self.low), number(self.high)],
+            level=LEVEL,
+            estimate=self.estimate(),
+            smallest_text=e.format(e.smallest),
+            verdict=self.verdict,
+            reason=self.reason,
+            paper=e.paper,
+        )
+
+
+def pool(parts: list[Part]) -> tuple[str, str]:
+    """The claim's verdict from its parts, and the part that decided it (every part, when supported)."""
+    if not parts:
+        return INCONCLUSIVE, "no part could be judged"
+    for outcome in (NOT_SUPPORTED, INCONCLUSIVE):
+        deciding = [p.name for p in parts if p.verdict == outcome]
+        if deciding:
+            return outcome, "; ".join(deciding)
+    return SUPPORTED, "every part"
 
 
 @dataclass
 class Finding:
-    """What an analysis concludes: the verdict, the numbers behind it, and its figure."""
+    """What an analysis concludes: the judged parts, the numbers behind them, and its figure."""
 
-    verdict: str
+    parts: list[Part]
     summary: str  # a sentence or two with the key numbers
-    passed: dict  # the criterion's outcome per seed (or per model and seed), as strings
     table: list[dict] = field(default_factory=list)  # rows of numbers, rendered as a markdown table
     figure: object = None  # a matplotlib Figure
     notes: list[str] = field(default_factory=list)  # caveats the reader should know
+
+    @property
+    def verdict(self) -> str:
+        return pool(self.parts)[0]
+
+    @property
+    def decided_by(self) -> str:
+        return pool(self.parts)[1]
 
 
 @dataclass(frozen=True)
@@ -73,16 +226,23 @@ class Claim:
     name: str
     title: str
     hypothesis: str
-    criterion: str  # in plain words
+    criterion: str  # in plain words, the effects' texts among it
+    effects: tuple[Effect, ...]
     analyze: Callable[[list[Run]], Finding]
+    previous: str  # version 1's verdict on the quick profile, for the revision's disclosure
     # Set only where the criterion was fixed after some of its results had been seen: when and how, put
     # first among the report's notes.
     disclosure: str = ""
+    version: int = 2
 
     @property
     def preregistered(self) -> bool:
         """Whether the criterion was fixed before any of its runs were seen."""
         return not self.disclosure
+
+    @property
+    def revision(self) -> str:
+        return f"{REVISION} Version 1's verdict (quick profile, 2026-12-03): {self.previous}."
 
 
 def _registry() -> dict[str, Claim]:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from bnexp import records
-from bnexp.claims import Claim, Finding, group, mean_std, require, verdict
+from bnexp.claims import Claim, Effect, Finding, group, mean_std, ratio, require
 from bnexp.claims.ics import COLORS, LABELS, drift, first_run, fmt, hidden_layers, jitter, percentile_panel
 from bnexp.claims.plots import band, plt
 from bnexp.records import curve
@@ -17,7 +17,43 @@ LANDSCAPE = {
     records.GRAD_CHANGE: "gradient change ‖∇L(x′) − ∇L(x)‖",
     records.BETA_SMOOTHNESS: "effective β-smoothness",
 }
-PARTS = ("gradient ICS not reduced by BN", "noisy BN less stable, trains like BN", "BN's landscape smoother")
+GRADIENT_ICS = Effect(
+    "gradient ICS, BN − plain",
+    "1 − cos(G, G′), averaged over all measurements during training and over every layer that has layers "
+    "before it (layer2 onwards and the output layer), for BN minus for the plain network",
+    smallest=0.0,
+    above=True,
+    unit="",
+    paper="Santurkar et al. 2018, Fig. 3 (VGG, CIFAR-10; a 25-layer linear network): BN's ‖G − G′‖ and "
+    "cos(G, G′) are as large as or larger than the plain network's (read from the plot).",
+)
+NOISY_DRIFT = Effect(
+    "noisy BN's drift − plain's",
+    "the drift of noisy BN's layer inputs (as in the `ics` claim, over all units of a layer, averaged over "
+    "the hidden layers) minus the plain network's",
+    smallest=0.0,
+    above=True,
+    unit="",
+)
+NOISY_ACC = Effect(
+    "noisy BN's accuracy − BN's",
+    "final test accuracy of noisy BN minus BN's",
+    smallest=-TOLERANCE,
+    above=True,
+    paper="Santurkar et al. 2018 (VGG, CIFAR-10): ≈ 83 % test accuracy with BN vs ≈ 80 % without (Fig. 1); "
+    "in Fig. 2 noisy BN's curves stay close to BN's (read from the plot).",
+)
+SMOOTHER = Effect(
+    "landscape ratio, BN ÷ plain",
+    f"the median over the checkpoints of the measure along the gradient (steps of "
+    f"{', '.join('%g' % k for k in records.LANDSCAPE_STEPS)} × the learning rate), BN's over the plain "
+    f"network's",
+    smallest=1.0,
+    above=False,
+    unit="×",
+    paper="Santurkar et al. 2018, Fig. 4 (VGG, CIFAR-10): all three measures markedly smaller with BN "
+    "(read from the plot).",
+)
 
 HYPOTHESIS = (
     "Santurkar et al. (2018), 'How does batch normalization help optimization?': (i) BN does not reduce "
@@ -29,20 +65,10 @@ HYPOTHESIS = (
     "effective β-smoothness is lower (Fig. 4)."
 )
 CRITERION = (
-    f"Three parts, each judged per seed; the verdict pools every part and seed (supported: all held in "
-    f"every seed; not supported: none held in any; otherwise inconclusive, itemized below). "
-    f"(1) *BN does not reduce gradient ICS*: 1 − cos(G, G′), averaged over all measurements during "
-    f"training and over every layer that has layers before it (layer2 onwards and the output layer), is "
-    f"at least as large for BN as for the plain network. "
-    f"(2) *Noisy BN is less stable yet trains like BN*: the drift of noisy BN's layer inputs (as in the "
-    f"`ics` claim: each of the 15th/50th/85th percentiles' range over training divided by the mean "
-    f"15–85 % width, averaged over the three, here over all units of a layer and averaged over the hidden "
-    f"layers) exceeds the plain network's, and noisy BN's final test accuracy is at most "
-    f"{TOLERANCE * 100:.0f} points below BN's. "
-    f"(3) *BN's landscape is smoother*: the medians over the checkpoints of the loss range, the gradient "
-    f"change and the effective β-smoothness along the gradient (steps of "
-    f"{', '.join('%g' % k for k in records.LANDSCAPE_STEPS)} × the learning rate) are each smaller for BN "
-    f"than for the plain network."
+    f"Three parts, six effects. (1) *BN does not reduce gradient ICS*: {GRADIENT_ICS.text()} (2) *Noisy BN "
+    f"is less stable yet trains like BN*: {NOISY_DRIFT.text()} {NOISY_ACC.text()} (3) *BN's landscape is "
+    f"smoother*, for each of the loss range, the gradient change and the effective β-smoothness: "
+    f"{SMOOTHER.text()}"
 )
 
 
@@ -95,33 +121,28 @@ def landscape(run, key: str, second_half: bool = False) -> float:
     return float(np.median(values)) if len(values) else math.nan
 
 
-def _parts(by_norm: dict) -> dict[str, bool]:
+def _effects(by_norm: dict) -> dict[tuple[Effect, str], float]:
+    """Each (effect, where) of the criterion for one seed's runs; NaN where an arm is missing."""
     bn, plain, noisy = by_norm.get("bn"), by_norm.get("none"), by_norm.get("noisy_bn")
-    out = {}
-    out[PARTS[0]] = bn is not None and plain is not None and gradient_ics(bn) >= gradient_ics(plain)
-    out[PARTS[1]] = (
-        noisy is not None
-        and plain is not None
-        and bn is not None
-        and layer_drift(noisy) > layer_drift(plain)
-        and noisy.test_acc >= bn.test_acc - TOLERANCE
-    )
-    out[PARTS[2]] = (
-        bn is not None
-        and plain is not None
-        and all(landscape(bn, key) < landscape(plain, key) for key in LANDSCAPE)
-    )
+    nan = math.nan
+    out = {
+        (GRADIENT_ICS, ""): gradient_ics(bn) - gradient_ics(plain) if bn and plain else nan,
+        (NOISY_DRIFT, ""): layer_drift(noisy) - layer_drift(plain) if noisy and plain else nan,
+        (NOISY_ACC, ""): noisy.test_acc - bn.test_acc if noisy and bn else nan,
+    }
+    for key, label in LANDSCAPE.items():
+        out[SMOOTHER, label] = ratio(landscape(bn, key), landscape(plain, key)) if bn and plain else nan
     return out
 
 
 def analyze(runs) -> Finding:
     require(runs, "norm.name", "none", "bn", "noisy_bn")
-    passed, per_part = {}, {p: [] for p in PARTS}
+    per_seed: dict[tuple[Effect, str], dict[str, float]] = {}
     for (seed,), cell in group(runs, "seed").items():
         by_norm = {norm: rs[0] for (norm,), rs in group(cell, "norm.name").items()}
-        for part, ok in _parts(by_norm).items():
-            passed[f"{part}, seed {seed}"] = bool(ok)
-            per_part[part].append(bool(ok))
+        for key, value in _effects(by_norm).items():
+            per_seed.setdefault(key, {})[str(seed)] = value
+    parts = [effect.judge(values, where) for (effect, where), values in per_seed.items()]
 
     table = []
     for norm in ("none", "bn", "noisy_bn"):
@@ -147,15 +168,12 @@ def analyze(runs) -> Finding:
         )
 
     fig = _figure(runs)
-    n_seeds = len(group(runs, "seed"))
     summary = (
-        "Santurkar et al.'s three claims, per seed: BN did not reduce gradient ICS in "
-        f"{sum(per_part[PARTS[0]])} of {n_seeds} seeds; noisy BN's layer inputs were less stable than the "
-        "plain "
-        f"network's while it trained like BN in {sum(per_part[PARTS[1]])} of {n_seeds}; BN's landscape was "
-        f"smoother by all three measures in {sum(per_part[PARTS[2]])} of {n_seeds}."
+        "Santurkar et al.'s three claims, as effects (mean [95 % interval] over seeds): "
+        + "; ".join(f"{p.name} {p.estimate()}" for p in parts)
+        + "."
     )
-    return Finding(verdict(passed), summary, passed, table, fig, _readings(runs))
+    return Finding(parts, summary, table, fig, _readings(runs))
 
 
 def _mean(values) -> float:
@@ -369,5 +387,7 @@ CLAIM = Claim(
     title="BN's benefit is not less ICS but a smoother landscape (Santurkar et al. 2018)",
     hypothesis=HYPOTHESIS,
     criterion=CRITERION,
+    effects=(GRADIENT_ICS, NOISY_DRIFT, NOISY_ACC, SMOOTHER),
     analyze=analyze,
+    previous="inconclusive",
 )
