@@ -427,3 +427,22 @@ def test_reproduce_exits_non_zero_when_a_sweep_ends_without_a_report(tmp_path, c
         and "no report for this sweep: Every run" in log
         and "Traceback" not in log
     )
+
+
+# ---- has every run's training flattened? -------------------------------------------------------------
+def curve_run(accs, diverged=False, name="norm=bn,seed=0"):
+    r = run(accs[-1], diverged=diverged)
+    r.metrics["series"] = {"test/acc": [[100 * (i + 1), a] for i, a in enumerate(accs)]}
+    return Run(pathlib.Path(name), r.config, r.metrics)
+
+
+def test_a_run_has_flattened_when_its_last_fifth_adds_less_than_a_point():
+    from bnexp.report import flatness, flattened
+
+    plateau = curve_run([0.5, 0.7, 0.8, 0.85, 0.9, 0.9, 0.91, 0.905, 0.91, 0.908])
+    rising = curve_run([0.1 * i for i in range(1, 11)], name="norm=none,seed=1")
+    assert flattened(plateau) is True and flattened(rising) is False
+    assert flattened(curve_run([0.9] * 10, diverged=True)) is None  # nothing to tell
+    assert flattened(curve_run([0.5, 0.9])) is None  # too few evaluations to tell
+    summary = flatness([plateau, rising])
+    assert summary.startswith("1 of 2 runs") and summary.endswith("still moving: norm=none (1 seed)")

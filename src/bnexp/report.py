@@ -27,6 +27,50 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# A run's training has flattened when its test accuracy moved by less than FLAT points between the last
+# FLAT_WINDOW of its steps and the FLAT_WINDOW before: means over the evaluations in each window, so that
+# the test set's sampling noise (about a point at 1,000 examples) is averaged over several evaluations.
+FLAT, FLAT_WINDOW, FLAT_EVALUATIONS = 0.01, 0.2, 8
+
+
+def flattened(run: Run) -> bool | None:
+    """Whether the run's test accuracy had stopped changing by its end; None when it cannot be told: the run
+    failed or diverged, or it was evaluated fewer than FLAT_EVALUATIONS times."""
+    if run.metrics is None or run.diverged:
+        return None
+    steps, acc = records.curve(run, records.TEST_ACC)
+    if len(acc) < FLAT_EVALUATIONS:
+        return None
+    end = steps[-1]
+    last = acc[steps > end * (1 - FLAT_WINDOW)]
+    before = acc[(steps > end * (1 - 2 * FLAT_WINDOW)) & (steps <= end * (1 - FLAT_WINDOW))]
+    if not len(last) or not len(before):
+        return None
+    return abs(float(last.mean() - before.mean())) < FLAT
+
+
+def flatness(runs: list[Run]) -> str:
+    """How many runs had flattened by their end, and the settings (seeds pooled) of those that had not."""
+    told = [(r, f) for r in runs if (f := flattened(r)) is not None]
+    if not told:
+        return f"not checked (no run evaluated {FLAT_EVALUATIONS} times or more)"
+    moving: dict[str, int] = {}
+    for r, f in told:
+        if not f:
+            setting = ",".join(p for p in r.path.name.split(",") if not p.startswith("seed="))
+            moving[setting] = moving.get(setting, 0) + 1
+    text = (
+        f"{len(told) - sum(moving.values())} of {len(told)} runs (failed and diverged ones not counted) had "
+        f"flattened: their test accuracy moved by less than {FLAT * 100:.0f} point between the last "
+        f"{FLAT_WINDOW:.0%} of training and the {FLAT_WINDOW:.0%} before"
+    )
+    if moving:
+        text += "; still moving: " + ", ".join(
+            f"{k} ({n} seed{'s' * (n > 1)})" for k, n in sorted(moving.items())
+        )
+    return text
+
+
 def setup(runs: list[Run]) -> dict:
     """What produced the result: data, steps, models, norms, seeds (the values the runs used)."""
 
@@ -43,6 +87,7 @@ def setup(runs: list[Run]) -> dict:
         "steps": steps if len(steps) <= 3 else [f"{steps[0]}–{steps[-1]}"],
         "models": values("model.name"),
         "norms": values("norm.name"),
+        "flattened": flatness(runs),
     }
 
 
