@@ -382,10 +382,34 @@ def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path, mo
     assert "experiments/regularization/README.md" in readme
 
 
-def test_the_paper_profile_runs_each_claims_paper_config():
+def test_each_profile_runs_each_claims_config_of_that_profile():
     command = reproduce.sweep_command(CLAIMS["ics"], "paper", pathlib.Path("out"), 2, ["device=cuda"])
     assert command[:3] == ["bnexp", "-m", "experiment=paper/ics"] and command[-1] == "device=cuda"
+    assert reproduce.sweep_command(CLAIMS["ics"], "standard", pathlib.Path("out"), 2, [])[2] == (
+        "experiment=standard/ics"
+    )
     assert reproduce.sweep_command(CLAIMS["ics"], "quick", pathlib.Path("out"), 2, [])[2] == "experiment=ics"
+
+
+@pytest.mark.parametrize("claim", sorted(CLAIMS))
+def test_each_claims_paper_config_trains_a_step_on_files_in_the_real_formats(claim, tmp_path, make_cfg):
+    # The papers' datasets are not here: tiny MNIST and CIFAR-10 files in their real formats stand in, so that
+    # the paper config's network, data path and measurements run for real, for one step.
+    from bnexp.bench import write_mnist_files
+    from bnexp.engine import train
+    from test_data import make_cifar_files
+
+    write_mnist_files(tmp_path, n_train=5000, n_test=20)  # regularization keeps a subset of 5,000
+    make_cifar_files(tmp_path, per_batch=60, n_test=20)
+    cfg = make_cfg(
+        f"experiment=paper/{claim}",
+        f"data.root={tmp_path}",
+        "train.steps=1",
+        "train.epochs=null",
+        "device=cpu",
+    )
+    metrics = train(cfg, str(tmp_path / "run"))
+    assert metrics["steps"] == 1 and (tmp_path / "run" / "metrics.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -88,18 +88,37 @@ def experiments(profile: str = "") -> list[str]:
 
 def test_the_default_config_and_every_experiment_are_within_range(make_cfg):
     check_ranges(make_cfg())
-    for experiment in experiments() + experiments("paper"):
+    for experiment in experiments() + experiments("standard") + experiments("paper"):
         check_ranges(make_cfg(f"experiment={experiment}"))
 
 
-def test_every_claim_has_its_quick_experiment_and_its_papers_setup_as_a_diff_of_it(make_cfg):
+def test_every_claim_has_its_quick_experiment_and_its_other_profiles_as_diffs_of_it(make_cfg):
     from bnexp.claims import CLAIMS
 
-    assert experiments() == sorted(CLAIMS) and experiments("paper") == sorted(f"paper/{c}" for c in CLAIMS)
+    assert experiments() == sorted(CLAIMS)
+    for profile in ("standard", "paper"):
+        assert experiments(profile) == sorted(f"{profile}/{c}" for c in CLAIMS)
     for claim in CLAIMS:
-        quick, paper = make_cfg(f"experiment={claim}"), make_cfg(f"experiment=paper/{claim}")
-        assert quick.claim == paper.claim == claim
-        assert paper.train.steps > quick.train.steps or (paper.train.epochs or 0) > (quick.train.epochs or 0)
+        quick = make_cfg(f"experiment={claim}")
+        for profile in ("standard", "paper"):
+            longer = make_cfg(f"experiment={profile}/{claim}")
+            assert longer.claim == claim
+            assert longer.train.steps > quick.train.steps or (longer.train.epochs or 0) > (
+                quick.train.epochs or 0
+            )
+
+
+# What each claim's standard sweep trains on: real MNIST digits, except where the claim needs other data.
+STANDARD_DATA = {"input_norm": "synthetic"}
+
+
+def test_the_standard_profile_trains_five_seeds_or_more_on_real_digits(make_cfg):
+    from bnexp.claims import CLAIMS
+
+    for claim in CLAIMS:
+        sweep = OmegaConf.load(CONF / "experiment" / "standard" / f"{claim}.yaml").hydra.sweeper.params
+        assert len(str(sweep.seed).split(",")) >= 5, claim
+        assert make_cfg(f"experiment=standard/{claim}").data.name == STANDARD_DATA.get(claim, "mnist5k")
 
 
 def test_the_tiny_profile_shortens_any_run_or_sweep_and_keeps_every_logging_path(make_cfg):

@@ -1,6 +1,7 @@
 """`bnexp-reproduce`: run every claim's sweep and write one REPORT.md with all the verdicts.
 
     bnexp-reproduce                          # quick profile: the offline datasets, sized for a 2-core laptop
+    bnexp-reproduce --profile standard       # real MNIST digits, offline, 5+ seeds: the committed results
     bnexp-reproduce --profile paper          # the papers' setups (MNIST, CIFAR-10): for a GPU
     bnexp-reproduce --claims lr_tolerance,batch_size --out my_results
     bnexp-reproduce --update-experiments     # also refresh experiments/<claim>/README.md
@@ -28,6 +29,8 @@ from bnexp.report import headline, markdown_table, render
 
 PROFILES = {
     "quick": "the offline datasets (digits, MNIST-1D, synthetic), sized for a 2-core laptop",
+    "standard": "5,000 real MNIST digits (mnist5k) and synthetic data, offline, five seeds or more, budgets "
+    "long enough to flatten: about an hour on 2 CPU cores",
     "paper": "the papers' setups (MNIST, CIFAR-10), more steps and seeds: meant for a GPU",
 }
 
