@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bnexp import reproduce
+from bnexp import records, reproduce
 from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Effect, pool, t_interval
 from bnexp.config import UserError
 from bnexp.records import Run
@@ -377,9 +377,14 @@ def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path, mo
     notebook = tmp_path / "experiments" / "regularization"
     assert (notebook / "regularization.png").exists()
     assert CLAIMS["regularization"].criterion in (notebook / "README.md").read_text()
+    assert (tmp_path / "experiments" / "REPORT.md").read_text() == report_md
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
     assert "experiments/regularization/README.md" in readme
+    # The table shows the deciding effect with its interval, stamped with profile, date and the runs' code.
+    assert any(f"{p['name']}: {p['estimate']}" in readme for p in finding["parts"])
+    runs = records.describe(finding["provenance"]["runs"][0])
+    assert f"quick profile ({reproduce.PROFILES['quick']}); runs: {runs}" in readme
 
 
 def test_each_profile_runs_each_claims_config_of_that_profile():

@@ -93,9 +93,14 @@ def write_report(out: Path, profile: str, results: list[dict], commands: dict, s
 
 
 def update_experiments(folder: Path, out: Path, profile: str, results: list[dict], commands: dict) -> None:
-    """The lab notebook: experiments/<claim>/README.md with the latest result and its figure, and the
-    "What the suite found" section of the README beside the folder."""
-    stamp = f"{datetime.now():%Y-%m-%d}, {profile} profile ({PROFILES[profile]})"
+    """The lab notebook: experiments/<claim>/README.md with the latest result and its figure, the whole
+    REPORT.md (its figure links hold there too), and the "What the suite found" section of the README
+    beside the folder."""
+    # The code the runs were trained with: one commit, unless a reproduction spanned a change.
+    made = {records.describe(p) for r in results for p in r.get("provenance", {}).get("runs", [])}
+    stamp = (
+        f"{datetime.now():%Y-%m-%d}, {profile} profile ({PROFILES[profile]}); runs: {'; '.join(sorted(made))}"
+    )
     for r in results:
         if "figure" not in r:
             continue
@@ -106,6 +111,8 @@ def update_experiments(folder: Path, out: Path, profile: str, results: list[dict
             f"{render(r, r['figure'])}\n*Latest result: {stamp}.*\n\n**Command.** "
             f"`{shlex.join(commands[r['claim']])}`\n"
         )
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "REPORT.md", folder / "REPORT.md")
     readme = folder.resolve().parent / "README.md"
     if readme.exists():
         update_findings(readme, folder, results, stamp)
