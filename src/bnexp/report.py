@@ -107,9 +107,7 @@ def effects_table(parts: list[dict]) -> str:
             "effect [95 % interval]": p["estimate"],
             "claim predicts": f"{p['predicted']} {p['smallest_text']}",
             "verdict": p["verdict"] + (f" ({p['reason']})" if p["reason"] else ""),
-            "per seed": ", ".join(
-                f"{seed}: {'undefined' if v is None else '%.3g' % v}" for seed, v in p["per_seed"].items()
-            ),
+            "per seed": ", ".join(f"{seed}: {text}" for seed, text in p["per_seed_text"].items()),
         }
         for p in parts
     ]
@@ -130,12 +128,11 @@ def render(result: dict, figure: str, level: int = 1) -> str:
     setup = "; ".join(
         f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in result["setup"].items()
     )
-    fixed = (
-        f"version {result['version']}, fixed before the runs"
-        if result["preregistered"]
-        else f"version {result['version']}, fixed after a first look at results: see the note"
+    # When a version was fixed, against which runs, is the revision's note (the first).
+    fixed = f"version {result['version']}, see the first note" + (
+        "" if result["preregistered"] else "; first set after a look at results, see the disclosure"
     )
-    papers = [f"*{p['name']}* — {p['paper']}" for p in result["parts"] if p["paper"]]
+    papers = [f"*{p['effect']}* — {p['paper']}" for p in result["parts"] if p["paper"]]
     parts = [
         f"{'#' * level} {result['title']}",
         f"**Verdict: {result['verdict']}** (decided by: {result['decided_by']}). {result['summary']}",
@@ -146,7 +143,9 @@ def render(result: dict, figure: str, level: int = 1) -> str:
         "interval lies beyond the smallest effect of interest on the predicted side, not supported when it "
         "lies wholly on the other side, inconclusive otherwise):",
         effects_table(result["parts"]),
-        "**The papers' numbers beside ours.** " + " ".join(dict.fromkeys(papers)) if papers else "",
+        "**The papers' numbers beside ours.** " + " ".join(dict.fromkeys(papers))
+        if papers
+        else "",  # once each
         markdown_table(result["table"]),
     ]
     parts += [f"*Note.* {note}" for note in result["notes"]]

@@ -39,8 +39,10 @@ LEVEL = 0.95
 REVISION = (
     "Criterion version 2 (2026-12-03), replacing version 1, whose rule asked every seed to agree: each part "
     "is now an effect per seed with a smallest effect of interest, judged by its 95 % interval over seeds "
-    "(rule: src/bnexp/claims/__init__.py). The thresholds are version 1's, carried over unchanged; "
-    "written after version 1's quick-profile results had been seen, before any run of the standard profile."
+    "(rule: src/bnexp/claims/__init__.py). Version 1's thresholds are carried over as the smallest effects "
+    "of interest; a seed whose effect is undefined (a run diverged where the effect needs it to train) now "
+    "makes its part inconclusive, where version 1 counted the seed as failed. Written after version 1's "
+    "quick-profile results had been seen, before any run of the standard profile."
 )
 
 
@@ -90,7 +92,7 @@ def t_interval(values: list[float], level: float = LEVEL) -> tuple[float, float,
 
 
 UNITS = {  # how an effect's values print: a multiplier and a format
-    "points": (100.0, "%+.1f points"),  # accuracy differences, as percentage points
+    "points": (100.0, "%+.1f points"),  # differences of accuracies (or other fractions), as percentage points
     "×": (1.0, "%.3g×"),  # ratios
     "decades": (1.0, "%+.2f decades"),  # log10 ratios
     "": (1.0, "%.3g"),
@@ -180,6 +182,7 @@ class Part:
             predicted="above" if e.above else "below",
             unit=e.unit,
             per_seed={seed: number(v) for seed, v in self.per_seed.items()},
+            per_seed_text={seed: e.format(v) for seed, v in self.per_seed.items()},
             mean=number(self.mean),
             interval=[number(self.low), number(self.high)],
             level=LEVEL,
@@ -230,6 +233,7 @@ class Claim:
     effects: tuple[Effect, ...]
     analyze: Callable[[list[Run]], Finding]
     previous: str  # version 1's verdict on the quick profile, for the revision's disclosure
+    changes: str = ""  # what else version 2 changed for this claim beyond the rule, for the disclosure
     # Set only where the criterion was fixed after some of its results had been seen: when and how, put
     # first among the report's notes.
     disclosure: str = ""
@@ -242,7 +246,8 @@ class Claim:
 
     @property
     def revision(self) -> str:
-        return f"{REVISION} Version 1's verdict (quick profile, 2026-12-03): {self.previous}."
+        previous = f"Version 1's verdict (quick profile, 2026-12-03): {self.previous}."
+        return " ".join(text for text in (REVISION, self.changes, previous) if text)
 
 
 def _registry() -> dict[str, Claim]:

@@ -10,7 +10,7 @@ EXCESS = Effect(
     f"drop (same seed)",
     smallest=0.05,
     above=True,
-    paper="Wu & He 2018, Fig. 1 (ResNet-50, ImageNet, 8 GPUs, learning rate 0.1·N/32, the same epochs at "
+    paper="Wu & He 2018 (ResNet-50, ImageNet, 8 GPUs, learning rate 0.1·N/32, the same epochs at "
     "every batch size): BN's error rises from 23.6 % at 32 images per GPU to 34.7 % at 2 (+11.1 points), "
     "GroupNorm's 24.1 % at 2 is 0.1 points above its best (24.0 % at 8): an excess of about +11.0 points.",
 )

@@ -15,8 +15,8 @@ ADDS = Effect(
     "final test accuracy of BN with dropout minus BN's without",
     smallest=MARGIN,
     above=False,
-    paper="Ioffe & Szegedy 2015, Sec. 4.2.1: dropout removed from BN-Inception (ImageNet) with no loss of "
-    "accuracy; the paper reports no run with and without it side by side.",
+    paper="Ioffe & Szegedy 2015 (abstract): BN acts as a regularizer, in some cases removing the need for "
+    "dropout; the paper gives no side-by-side numbers.",
 )
 
 HYPOTHESIS = (
