@@ -420,3 +420,53 @@ def test_gn_groups_that_do_not_divide_the_channels_are_explained(groups):
     message = str(error.value)
     assert f"norm.groups={groups} does not divide the 100 channels" in message
     assert "(1, 2, 4, 5, 10, 20, 25, 50, 100)" in message
+
+
+# ---- every input and argument torch's BatchNorm takes -------------------------------------------------
+# (N, C) and (N, C, L) for BatchNorm1d, (N, C, H, W) for 2d, (N, C, D, H, W) for 3d.
+EVERY_DIM = [(8, C), (4, C, 7), (4, C, 3, 6), (2, C, 2, 3, 4)]
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(0, *s[1:]) for s in EVERY_DIM])
+def test_an_empty_batch_is_answered_as_torch_answers_it(shape, dtype, training, kernel):
+    # An empty output, empty input gradients, zero γ/β gradients; in training the batch is counted in
+    # num_batches_tracked and the running statistics stay as they were (not NaN).
+    ours, ref = randomized_pair(shape, KERNELS[kernel], dtype=dtype)
+    ours.train(training), ref.train(training)
+    assert_same_step(ours, ref, torch.randn(shape, dtype=dtype))
+    assert torch.isfinite(ours.running_mean).all() and torch.isfinite(ours.running_var).all()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", EVERY_DIM)
+def test_gamma_without_beta_is_torchs_bias_false(shape, dtype, kernel):
+    torch.manual_seed(0)
+    ours, ref = randomized_pair(shape, KERNELS[kernel], bias=False, dtype=dtype)
+    assert ours.bias is None and ours.weight.dtype == dtype
+    assert ours.state_dict().keys() == ref.state_dict().keys() == {"weight", *BUFFERS}
+    assert ours.extra_repr().removesuffix(", fast=True") == ref.extra_repr()
+    for training in (False, True, True, False):  # eval, two training steps, eval again
+        ours.train(training), ref.train(training)
+        assert_same_step(ours, ref, (2.0 + 3.0 * torch.randn(shape)).to(dtype))
+
+
+def test_tools_that_look_for_torchs_batch_norm_layers_find_ours():
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.optim.swa_utils import update_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, C), BatchNorm(C, momentum=0.3), nn.ReLU(), nn.Linear(C, 2))
+    assert isinstance(model[1], _BatchNorm)
+    loader = [3.0 * torch.randn(16, 6) + 1.0 for _ in range(4)]
+    model.eval()
+    update_bn(loader, model)  # the population statistics anew: the plain average over the loader's batches
+    with torch.no_grad():
+        h = [model[0](x) for x in loader]
+    torch.testing.assert_close(model[1].running_mean, torch.stack([b.mean(0) for b in h]).mean(0))
+    torch.testing.assert_close(model[1].running_var, torch.stack([b.var(0) for b in h]).mean(0))
+    assert model[1].momentum == 0.3 and not model.training  # update_bn puts both back

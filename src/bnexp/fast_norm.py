@@ -37,12 +37,8 @@ class FusedBatchNorm(torch.autograd.Function):
         centered = x - per_channel(mean, x)  # x − μ_B
         var = (centered * centered).mean(dims)  # σ²_B, two passes as in bnexp.norm
         invstd = (var + layer.eps).rsqrt_()
-        if weight is None:
-            scale = invstd
-            y = centered * per_channel(scale, x)
-        else:
-            scale = weight * invstd  # s
-            y = scale_shift(centered, scale, bias)
+        scale = invstd if weight is None else weight * invstd  # s
+        y = centered * per_channel(scale, x) if bias is None else scale_shift(centered, scale, bias)
         layer.track(mean, var, x.numel() // x.shape[1])
         ctx.save_for_backward(x, weight, bias)
         ctx.eps, ctx.textbook = layer.eps, layer.function

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnexp.channels import per_channel, reduce_dims, scale_shift
 from bnexp.fast_norm import FusedBatchNorm
@@ -54,7 +55,8 @@ class BatchNormFunction(torch.autograd.Function):
         # not.
         var = (centered * centered).mean(dims)  # σ²_B
         x_hat = centered * per_channel(torch.rsqrt(var + eps), x)
-        y = x_hat if weight is None else per_channel(weight, x) * x_hat + per_channel(bias, x)
+        y = x_hat if weight is None else per_channel(weight, x) * x_hat  # γ·x̂
+        y = y if bias is None else y + per_channel(bias, x)  # + β
         return y, mean, var
 
     @staticmethod
@@ -92,8 +94,13 @@ class BatchNormFunction(torch.autograd.Function):
         return dx if ctx.needs_input_grad[0] else None, dgamma, dbeta, None
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(_BatchNorm):
     """Batch normalization over dim 1 of (N, C) or (N, C, *) input; a drop-in for torch.nn.BatchNorm1d/2d/3d.
+
+    A subclass of torch's _BatchNorm, so that tools which find batch-norm layers by that class
+    (torch.optim.swa_utils.update_bn, precise-BN utilities, SyncBatchNorm conversion) find ours; torch's
+    constructor makes the parameters and buffers (the same names and state_dict), the forward and backward
+    are ours. bias=False keeps γ without β, as in torch.
 
     Training: normalize with the mini-batch mean and biased variance of each channel, and (if
     track_running_stats) move running_mean/running_var a fraction `momentum` toward the batch's mean and
@@ -116,56 +123,46 @@ class BatchNorm(nn.Module):
         device=None,
         dtype=None,
         *,
+        bias: bool = True,
         fast: bool = False,
     ) -> None:
-        super().__init__()
-        factory_kwargs = {"device": device, "dtype": dtype}
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.affine, self.track_running_stats, self.fast = affine, track_running_stats, fast
-        # Registered as None when absent, exactly like torch, so state_dicts carry the same keys.
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory_kwargs))  # γ
-            self.bias = nn.Parameter(torch.empty(num_features, **factory_kwargs))  # β
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
-            self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
+        # torch's own keyword bias is recent: β is dropped here, so that every torch the suite takes has it.
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        if affine and not bias:
+            self.register_parameter("bias", None)  # None, as torch registers it: the same state_dict keys
+        self.fast = fast
 
     def reset_parameters(self) -> None:
         """γ = 1 and β = 0: at initialization the layer outputs x̂ itself."""
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
+        bias = ", bias=False" if self.affine and self.bias is None else ""
         return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}{bias}, "
             f"track_running_stats={self.track_running_stats}" + (", fast=True" if self.fast else "")
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(
                 f"expected input of shape (N, {self.num_features}) or (N, {self.num_features}, *) "
                 f"(channels in dim 1), got input of shape {tuple(x.shape)}"
             )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
         if not self.training and self.track_running_stats:
             return self.inference(x)
+        if x.numel() == 0:  # an empty batch: as in torch, an empty output, the batch counted, no statistics
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+            y = x if self.weight is None else x * per_channel(self.weight, x)  # γ and β get (zero) gradients
+            return y if self.bias is None else y + per_channel(self.bias, x)
         if x.numel() // self.num_features == 1:  # one value has variance 0 and x̂ = 0: nothing to normalize
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"

@@ -273,6 +273,7 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
             module.momentum,
             module.affine,
             module.track_running_stats,
+            bias=module.bias is not None,
             fast=module.fast,
         )
     if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
