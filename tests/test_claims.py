@@ -475,3 +475,21 @@ def test_a_run_has_flattened_when_its_last_fifth_adds_less_than_a_point():
     assert flattened(curve_run([0.5, 0.9])) is None  # too few evaluations to tell
     summary = flatness([plateau, rising])
     assert summary.startswith("1 of 2 runs") and summary.endswith("still moving: norm=none (1 seed)")
+
+
+def test_the_citation_file_cites_every_paper_whose_claim_the_suite_tests():
+    import re
+
+    import yaml
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+    root = pathlib.Path(__file__).resolve().parent.parent
+    citation = yaml.safe_load((root / "CITATION.cff").read_text())
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert citation["version"] == project["version"] and citation["license"] == project["license"]["text"]
+    cited = {(ref["authors"][0]["family-names"], ref["year"]) for ref in citation["references"]}
+    for claim in CLAIMS.values():
+        for author, year in re.findall(
+            r"\b([A-Z][A-Za-z]+)(?: et al\.| & [A-Z][a-z]+) \(?(\d{4})", claim.hypothesis
+        ):
+            assert (author, int(year)) in cited, f"{claim.name} cites {author} {year}"
