@@ -286,7 +286,11 @@ def _read_mnist5k(path: str) -> tuple[np.ndarray, np.ndarray]:
             raise damaged(f"line {number} has {line.count(b',') + 1} values, not 785")
     try:
         rows = np.loadtxt(
-            io.BytesIO(b"\n".join(lines)), delimiter=",", dtype=np.int64, comments=None, ndmin=2
+            io.BytesIO(raw),
+            delimiter=",",
+            dtype=np.int64,
+            comments=None,
+            ndmin=2,  # skips blank lines too
         )
     except ValueError as e:
         raise damaged(f"not every value is an integer ({e})") from e
