@@ -16,10 +16,10 @@ from bnexp.config import NormConfig
 from bnexp.engine import train
 from bnexp.measures import gradient_ics, landscape
 from bnexp.models import MLP, build_model, make_norm
-from bnexp.norm import NoisyBatchNorm, held_noise
+from bnexp.norm import Noise, held_noise
 from bnexp.records import LANDSCAPE_STEPS
 
-NORMS = ["none", "bn", "noisy_bn"]
+NORMS = ["none", "bn", "noisy_bn", "noisy_none"]
 
 
 def tiny(norm: str, dropout: float = 0.0, seed: int = 0):
@@ -36,7 +36,7 @@ def snapshot(model):
     return (
         {k: v.clone() for k, v in model.state_dict().items()},
         [p.grad.clone() for p in model.parameters()],
-        [m.noise for m in model.modules() if isinstance(m, NoisyBatchNorm)],
+        [m.noise for m in model.modules() if isinstance(m, Noise)],
     )
 
 
@@ -85,7 +85,7 @@ def test_a_measurement_leaves_parameters_buffers_grads_noise_and_rng_untouched(m
     assert all(torch.equal(state[k], after_state[k]) for k in state)  # BN running statistics included
     assert all(torch.equal(a, b) for a, b in zip(grads, after_grads))
     assert all(a is b for a, b in zip(noise, after_noise))
-    assert model.training and not any(m.hold_noise for m in model.modules() if isinstance(m, NoisyBatchNorm))
+    assert model.training and not any(m.hold for m in model.modules() if isinstance(m, Noise))
 
 
 def test_with_dropout_g_and_g_prime_share_one_mask():

@@ -329,9 +329,9 @@ def _batch_norm(x, norm):  # torch's functional batch norm in training mode, by 
     return F.batch_norm(x, None, None, training=True, eps=norm.eps)
 
 
-def _noisy(x, norm):  # ... then the layer's last noise draw, s·x̂ + m per channel
-    s, m = (t.view(-1, *[1] * (x.dim() - 2)) for t in norm.noise)
-    return s * _batch_norm(x, norm) + m
+def _noise(x, noise):  # Santurkar et al.'s noise, the layer's last draw: s·x + m, one s and m per value
+    s, m = noise.noise
+    return s * x + m
 
 
 # What each registry entry computes in training mode at initialization (γ = 1, β = 0), by torch's functional
@@ -341,7 +341,8 @@ REFERENCES = {
     "none": lambda x, norm: x,
     "bn": _batch_norm,
     "torch_bn": _batch_norm,
-    "noisy_bn": _noisy,
+    "noisy_bn": lambda x, norm: _noise(_batch_norm(x, norm), norm.perturb),
+    "noisy_none": _noise,
     "ln": lambda x, norm: F.layer_norm(x, x.shape[1:], eps=norm.eps),
     "gn": lambda x, norm: F.group_norm(x, 4, eps=norm.eps),
 }
@@ -359,8 +360,8 @@ def test_every_norm_computes_its_function_on_input_of_its_rank(name, spatial_dim
     if hasattr(norm, "running_mean"):  # moved by the training batch: normalized by them now
         expected = F.batch_norm(x, norm.running_mean, norm.running_var, eps=norm.eps)
         assert not torch.equal(norm.running_mean, torch.zeros(16))
-    else:
-        expected = REFERENCES[name](x, norm)
+    else:  # the noise is for training only
+        expected = x if name == "noisy_none" else REFERENCES[name](x, norm)
     torch.testing.assert_close(norm(x), expected)
 
 

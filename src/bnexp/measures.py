@@ -14,7 +14,7 @@ every `measure.ics_every` / `measure.landscape_every` steps, and records the res
     so all forwards of one measurement draw the same dropout masks (the comparison is between
     parameter settings only; the masks are not the training forward's, whose RNG state is gone) and
     the training draws exactly what it would have drawn without the measurement;
-  * the noise of NoisyBatchNorm: all forwards run inside `held_noise`, so they reuse the noise the
+  * the noise of noisy BN (`Noise`): all forwards run inside `held_noise`, so they reuse the noise the
     step itself was trained with (drawn in its training forward) and draw none.
 
 The model runs in its current mode (training mode, in the loop: BN normalizes by the batch's own
@@ -56,7 +56,7 @@ def _set_rng(device: torch.device, states: list[Tensor]) -> None:
 @contextmanager
 def _measuring(model: Network, x: Tensor):
     """Yields `rewind()`, which puts the RNG back to its state at entry (also done on exit); the
-    NoisyBatchNorm layers hold their noise meanwhile."""
+    `Noise` layers (noisy BN's) hold their noise meanwhile."""
     states = _get_rng(x.device)
     try:
         with held_noise(model):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bnexp.config import UserError
-from bnexp.norm import BatchNorm, NoisyBatchNorm
+from bnexp.norm import BatchNorm, Noise, NoisyBatchNorm
 
 # (num_features, spatial_dims) -> norm layer; spatial_dims is 0 for (N, C), 1 for (N, C, L), ...
 NormFactory = Callable[[int, int], nn.Module]
@@ -53,7 +53,9 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
     "none": lambda c, spatial_dims, **_: nn.Identity(),
     "bn": _ours(BatchNorm),
     "torch_bn": _torch_bn,
-    "noisy_bn": _ours(NoisyBatchNorm),  # BN plus per-unit noise that changes every step (Santurkar et al.)
+    # Santurkar et al.'s noise after BN (noisy BN), and the same noise in the plain network: their control.
+    "noisy_bn": _ours(NoisyBatchNorm),
+    "noisy_none": lambda c, spatial_dims, **_: Noise(c),
     # LayerNorm over each example's channels and positions, with per-channel γ and β.
     "ln": lambda c, spatial_dims, eps, affine, **_: nn.GroupNorm(1, c, eps, affine),
     "gn": _group_norm,
@@ -99,8 +101,9 @@ class Layer(nn.Module):
     ):
         super().__init__()
         norm = norm(fan_out, spatial_dims)
-        # A bias right before a normalization is removed by its mean subtraction: redundant.
-        self.linear = linear(fan_in, fan_out, bias=bias_before_norm or isinstance(norm, nn.Identity))
+        # A bias right before a normalization is removed by its mean subtraction: redundant. Without one
+        # (none, or only noise), the plain network keeps it.
+        self.linear = linear(fan_in, fan_out, bias=bias_before_norm or isinstance(norm, (nn.Identity, Noise)))
         self.norm = norm
         self.probe = Probe()
         self.g = ACTIVATIONS[activation]()

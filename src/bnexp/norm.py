@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnexp.channels import per_channel, reduce_dims, scale_shift
+from bnexp.channels import per_channel, reduce_dims
 from bnexp.fast_norm import FusedBatchNorm
 
 
@@ -205,62 +205,84 @@ class BatchNorm(_BatchNorm):
             running_var.mul_(1 - f).add_(var, alpha=f * m / (m - 1))
 
 
-class NoisyBatchNorm(BatchNorm):
-    """BatchNorm followed, in training mode only, by a per-unit scale and shift that change at every step: the
-    "noisy BatchNorm" of Santurkar et al. (2018, Sec. 2.1), a BN network whose layer inputs are made
-    deliberately unstable (more internal covariate shift than even the plain network).
+class Noise(nn.Module):
+    """The noise of Santurkar et al. (2018, App. A.2.1, Algorithm 1), in training mode only: at every step,
 
-    Per layer and training forward:  μ ~ U(−0.5, 0.5),  σ ~ U(1, 1.25);  per unit (channel) c:
-    m_c ~ U(μ − 0.1, μ + 0.1),  s_c ~ N(σ, 0.1²);  output s_c·BN(x)_c + m_c (the same m_c, s_c for every
-    example and position of the batch). Eval mode: plain BatchNorm, no noise.
+        for each unit j:                μ_j ~ U(−0.5, 0.5),            σ_j ~ U(1, 1.25)
+        for each sample i and unit j:   m_ij ~ U(μ_j − 0.1, μ_j + 0.1),  s_ij ~ N(σ_j, 0.1²)
+                                        a_ij ← s_ij·a_ij + m_ij
 
-    The noise is drawn from torch's global RNG (on the input's device), so a seed makes runs repeatable; one
-    draw per training forward. The module holds the last draw in `noise` (s, m). Inside `held_noise(model)`
-    training forwards reuse the held noise and draw nothing: that is how the measurements of bnexp.measures,
-    which re-run the step's batch after loss.backward(), see the very noise the step was trained with, and
-    leave the RNG stream alone. Under torch.func.vmap the draw needs vmap's `randomness` argument.
+    where a conv layer's positions count as part of the batch (every value of x gets its own m and s). Each
+    unit's values thus move by a random shift and scale at every step and are spread by i.i.d. noise within
+    the batch: a distribution of non-zero mean and non-unit variance that changes all the time, internal
+    covariate shift made on purpose. (The paper writes N(σ_j, 0.1); we read 0.1 as the standard deviation.)
+    Eval mode: the identity.
+
+    The noise is drawn from torch's global RNG on the input's device, so a seed makes runs repeatable. The
+    module keeps the last draw in `noise` (s, m), each of the input's shape. While `hold` is set (by
+    `held_noise`), training forwards reuse it and draw nothing: the measurements of bnexp.measures re-run
+    the step's batch and must see the noise the step was trained with, and leave the RNG stream alone.
     """
 
-    SHIFT = 0.5  # μ ~ U(−SHIFT, SHIFT)
-    SCALE = (1.0, 1.25)  # σ ~ U(SCALE)
-    UNIT_SHIFT = 0.1  # m_c ~ U(μ − UNIT_SHIFT, μ + UNIT_SHIFT)
-    UNIT_SCALE = 0.1  # s_c ~ N(σ, UNIT_SCALE²)
+    SHIFT = 0.5  # μ_j ~ U(−SHIFT, SHIFT)
+    SCALE = (1.0, 1.25)  # σ_j ~ U(SCALE)
+    SAMPLE_SHIFT = 0.1  # m_ij ~ U(μ_j − SAMPLE_SHIFT, μ_j + SAMPLE_SHIFT)
+    SAMPLE_SCALE = 0.1  # s_ij ~ N(σ_j, SAMPLE_SCALE²)
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.noise: tuple[Tensor, Tensor] | None = None  # (s, m), each of the input's shape: the last draw
+        self.hold = False
+
+    def draw(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """A fresh (s, m) of like's shape, device and dtype: three RNG calls, no host sync."""
+        unit = torch.rand(2, self.num_features, device=like.device, dtype=like.dtype)
+        mu = per_channel((2 * unit[0] - 1) * self.SHIFT, like)
+        sigma = per_channel(self.SCALE[0] + (self.SCALE[1] - self.SCALE[0]) * unit[1], like)
+        m = (2 * torch.rand_like(like) - 1).mul_(self.SAMPLE_SHIFT).add_(mu)
+        s = torch.randn_like(like).mul_(self.SAMPLE_SCALE).add_(sigma)
+        return s, m
+
+    def forward(self, a: Tensor) -> Tensor:
+        if not self.training:
+            return a
+        if self.noise is None or not self.hold:
+            self.noise = self.draw(a)
+        s, m = self.noise
+        if s.shape != a.shape:
+            raise RuntimeError(
+                f"the held noise was drawn for input of shape {tuple(s.shape)}, not {tuple(a.shape)}: "
+                f"held_noise() replays the step's own batch"
+            )
+        return torch.addcmul(m, s, a)  # s·a + m
+
+    def extra_repr(self) -> str:
+        return str(self.num_features)
+
+
+class NoisyBatchNorm(BatchNorm):
+    """The "noisy BatchNorm" of Santurkar et al. (2018, Sec. 2.1): BatchNorm followed by `Noise`, so a
+    BN network's layer inputs are made deliberately unstable, more than even the plain network's. The noise
+    holds no parameters or buffers: the state_dict is BatchNorm's. Eval mode: plain BatchNorm."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.noise: tuple[Tensor, Tensor] | None = None  # (s, m), each (C,): the last draw
-        self.hold_noise = False  # set by held_noise(): reuse `noise` instead of drawing
-
-    def draw_noise(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """A fresh (s, m) for this layer, on like's device and dtype: two RNG calls, no host sync."""
-        c = self.num_features
-        u = torch.rand(2 + c, device=like.device, dtype=like.dtype)
-        z = torch.randn(c, device=like.device, dtype=like.dtype)
-        mu = (2 * u[0] - 1) * self.SHIFT
-        sigma = self.SCALE[0] + (self.SCALE[1] - self.SCALE[0]) * u[1]
-        m = (2 * u[2:] - 1) * self.UNIT_SHIFT + mu
-        s = z * self.UNIT_SCALE + sigma
-        return s, m
+        self.perturb = Noise(self.num_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = super().forward(x)
-        if not self.training:
-            return y
-        if self.noise is None or not self.hold_noise:
-            self.noise = self.draw_noise(y)
-        s, m = self.noise
-        return scale_shift(y, s, m)  # s·y + m, per channel
+        return self.perturb(super().forward(x))
 
 
 @contextmanager
 def held_noise(model: nn.Module):
-    """Within: every NoisyBatchNorm of `model` reuses its last noise draw (see NoisyBatchNorm)."""
-    noisy = [m for m in model.modules() if isinstance(m, NoisyBatchNorm)]
-    before = [m.hold_noise for m in noisy]
+    """Within: every `Noise` of `model` (noisy BN's too) reuses its last draw instead of drawing."""
+    noisy = [m for m in model.modules() if isinstance(m, Noise)]
+    before = [m.hold for m in noisy]
     for m in noisy:
-        m.hold_noise = True
+        m.hold = True
     try:
         yield
     finally:
         for m, hold in zip(noisy, before):
-            m.hold_noise = hold
+            m.hold = hold

@@ -20,7 +20,7 @@ the folded probe values and its gradients. Results equal the sequential runs up 
 What can be vectorized (`unsupported_reason`): the MLP and the CNN; optim sgd or momentum; dropout on the
 CPU (a GPU's fused dropout kernel draws its masks in a way one program cannot follow per run), one
 dropout rate per program (model.dropout changes the network: a sweep over it makes one program per rate); the
-deterministic norms (bn, torch_bn, none, ln, gn; not noisy_bn, whose noise is drawn per layer from the
+deterministic norms (bn, torch_bn, none, ln, gn; not noisy_bn or noisy_none, whose noise is drawn from the
 global RNG).
 """
 
