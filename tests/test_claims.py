@@ -1,6 +1,7 @@
 """The claims' verdict logic and reports on hand-made runs; a claim's sweep end to end into its report, and a
 reproduction."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -11,7 +12,16 @@ import sys
 import pytest
 
 from bnexp import records, reproduce
-from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Effect, pool, t_interval
+from bnexp.claims import (
+    CLAIMS,
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    Effect,
+    Revision,
+    pool,
+    t_interval,
+)
 from bnexp.config import UserError
 from bnexp.records import Run
 from bnexp.report import report
@@ -74,6 +84,23 @@ def test_a_claim_is_decided_by_its_weakest_part():
     assert pool([yes, yes]) == (SUPPORTED, "every part")
     assert pool([yes, maybe]) == (INCONCLUSIVE, "gain (b)")
     assert pool([maybe, no, yes]) == (NOT_SUPPORTED, "gain (c)")
+
+
+def test_a_revised_criterion_is_a_new_version_disclosed_newest_first_with_the_verdict_it_replaces():
+    claim = CLAIMS["input_norm"]
+    three = Revision(
+        3, "2026-12-05", "The stability check is now two-sided.", "supported (standard, 2026-12-03)"
+    )
+    four = Revision(4, "2026-12-06", "A finer grid.", "not supported (standard, 2026-12-05)")
+    revised = dataclasses.replace(claim, revisions=(three, four))
+    assert (claim.version, revised.version) == (claim.version, 4)
+    history = revised.revision
+    assert history.index("Criterion version 4 (2026-12-06), replacing version 3") < history.index(
+        "Criterion version 3 (2026-12-05), replacing version 2"
+    )
+    assert "Version 3's verdict: not supported (standard, 2026-12-05)." in history
+    assert "Version 2's verdict: supported (standard, 2026-12-03)." in history
+    assert history.endswith(claim.revision)  # version 2's disclosure stays, last
 
 
 def test_a_failed_run_counts_as_no_classifier():

@@ -225,6 +225,25 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Revision:
+    """A criterion revised after version 2: a new version, committed before the runs that judge it. The
+    report discloses it with its date, the reason (the confound that motivated it) and the verdict of the
+    version it replaces."""
+
+    version: int
+    date: str  # when the new version was committed, YYYY-MM-DD
+    why: str  # the confound or error that motivated it, and what changed
+    previous: str  # the replaced version's verdict, with its profile and date
+
+    def text(self) -> str:
+        return (
+            f"Criterion version {self.version} ({self.date}), replacing version {self.version - 1}, fixed "
+            f"before any run that judges it: {self.why} Version {self.version - 1}'s verdict: "
+            f"{self.previous}."
+        )
+
+
+@dataclass(frozen=True)
 class Claim:
     name: str
     title: str
@@ -232,12 +251,16 @@ class Claim:
     criterion: str  # in plain words, the effects' texts among it
     effects: tuple[Effect, ...]
     analyze: Callable[[list[Run]], Finding]
-    previous: str  # version 1's verdict on the quick profile, for the revision's disclosure
+    previous: str  # version 1's verdict on the quick profile, for version 2's disclosure
     changes: str = ""  # what else version 2 changed for this claim beyond the rule, for the disclosure
     # Set only where the criterion was fixed after some of its results had been seen: when and how, put
     # first among the report's notes.
     disclosure: str = ""
-    version: int = 2
+    revisions: tuple[Revision, ...] = ()  # the versions after 2, oldest first
+
+    @property
+    def version(self) -> int:
+        return self.revisions[-1].version if self.revisions else 2
 
     @property
     def preregistered(self) -> bool:
@@ -246,8 +269,10 @@ class Claim:
 
     @property
     def revision(self) -> str:
+        """The criterion's history, newest version first."""
         previous = f"Version 1's verdict (quick profile, 2026-12-03): {self.previous}."
-        return " ".join(text for text in (REVISION, self.changes, previous) if text)
+        second = " ".join(text for text in (REVISION, self.changes, previous) if text)
+        return " ".join([r.text() for r in reversed(self.revisions)] + [second])
 
 
 def _registry() -> dict[str, Claim]:
