@@ -10,10 +10,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bnexp import records, runtime
+from bnexp.config import UserError
+from bnexp.data import load_data
 from bnexp.engine import train
 from bnexp.models import build_model
 from bnexp.monitor import percentiles
-from bnexp.step import step_module
+from bnexp.step import initialized_model, step_module
 
 TINY = ["profile=tiny", "optim.lr=0.5"]  # 40 steps: statistics every 10, evaluations and histograms every 20
 
@@ -67,6 +69,27 @@ def test_percentiles_are_the_nearest_rank_order_statistics(n):
     ranked = x.flatten().sort().values
     expected = [ranked[round(p / 100 * (n - 1))] for p in (15, 50, 85)]
     assert percentiles(x).tolist() == [v.item() for v in expected]
+
+
+def test_a_fixed_probe_batch_shows_the_eval_mode_network_on_held_out_examples(make_cfg, tmp_path):
+    """log.probe_batch: the percentiles of the first N test examples through the network in eval mode, taken
+    before the step's update: at step 1, the initial network's."""
+    cfg = make_cfg(*TINY, "log.probe_batch=100", "log.stats_every=1", "train.steps=1", "seed=3")
+    saved = json.loads((train(cfg, str(tmp_path)), tmp_path / "metrics.json")[1].read_text())
+    data = load_data(cfg.data, torch.device("cpu"))
+    model = initialized_model(cfg, data, torch.device("cpu")).eval()
+    x = data.prepare(data.test_x[:100].flatten(1))
+    with torch.no_grad():  # eval-mode BN at initialization: running mean 0, variance 1, γ = 1, β = 0
+        layer1 = model.body.layer1
+        pre = layer1.linear(x) / (1 + cfg.norm.eps) ** 0.5
+    expected = percentiles(pre).tolist()
+    logged = [saved["series"][f"act/layer1/{p}"][0][1] for p in ("p15", "p50", "p85")]
+    assert logged == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_probe_batch_larger_than_the_test_split_is_a_users_mistake(make_cfg, tmp_path):
+    with pytest.raises(UserError, match="log.probe_batch=100000 asks for more test examples"):
+        train(make_cfg(*TINY, "log.probe_batch=100000"), str(tmp_path))
 
 
 def test_hparams_go_into_the_runs_own_event_file(make_cfg, tmp_path):

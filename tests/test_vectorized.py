@@ -70,6 +70,8 @@ CASES = {
         ["optim=momentum", "optim.weight_decay=0.01", "norm.eps=1e-3", "norm.momentum=0.5"],
         [["seed=0"], ["seed=1"]],
     ),
+    # the probe points observed on a fixed held-out batch, in eval mode (log.probe_batch)
+    "probe batch": (["log.probe_batch=50"], [["seed=0"], ["seed=1", "optim.lr=0.5"]]),
     # one run diverges (recorded as diverged where it would stop alone); the others go on undisturbed
     "divergence": (
         ["norm=none", "model.activation=relu", "log.stats_every=5"],

@@ -118,6 +118,9 @@ class TrainConfig:
 class LogConfig:
     stats_every: int = 50  # percentiles, mean/std of each probe point and gradient norms
     hist_every: int = 500  # histograms of each probe point
+    # The probe points' statistics and histograms on the first N test examples, a fixed held-out batch, in
+    # eval mode (bnexp.monitor.observe); 0: on each logging step's training batch, in training mode.
+    probe_batch: int = 0
     progress_every: int = 0  # a progress line every N steps; 0 = only at evaluations
 
 
@@ -177,6 +180,7 @@ RANGES: dict[str, tuple[str, Callable]] = {
     "log.stats_every": _at_least(1),
     "log.hist_every": _at_least(1),
     "log.progress_every": _at_least(0),
+    "log.probe_batch": _at_least(0),
     "measure.ics_every": _at_least(0),  # 0: off
     "measure.landscape_every": _at_least(0),
     "threads": _at_least(0),

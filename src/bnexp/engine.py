@@ -26,7 +26,7 @@ from bnexp import records, runtime
 from bnexp.config import UserError, check_ranges
 from bnexp.data import BatchOrder, InMemoryData, load_data
 from bnexp.measures import gradient_ics, landscape
-from bnexp.monitor import Meter, Monitor, gradient_stats, probe_stats
+from bnexp.monitor import Meter, Monitor, gradient_stats, observe, probe_stats
 from bnexp.step import Eager, learning_rate
 from bnexp.vectorized import Folded, check_foldable
 
@@ -54,7 +54,7 @@ class Schedule:
         return step % self.log.hist_every == 0
 
     def observes(self, step: int) -> bool:
-        """Whether the step's forward pass is observed at the probe points (statistics or histograms)."""
+        """Whether the probe points are observed at this step (statistics or histograms)."""
         return self.wants_stats(step) or self.wants_histograms(step)
 
     def evaluates(self, step: int) -> bool:
@@ -82,6 +82,19 @@ def check_batch_statistics(cfg, model) -> None:
             f"{cfg.data.batch_size} example has none; set data.batch_size to 2 or more, or choose a "
             f"norm without batch statistics (ln, gn, none)."
         )
+
+
+def fixed_probe_batch(data: InMemoryData, n: int) -> torch.Tensor | None:
+    """The first n test examples, prepared, where the probe points are observed (log.probe_batch); None for
+    n = 0 (observed on the training batch)."""
+    if not n:
+        return None
+    if n > len(data.test_y):
+        raise UserError(
+            f"log.probe_batch={n} asks for more test examples than the test split holds "
+            f"({len(data.test_y)}); set it to at most {len(data.test_y)}, or 0 to observe the training batch."
+        )
+    return next(data.eval_batches("test", n))[0]
 
 
 # ---- evaluation --------------------------------------------------------------------------------------
@@ -189,6 +202,7 @@ def train_runs(
             f"that reads any length (model=rnn)."
         )
     steps, batch_size = planned_steps(cfg, data), cfg.data.batch_size
+    probe_x = fixed_probe_batch(data, cfg.log.probe_batch)
     schedule = Schedule(cfg, steps)  # the same for every run
     order = BatchOrder(data, batch_size, [c.seed for c in cfgs])
     loggers = loggers or [log] * len(cfgs)
@@ -206,17 +220,21 @@ def train_runs(
     active = list(runs)  # the runs still training, in the stepper's order
     step = 0
     for step in range(1, steps + 1):
-        out = stepper.forward_backward(order.next(), schedule.observes(step))
+        observed = schedule.observes(step)
+        fixed = observed and probe_x is not None  # the network as this step finds it, on the fixed batch
+        fixed_probes = [observe(stepper.model(k), probe_x) for k in range(len(active))] if fixed else []
+        out = stepper.forward_backward(order.next(), observed and not fixed)
         meter.add(out.loss, out.correct, batch_size)
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(out.loss), step, first_bad)
+        probes = fixed_probes or out.probes
         if schedule.wants_histograms(step):
-            for run, probes in zip(active, out.probes):
-                run.monitor.histograms(step, probes)
+            for run, values in zip(active, probes):
+                run.monitor.histograms(step, values)
         if schedule.wants_stats(step):
             losses, accs = meter.take()
             for k, run in enumerate(active):
                 stats = {records.LR: run.lr, records.BATCH_LOSS: losses[k], records.BATCH_ACC: accs[k]}
-                for name, v in out.probes[k].items():
+                for name, v in probes[k].items():
                     stats.update(probe_stats(name, v))
                 stats.update(gradient_stats(stepper.models[k], stepper.grads(k)))
                 run.monitor.scalars(step, stats)

@@ -73,6 +73,22 @@ def captured(model: Network):
             h.remove()
 
 
+@torch.no_grad()
+def observe(model: Network, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The probe points' values for the fixed input x (log.probe_batch), the model in eval mode: BN by its
+    running statistics, no dropout, no noise; nothing the model holds changes. On a fixed input the
+    distribution moves only when the network does, where on each step's training batch the batch's own
+    sampling noise moves it too."""
+    was_training = model.training
+    model.eval()
+    try:
+        with captured(model) as values:
+            model(x)
+    finally:
+        model.train(was_training)
+    return values
+
+
 class Meter:
     """The mean batch loss and accuracy of K runs since the last logging step, accumulated on the device."""
 

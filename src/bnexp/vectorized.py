@@ -88,6 +88,7 @@ IMPLEMENTED_KEYS = frozenset(
         "log.stats_every",
         "log.hist_every",
         "log.progress_every",
+        "log.probe_batch",  # the engine observes each run's own model (Folded.model)
         "seed",
         "device",
         "threads",
