@@ -3,6 +3,7 @@ reproduction."""
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -68,6 +69,20 @@ def test_an_effect_is_supported_only_when_its_whole_interval_lies_beyond_the_sma
     # The same values, for a claim that predicts the effect below δ.
     assert LOSS.judge(seeds(0.00, 0.01, 0.02)).verdict == SUPPORTED
     assert LOSS.judge(seeds(0.10, 0.11, 0.12)).verdict == NOT_SUPPORTED
+
+
+def test_a_ratio_on_the_log_scale_is_judged_by_its_geometric_mean_and_a_t_interval_of_the_logs():
+    ratios = {"0": 0.25, "1": 0.5, "2": 1.0}  # logs ln 2 apart: mean ln 0.5, s = ln 2
+    effect = Effect("drift ratio", "BN's ÷ plain's", smallest=1.0, above=False, unit="×", log=True)
+    part = effect.judge(ratios)
+    half = 4.303 * math.log(2) / 3**0.5  # t(0.975, 2) from a printed table
+    assert part.mean == pytest.approx(0.5)
+    assert (part.low, part.high) == pytest.approx((0.5 * math.exp(-half), 0.5 * math.exp(half)), rel=1e-3)
+    assert part.low > 0 and part.verdict == INCONCLUSIVE  # the interval, 0.15× to 1.6×, holds 1×
+    assert effect.judge({"0": 0.2, "1": 0.25, "2": 0.3}).verdict == SUPPORTED
+    undefined = effect.judge({"0": 0.2, "1": 0.0, "2": 0.3})
+    assert undefined.verdict == INCONCLUSIVE and undefined.reason == "undefined in seed(s) 1"
+    assert "log scale" in effect.text()
 
 
 def test_an_effect_is_inconclusive_with_one_seed_or_an_undefined_one():

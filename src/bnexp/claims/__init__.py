@@ -110,6 +110,9 @@ class Effect:
     above: bool  # the claim predicts the effect beyond δ upwards (False: below δ)
     unit: str = "points"  # a key of UNITS
     paper: str = ""  # the papers' comparable number, with its setup
+    # A ratio judged on the log scale: the mean and interval of log(value), reported back as ratios (the
+    # geometric mean). Per-seed ratios are skewed, and a t interval on the ratio itself can reach below 0.
+    log: bool = False
 
     def format(self, value: float) -> str:
         scale, spec = UNITS[self.unit]
@@ -118,19 +121,27 @@ class Effect:
     def text(self) -> str:
         """The part of the criterion's text this effect contributes."""
         side = "above" if self.above else "below"
-        return f"*{self.name}*: {self.measures}; the claim predicts it {side} {self.format(self.smallest)}."
+        scale = " (geometric mean over seeds, its interval taken on the log scale)" if self.log else ""
+        return (
+            f"*{self.name}*: {self.measures}{scale}; the claim predicts it {side} "
+            f"{self.format(self.smallest)}."
+        )
 
     def judge(self, per_seed: dict[str, float], where: str = "") -> "Part":
         """Apply the rule to this effect's values per seed (of one model, activation, ... `where`)."""
         values = [float(v) for v in per_seed.values()]
-        mean, low, high = t_interval(values)
+        if self.log:  # a ratio of 0 or below has no logarithm: undefined, like a NaN
+            logs = [math.log(v) if v > 0 else math.nan for v in values]
+            mean, low, high = (math.exp(v) for v in t_interval(logs))
+        else:
+            mean, low, high = t_interval(values)
         reason = ""
         if math.isnan(low):
             reason = (
                 "fewer than two seeds"
                 if len(values) < 2
                 else "undefined in seed(s) "
-                + ", ".join(s for s, v in per_seed.items() if not math.isfinite(v))
+                + ", ".join(s for s, v in per_seed.items() if not math.isfinite(v) or (self.log and v <= 0))
             )
             verdict = INCONCLUSIVE
         elif (low > self.smallest) if self.above else (high < self.smallest):
@@ -181,6 +192,7 @@ class Part:
             smallest=e.smallest,
             predicted="above" if e.above else "below",
             unit=e.unit,
+            scale="log" if e.log else "linear",
             per_seed={seed: number(v) for seed, v in self.per_seed.items()},
             per_seed_text={seed: e.format(v) for seed, v in self.per_seed.items()},
             mean=number(self.mean),
