@@ -118,6 +118,21 @@ def test_a_revised_criterion_is_a_new_version_disclosed_newest_first_with_the_ve
     assert history.endswith(claim.revision)  # version 2's disclosure stays, last
 
 
+def test_a_claim_whose_control_fails_is_inconclusive_whatever_its_other_parts_say():
+    trains = Effect(
+        "plain network's accuracy", "final test accuracy", 0.8, above=True, unit="%", control=True
+    )
+    smaller = Effect("drift ratio", "BN's ÷ plain's", 0.5, above=False, unit="×")
+    effect = smaller.judge({"0": 0.1, "1": 0.12, "2": 0.11})
+    assert effect.verdict == SUPPORTED
+    assert pool([trains.judge({"0": 0.95, "1": 0.96, "2": 0.94}), effect]) == (SUPPORTED, "every part")
+    failed = trains.judge({"0": 0.3, "1": 0.35, "2": 0.32})  # the plain network never trained
+    assert pool([failed, effect]) == (INCONCLUSIVE, "control failed: plain network's accuracy")
+    unsure = trains.judge({"0": 0.95, "1": 0.5, "2": 0.9})
+    assert pool([unsure, smaller.judge({"0": 2.0, "1": 3.0, "2": 2.5})])[0] == INCONCLUSIVE
+    assert "a control" in trains.text() and trains.format(0.8) == "80.0 %"
+
+
 def test_a_failed_run_counts_as_no_classifier():
     failed = Run(pathlib.Path("."), {"seed": 0}, None)
     assert failed.diverged and failed.test_acc == 0.0

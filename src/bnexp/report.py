@@ -103,7 +103,7 @@ def effects_table(parts: list[dict]) -> str:
     """The judged parts of a claim: each effect with its 95 % interval, δ, the verdict and the seeds."""
     rows = [
         {
-            "part": p["name"],
+            "part": p["name"] + (" (control)" if p.get("control") else ""),
             "effect [95 % interval]": p["estimate"],
             "claim predicts": f"{p['predicted']} {p['smallest_text']}",
             "verdict": p["verdict"] + (f" ({p['reason']})" if p["reason"] else ""),
@@ -141,7 +141,8 @@ def render(result: dict, figure: str, level: int = 1) -> str:
         f"**Criterion ({fixed}).** {result['criterion']}",
         "**Effects** (mean over seeds and its 95 % Student-t interval; rule: supported when the whole "
         "interval lies beyond the smallest effect of interest on the predicted side, not supported when it "
-        "lies wholly on the other side, inconclusive otherwise):",
+        "lies wholly on the other side, inconclusive otherwise; a control that is not supported makes the "
+        "claim inconclusive):",
         effects_table(result["parts"]),
         "**The papers' numbers beside ours.** " + " ".join(dict.fromkeys(papers))
         if papers

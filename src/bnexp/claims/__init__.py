@@ -20,7 +20,9 @@ per-seed effects and holds up well for mild skew. An effect (a *part* of the cla
                    effect is undefined (e.g. a run diverged and has no drift to measure).
 
 A claim is supported when every part is, not supported when any part is not, inconclusive otherwise;
-the verdict names the part that decided it.
+the verdict names the part that decided it. A *control* (criteria version 3) is a part the comparison
+needs to mean anything, such as "the plain network trains": judged by the same rule, and unless it is
+supported the claim is inconclusive, its reason the failed control.
 """
 
 import math
@@ -93,6 +95,7 @@ def t_interval(values: list[float], level: float = LEVEL) -> tuple[float, float,
 
 UNITS = {  # how an effect's values print: a multiplier and a format
     "points": (100.0, "%+.1f points"),  # differences of accuracies (or other fractions), as percentage points
+    "%": (100.0, "%.1f %%"),  # accuracies themselves
     "×": (1.0, "%.3g×"),  # ratios
     "decades": (1.0, "%+.2f decades"),  # log10 ratios
     "": (1.0, "%.3g"),
@@ -110,6 +113,9 @@ class Effect:
     above: bool  # the claim predicts the effect beyond δ upwards (False: below δ)
     unit: str = "points"  # a key of UNITS
     paper: str = ""  # the papers' comparable number, with its setup
+    # A positive control: a condition the comparison needs to mean anything (the plain network trains),
+    # judged by the same rule; unless it is supported the claim is inconclusive (`pool`).
+    control: bool = False
     # A ratio judged on the log scale: the mean and interval of log(value), reported back as ratios (the
     # geometric mean). Per-seed ratios are skewed, and a t interval on the ratio itself can reach below 0.
     log: bool = False
@@ -121,6 +127,11 @@ class Effect:
     def text(self) -> str:
         """The part of the criterion's text this effect contributes."""
         side = "above" if self.above else "below"
+        if self.control:
+            return (
+                f"*{self.name}* (a control: unless it holds, the claim is inconclusive): {self.measures}; it "
+                f"must lie {side} {self.format(self.smallest)}."
+            )
         scale = " (geometric mean over seeds, its interval taken on the log scale)" if self.log else ""
         return (
             f"*{self.name}*: {self.measures}{scale}; the claim predicts it {side} "
@@ -193,6 +204,7 @@ class Part:
             predicted="above" if e.above else "below",
             unit=e.unit,
             scale="log" if e.log else "linear",
+            control=e.control,
             per_seed={seed: number(v) for seed, v in self.per_seed.items()},
             per_seed_text={seed: e.format(v) for seed, v in self.per_seed.items()},
             mean=number(self.mean),
@@ -207,7 +219,12 @@ class Part:
 
 
 def pool(parts: list[Part]) -> tuple[str, str]:
-    """The claim's verdict from its parts, and the part that decided it (every part, when supported)."""
+    """The claim's verdict from its parts, and the part that decided it (every part, when supported). A
+    control that is not supported makes the claim inconclusive, whatever the other parts say."""
+    failed = [p.name for p in parts if p.effect.control and p.verdict != SUPPORTED]
+    if failed:
+        return INCONCLUSIVE, "control failed: " + "; ".join(failed)
+    parts = [p for p in parts if not p.effect.control]
     if not parts:
         return INCONCLUSIVE, "no part could be judged"
     for outcome in (NOT_SUPPORTED, INCONCLUSIVE):
