@@ -133,6 +133,23 @@ def test_a_claim_whose_control_fails_is_inconclusive_whatever_its_other_parts_sa
     assert "a control" in trains.text() and trains.format(0.8) == "80.0 %"
 
 
+def test_a_control_of_some_parts_makes_only_those_inconclusive():
+    harms = Effect("the noise harms the plain network", "plain − noisy plain", 0.05, True, control=True)
+    harms = dataclasses.replace(harms, gates=("noisy BN trains like BN",))
+    like = Effect("noisy BN trains like BN", "noisy BN − BN", -0.03, above=True)
+    other = Effect("landscape ratio", "BN's ÷ plain's", 1.0, above=False, unit="×")
+    held, failed = harms.judge({"0": 0.3, "1": 0.35, "2": 0.3}), harms.judge({"0": 0.0, "1": 0.01, "2": 0.0})
+    parts = [like.judge({"0": 0.0, "1": 0.01, "2": -0.01}), other.judge({"0": 0.5, "1": 0.4, "2": 0.45})]
+    assert pool([held, *parts]) == (SUPPORTED, "every part")
+    assert pool([failed, *parts]) == (
+        INCONCLUSIVE,
+        "noisy BN trains like BN (control failed: the noise harms the plain network)",
+    )
+    worse = other.judge({"0": 2.0, "1": 2.5, "2": 3.0})
+    assert pool([failed, parts[0], worse]) == (NOT_SUPPORTED, "landscape ratio")  # not gated: it decides
+    assert "*noisy BN trains like BN* is inconclusive" in harms.text()
+
+
 def test_a_failed_run_counts_as_no_classifier():
     failed = Run(pathlib.Path("."), {"seed": 0}, None)
     assert failed.diverged and failed.test_acc == 0.0

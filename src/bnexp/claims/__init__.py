@@ -22,7 +22,7 @@ per-seed effects and holds up well for mild skew. An effect (a *part* of the cla
 A claim is supported when every part is, not supported when any part is not, inconclusive otherwise;
 the verdict names the part that decided it. A *control* (criteria version 3) is a part the comparison
 needs to mean anything, such as "the plain network trains": judged by the same rule, and unless it is
-supported the claim is inconclusive, its reason the failed control.
+supported the claim (or the parts it gates) is inconclusive, its reason the failed control.
 """
 
 import math
@@ -116,6 +116,7 @@ class Effect:
     # A positive control: a condition the comparison needs to mean anything (the plain network trains),
     # judged by the same rule; unless it is supported the claim is inconclusive (`pool`).
     control: bool = False
+    gates: tuple[str, ...] = ()  # a control's scope: the names of the effects it gates; () for all
     # A ratio judged on the log scale: the mean and interval of log(value), reported back as ratios (the
     # geometric mean). Per-seed ratios are skewed, and a t interval on the ratio itself can reach below 0.
     log: bool = False
@@ -128,8 +129,9 @@ class Effect:
         """The part of the criterion's text this effect contributes."""
         side = "above" if self.above else "below"
         if self.control:
+            scope = " and ".join(f"*{name}*" for name in self.gates) or "the claim"
             return (
-                f"*{self.name}* (a control: unless it holds, the claim is inconclusive): {self.measures}; it "
+                f"*{self.name}* (a control: unless it holds, {scope} is inconclusive): {self.measures}; it "
                 f"must lie {side} {self.format(self.smallest)}."
             )
         scale = " (geometric mean over seeds, its interval taken on the log scale)" if self.log else ""
@@ -220,15 +222,22 @@ class Part:
 
 def pool(parts: list[Part]) -> tuple[str, str]:
     """The claim's verdict from its parts, and the part that decided it (every part, when supported). A
-    control that is not supported makes the claim inconclusive, whatever the other parts say."""
-    failed = [p.name for p in parts if p.effect.control and p.verdict != SUPPORTED]
-    if failed:
-        return INCONCLUSIVE, "control failed: " + "; ".join(failed)
-    parts = [p for p in parts if not p.effect.control]
-    if not parts:
+    control that is not supported makes the parts it gates inconclusive (all of them, unless it names
+    some), whatever they say."""
+    failed = [c for c in parts if c.effect.control and c.verdict != SUPPORTED]
+    if any(not c.effect.gates for c in failed):
+        return INCONCLUSIVE, "control failed: " + "; ".join(c.name for c in failed)
+    verdicts = {}
+    for p in parts:
+        if not p.effect.control:
+            gating = [c.name for c in failed if p.effect.name in c.effect.gates]
+            verdicts[p.name + (f" (control failed: {'; '.join(gating)})" if gating else "")] = (
+                INCONCLUSIVE if gating else p.verdict
+            )
+    if not verdicts:
         return INCONCLUSIVE, "no part could be judged"
     for outcome in (NOT_SUPPORTED, INCONCLUSIVE):
-        deciding = [p.name for p in parts if p.verdict == outcome]
+        deciding = [name for name, verdict in verdicts.items() if verdict == outcome]
         if deciding:
             return outcome, "; ".join(deciding)
     return SUPPORTED, "every part"
