@@ -153,7 +153,7 @@ def write_metrics(run_dir, config: dict, provenance: dict, metrics: dict, series
 def flat_config(cfg) -> dict:
     """The run's resolved settings as flat `group.key: value` pairs (metrics.json, HParams)."""
     out = {}
-    for group in ("model", "norm", "init", "data", "optim", "train", "measure"):
+    for group in ("model", "norm", "init", "data", "optim", "train", "log", "measure"):
         for key, value in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items():
             out[f"{group}.{key}"] = value
     out.update(seed=cfg.seed, device=str(getattr(cfg.device, "value", cfg.device)), claim=cfg.get("claim"))
