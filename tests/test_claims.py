@@ -461,6 +461,28 @@ def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path, mo
     assert f"quick profile ({reproduce.PROFILES['quick']}); runs: {runs}" in readme
 
 
+def test_a_resumed_reproduction_trains_only_the_claims_that_had_not_finished(tmp_path, capsys):
+    out = tmp_path / "repro"
+    reproduce.main(
+        ["--claims", "ics,ics_gradient", "--jobs", "1", "--out", str(out), "profile=tiny", "seed=0"]
+    )
+    finished = {p: p.stat().st_mtime_ns for p in (out / "ics").glob("*/metrics.json")}
+    assert finished
+    (out / "ics_gradient" / "finding.json").unlink()  # as if killed before its sweep ended
+    (out / "REPORT.md").unlink()
+    capsys.readouterr()
+    reproduce.main(["--resume", str(out)])  # the profile, claims and overrides are the folder's
+    printed = capsys.readouterr().out
+    assert "resumed: 1 claim(s) had finished and were not trained again (ics); 1 trained" in printed
+    assert {p: p.stat().st_mtime_ns for p in (out / "ics").glob("*/metrics.json")} == finished
+    assert (out / "ics_gradient" / "finding.json").exists()
+    report_md = (out / "REPORT.md").read_text()
+    assert "(#ics)" in report_md and "(#ics_gradient)" in report_md
+    with pytest.raises(SystemExit):  # another profile would mix two reproductions in one report
+        reproduce.main(["--resume", str(out), "--profile", "standard"])
+    assert "continues that reproduction with its own profile" in capsys.readouterr().err
+
+
 def test_each_profile_runs_each_claims_config_of_that_profile():
     command = reproduce.sweep_command(CLAIMS["ics"], "paper", pathlib.Path("out"), 2, ["device=cuda"])
     assert command[:3] == ["bnexp", "-m", "experiment=paper/ics"] and command[-1] == "device=cuda"
@@ -478,7 +500,8 @@ def test_each_claims_paper_config_trains_a_step_on_files_in_the_real_formats(cla
     from bnexp.engine import train
     from test_data import make_cifar_files
 
-    write_mnist_files(tmp_path, n_train=5000, n_test=20)  # regularization keeps a subset of 5,000
+    # regularization keeps a subset of 5,000 training examples; ics observes a probe batch of 500 test ones
+    write_mnist_files(tmp_path, n_train=5000, n_test=500)
     make_cifar_files(tmp_path, per_batch=60, n_test=20)
     cfg = make_cfg(
         f"experiment=paper/{claim}",
@@ -499,6 +522,7 @@ def test_each_claims_paper_config_trains_a_step_on_files_in_the_real_formats(cla
         (["--jobs", "0"], "--jobs 0"),
         (["--out", "earlier"], "is not an empty folder"),
         (["--out", "earlier/REPORT.md"], "is not an empty folder"),
+        (["--resume", "earlier"], "no reproduction.json there"),
     ],
 )
 def test_reproduce_refuses_bad_arguments_before_any_sweep(tmp_path, monkeypatch, capsys, args, explained):

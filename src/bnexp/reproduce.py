@@ -5,6 +5,7 @@
     bnexp-reproduce --profile paper          # the papers' setups (MNIST, CIFAR-10): for a GPU
     bnexp-reproduce --claims lr_tolerance,batch_size --out my_results
     bnexp-reproduce --update-experiments     # also refresh experiments/<claim>/README.md
+    bnexp-reproduce --resume reproduce/standard_<date_time>   # finish an interrupted reproduction
 
 Each claim runs as `bnexp -m experiment=<claim>` (the exact command is in the report), so every
 number in REPORT.md can be re-derived from its sweep folder with `bnexp-report`.
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from bnexp import records
 from bnexp.claims import CLAIMS
-from bnexp.report import headline, markdown_table, render
+from bnexp.config import UserError
+from bnexp.report import headline, markdown_table, render, report
 
 PROFILES = {
     "quick": "the offline datasets (digits, MNIST-1D, synthetic), sized for a 2-core laptop",
@@ -53,12 +55,20 @@ def run_claim(claim, cmd: list[str], sweep_dir: Path) -> dict:
     finding = sweep_dir / "finding.json"
     if finding.exists():
         return json.loads(finding.read_text())
-    return dict(
-        claim=claim.name,
-        title=claim.title,
-        verdict="error",
-        summary=f"The sweep ended with exit code {proc.returncode} and no report; see {sweep_dir}.",
-    )
+    return failed(claim, f"The sweep ended with exit code {proc.returncode} and no report; see {sweep_dir}.")
+
+
+def reanalyze(claim, sweep_dir: Path) -> dict:
+    """A finished sweep's finding, its report rebuilt from its run folders by the current analysis."""
+    print(f"\n=== {claim.name}: finished earlier; its report rebuilt from {sweep_dir}", flush=True)
+    try:
+        return report(sweep_dir)
+    except UserError as e:
+        return failed(claim, f"Its report could not be rebuilt: {e}")
+
+
+def failed(claim, why: str) -> dict:
+    return dict(claim=claim.name, title=claim.title, verdict="error", summary=why)
 
 
 def write_report(out: Path, profile: str, results: list[dict], commands: dict, seconds: float) -> Path:
@@ -152,6 +162,35 @@ def update_findings(readme: Path, folder: Path, results: list[dict], stamp: str)
     readme.write_text(text[:start] + section + text[end:])
 
 
+SETTINGS = "reproduction.json"  # a reproduction's profile, claims and overrides, for --resume
+
+
+def resume_settings(parser, args) -> None:
+    """Take the profile, claims and overrides of the reproduction in args.resume; refuse others given."""
+    path = args.resume / SETTINGS
+    if not path.is_file():
+        parser.error(
+            f"--resume {args.resume}: no {SETTINGS} there, so it is not a folder that bnexp-reproduce "
+            f"started; give the folder of an interrupted reproduction (reproduce/<profile>_<date_time>), "
+            f"or start a new one without --resume"
+        )
+    saved = json.loads(path.read_text())
+    given = dict(profile=args.profile, claims=args.claims.split(","), overrides=args.overrides)
+    defaults = dict(profile="quick", claims=list(CLAIMS), overrides=[])
+    clash = [k for k in saved if given[k] != defaults[k] and given[k] != saved[k]]
+    if clash:
+        parser.error(
+            f"--resume {args.resume} continues that reproduction with its own {', '.join(clash)} "
+            f"({'; '.join(f'{k}: {saved[k]}' for k in clash)}); leave {'it' if len(clash) == 1 else 'them'} "
+            f"out, or start a new reproduction"
+        )
+    args.profile, args.claims, args.overrides = (
+        saved["profile"],
+        ",".join(saved["claims"]),
+        saved["overrides"],
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="bnexp-reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=PROFILES, default="quick")
@@ -171,8 +210,18 @@ def main(argv=None) -> None:
         metavar="DIR",
         help="also rewrite DIR/<claim>/README.md (default DIR: experiments)",
     )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="finish the reproduction in DIR: run the claims whose sweep has no report yet (from scratch), "
+        "rebuild the others' reports from their runs, then REPORT.md; its profile, claims and overrides "
+        "are DIR's",
+    )
     parser.add_argument("overrides", nargs="*", help="extra overrides for every sweep, e.g. device=cuda")
     args = parser.parse_args(argv)
+    if args.resume:
+        resume_settings(parser, args)
 
     claims = [c.strip() for c in args.claims.split(",") if c.strip()]
     unknown = [c for c in claims if c not in CLAIMS]
@@ -193,25 +242,38 @@ def main(argv=None) -> None:
             file=sys.stderr,
         )
         jobs = 1
-    out = args.out or Path("reproduce") / f"{args.profile}_{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    out = args.resume or args.out or Path("reproduce") / f"{args.profile}_{datetime.now():%Y-%m-%d_%H-%M-%S}"
     # A folder of its own: an earlier reproduction's run folders would join this one's analyses, and its
     # finding.json stand in for a sweep that fails.
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not args.resume and out.exists() and (not out.is_dir() or any(out.iterdir())):
         parser.error(
             f"--out {out} already exists and is not an empty folder; a reproduction writes its sweeps and "
-            f"REPORT.md into a new one: give another --out, or delete {out} first"
+            f"REPORT.md into a new one: give another --out, delete {out} first, or finish it with "
+            f"--resume {out}"
         )
     out.mkdir(parents=True, exist_ok=True)
+    settings = dict(profile=args.profile, claims=claims, overrides=args.overrides)
+    records.write_json(out / SETTINGS, settings)
 
-    start, results, commands = time.perf_counter(), [], {}
+    start, results, commands, rebuilt = time.perf_counter(), [], {}, []
     for name in claims:
         claim = CLAIMS[name]
         commands[name] = sweep_command(claim, args.profile, out / name, jobs, args.overrides)
-        results.append(run_claim(claim, commands[name], out / name))
-    report = write_report(out, args.profile, results, commands, time.perf_counter() - start)
+        if args.resume and (out / name / "finding.json").exists():
+            results.append(reanalyze(claim, out / name))
+            rebuilt.append(name)
+        else:
+            results.append(run_claim(claim, commands[name], out / name))
+    report_path = write_report(out, args.profile, results, commands, time.perf_counter() - start)
     if args.update_experiments:
         update_experiments(args.update_experiments, out, args.profile, results, commands)
-    print("\n" + "\n".join(f"{r['claim']:>18}: {r['verdict']}" for r in results) + f"\n\nreport: {report}")
+    print("\n" + "\n".join(f"{r['claim']:>18}: {r['verdict']}" for r in results))
+    if args.resume:
+        print(
+            f"\nresumed: {len(rebuilt)} claim(s) had finished and were not trained again"
+            f"{' (' + ', '.join(rebuilt) + ')' if rebuilt else ''}; {len(claims) - len(rebuilt)} trained"
+        )
+    print(f"\nreport: {report_path}")
     if any(r["verdict"] == "error" for r in results):
         sys.exit(1)  # a sweep ended without a report: scripts and CI see it
 
