@@ -20,17 +20,19 @@ def percentiles(prefix: str, move: float) -> dict:
 
 
 def made_run(norm: str, seed: int, acc: float = 0.95, series=None, **config) -> Run:
-    config = {"claim": None, "seed": seed, "model.name": "mlp", "norm.name": norm, **config}
+    config = {"claim": None, "seed": seed, "model.name": "mlp", "norm.name": norm, "log.probe_batch": 500}
     series = {"test/acc": [[50, acc / 2], [100, acc]], **(series or {})}
-    return Run(pathlib.Path("."), config, dict(final_test_acc=acc, diverged=False, series=series))
+    metrics = dict(final_test_acc=acc, diverged=False, series=series, steps_planned=STEPS[-1])
+    return Run(pathlib.Path("."), config, metrics)
 
 
-def ics_sweep(bn_moves, plain_moves):
+def ics_sweep(bn_moves, plain_moves, plain_acc=0.95):
     """Per seed, (unit-0 move, whole-layer move) of the last hidden layer's percentiles for BN and plain."""
     return [
         made_run(
             norm,
             seed,
+            acc=plain_acc if norm == "none" else 0.95,
             series={
                 **percentiles("act/layer3/unit0", moves[seed][0]),
                 **percentiles("act/layer3", moves[seed][1]),
@@ -54,7 +56,43 @@ def test_ics_needs_both_the_unit_and_the_layer():
     # Seed 1: the layer is stable, the unit is not; the unit's interval then reaches past half.
     finding = CLAIMS["ics"].analyze(ics_sweep([(0.4, 0.2), (1.5, 0.2), (0.4, 0.2)], [(2.0, 1.0)] * 3))
     assert finding.verdict == INCONCLUSIVE and finding.decided_by == "drift ratio (unit 0 of layer3)"
-    assert [p.verdict for p in finding.parts] == [INCONCLUSIVE, SUPPORTED]
+    assert [p.verdict for p in finding.parts] == [SUPPORTED, INCONCLUSIVE, SUPPORTED]
+
+
+def test_ics_is_inconclusive_when_the_plain_network_never_trains():
+    """Its inputs then barely move because nothing is learned: stability by default, not BN's doing."""
+    finding = CLAIMS["ics"].analyze(ics_sweep([(0.4, 0.2)] * 3, [(2.0, 1.0)] * 3, plain_acc=0.2))
+    assert finding.verdict == INCONCLUSIVE
+    assert finding.decided_by == "control failed: the plain network trains"
+
+
+def test_ics_measures_the_drift_after_the_burn_in_only():
+    """A plain network whose inputs jump in the first quarter of training and then stay put does not
+    drift: its percentiles' range over the steps after the burn-in is that of the still phase."""
+
+    def jump_then_drift(prefix, late_move):  # steps 20 (burn-in) and 40..100: a 4.0 jump, then late_move
+        values = [0.0, 4.0, 4.0 + late_move / 3, 4.0 + 2 * late_move / 3, 4.0 + late_move]
+        return {
+            f"{prefix}/p{k}": [[s, v + off] for s, v in zip(STEPS, values)]
+            for k, off in (("15", -1.0), ("50", 0.0), ("85", 1.0))
+        }
+
+    runs = ics_sweep([(0.4, 0.2)] * 3, [(2.0, 1.0)] * 3)
+    for r in runs:
+        if r["norm.name"] == "none":  # after the burn-in it moves as much as BN (0.4, 0.2 over 3/4 of it)
+            r.metrics["series"].update(
+                {**jump_then_drift("act/layer3/unit0", 0.3), **jump_then_drift("act/layer3", 0.15)}
+            )
+    finding = CLAIMS["ics"].analyze(runs)
+    assert [p.mean for p in finding.parts[1:]] == pytest.approx([1.0, 1.0])
+    assert finding.verdict == NOT_SUPPORTED
+
+
+def test_ics_refuses_runs_that_observed_their_training_batches():
+    runs = ics_sweep([(0.4, 0.2)] * 3, [(2.0, 1.0)] * 3)
+    runs[0].config["log.probe_batch"] = 0
+    with pytest.raises(ValueError, match="fixed probe batch"):
+        CLAIMS["ics"].analyze(runs)
 
 
 def gradient_run(norm, seed, acc=0.95, drift=0.5, one_minus_cos=0.1, land=1.0, steps=STEPS):
