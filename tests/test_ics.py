@@ -95,20 +95,26 @@ def test_ics_refuses_runs_that_observed_their_training_batches():
         CLAIMS["ics"].analyze(runs)
 
 
-def gradient_run(norm, seed, acc=0.95, drift=0.5, one_minus_cos=0.1, land=1.0, steps=STEPS):
-    """A run of the ics_gradient sweep: layer drift, gradient ICS (layers ≥ 2) and landscape values."""
-    series = {**percentiles("act/layer1", 2 * drift), **percentiles("act/layer2", 2 * drift)}
+def gradient_run(norm, seed, acc=0.95, drift=0.5, one_minus_cos=0.1, land=1.0, early_cos=None):
+    """A run of the ics_gradient sweep: layer drift (unit 0 and all units), gradient ICS (layers ≥ 2) and
+    landscape values; `early_cos`, if given, is 1 − cos(G, G′) in the burn-in (step 20 of 100)."""
+    series = {}
+    for layer in ("layer1", "layer2"):
+        series.update(
+            {**percentiles(f"act/{layer}", 2 * drift), **percentiles(f"act/{layer}/unit0", 2 * drift)}
+        )
     for layer in ("layer1", "layer2", "head"):
-        cos = 1.0 if layer == "layer1" else 1 - one_minus_cos
+        late = 1.0 if layer == "layer1" else 1 - one_minus_cos
+        early = late if early_cos is None or layer == "layer1" else 1 - early_cos
         series.update(
             {
-                f"ics/{layer}/cos": [[s, cos] for s in steps],
-                f"ics/{layer}/l2": [[s, 0.1] for s in steps],
-                f"ics/{layer}/rel": [[s, 0.2] for s in steps],
+                f"ics/{layer}/cos": [[s, early if s <= 25 else late] for s in STEPS],
+                f"ics/{layer}/l2": [[s, 0.1] for s in STEPS],
+                f"ics/{layer}/rel": [[s, 0.2] for s in STEPS],
             }
         )
     for key in ("loss_range", "grad_change", "beta_smoothness", "grad_norm"):
-        series[f"landscape/{key}"] = [[s, land] for s in steps]
+        series[f"landscape/{key}"] = [[s, land] for s in STEPS]
     return made_run(norm, seed, acc, series)
 
 
@@ -121,16 +127,18 @@ SANTURKAR = {
     "none": dict(drift=0.3, one_minus_cos=0.1, land=2.0),
     "bn": dict(drift=0.05, one_minus_cos=0.2, land=1.0),
     "noisy_bn": dict(drift=0.6, one_minus_cos=0.2, land=1.0, acc=0.94),
+    "noisy_none": dict(drift=0.9, one_minus_cos=0.3, land=3.0, acc=0.3),  # the noise stops it training
 }
 ICS_STORY = {
     "none": dict(drift=0.3, one_minus_cos=0.2, land=1.0),
     "bn": dict(drift=0.05, one_minus_cos=0.1, land=2.0),
     "noisy_bn": dict(drift=0.2, one_minus_cos=0.2, land=1.0, acc=0.80),
+    "noisy_none": dict(drift=0.9, one_minus_cos=0.3, land=3.0, acc=0.3),
 }
 
 
-@pytest.mark.parametrize("norm", ["none", "bn", "noisy_bn"])
-def test_ics_gradient_refuses_a_sweep_without_one_of_its_three_networks(norm):
+@pytest.mark.parametrize("norm", ["none", "bn", "noisy_bn", "noisy_none"])
+def test_ics_gradient_refuses_a_sweep_without_one_of_its_four_networks(norm):
     cells = [{k: v for k, v in SANTURKAR.items() if k != norm}] * 3
     with pytest.raises(ValueError, match=f"norm.name={norm}"):
         CLAIMS["ics_gradient"].analyze(gradient_sweep(cells))
@@ -146,7 +154,12 @@ def test_ics_refuses_a_sweep_without_bn_or_without_the_plain_network(norm):
 
 def test_ics_gradient_is_supported_when_all_three_of_santurkars_claims_hold():
     finding = CLAIMS["ics_gradient"].analyze(gradient_sweep([SANTURKAR] * 3))
-    assert finding.verdict == SUPPORTED and len(finding.parts) == 6
+    assert finding.verdict == SUPPORTED and len(finding.parts) == 8
+    assert {p.name for p in finding.parts if p.effect.control} == {
+        "the plain network trains",
+        "the noise destabilizes BN's inputs",
+        "the noise harms the plain network",
+    }
     assert any("Reading 2, smoothness" in note for note in finding.notes)
 
 
@@ -163,6 +176,26 @@ def test_ics_gradient_is_decided_by_the_part_that_fails():
     # One part failing in every seed, the others holding: not supported, and that part decided it.
     finding = CLAIMS["ics_gradient"].analyze(gradient_sweep([noisy_trains_worse] * 3))
     assert finding.verdict == NOT_SUPPORTED and finding.decided_by == "noisy BN's accuracy − BN's"
+
+
+def test_noisy_bn_training_like_bn_means_nothing_when_the_noise_is_harmless_without_bn():
+    harmless = {**SANTURKAR, "noisy_none": dict(drift=0.9, one_minus_cos=0.3, land=3.0, acc=0.95)}
+    finding = CLAIMS["ics_gradient"].analyze(gradient_sweep([harmless] * 3))
+    assert finding.verdict == INCONCLUSIVE
+    assert (
+        finding.decided_by == "noisy BN's accuracy − BN's (control failed: the noise harms the plain network)"
+    )
+    assert any("did not measurably stop the plain network" in note for note in finding.notes)
+
+
+def test_ics_gradient_judges_after_the_burn_in_so_an_early_plateau_does_not_decide():
+    """The plain network's 1 − cos is 0 on its plateau in the burn-in, 0.15 after; BN's is 0.12 throughout.
+    Over all of training the two would tie; after the burn-in BN's is smaller: part (1) fails."""
+    plateau = {**SANTURKAR, "none": dict(drift=0.3, one_minus_cos=0.15, land=2.0, early_cos=0.0)}
+    plateau["bn"] = dict(drift=0.05, one_minus_cos=0.12, land=1.0)
+    finding = CLAIMS["ics_gradient"].analyze(gradient_sweep([plateau] * 3))
+    part = next(p for p in finding.parts if p.name == "gradient ICS, BN − plain")
+    assert part.mean == pytest.approx(-0.03) and part.verdict == NOT_SUPPORTED
 
 
 def test_the_reports_of_ics_and_ics_gradient(reported, tmp_path):
