@@ -219,8 +219,8 @@ def analyze(runs) -> Finding:
     ax.legend()
     fig.suptitle(
         "BN paper, Fig. 1: test accuracy, and the 15th/50th/85th percentiles of the input to a sigmoid "
-        f"of the last hidden layer over training, on a fixed held-out batch (criterion: BN's drift after the "
-        f"burn-in, dashed, < {RATIO.smallest:g}× the plain network's)"
+        "of the last hidden layer over training, on a fixed held-out batch\n"
+        f"(criterion: BN's drift after the burn-in, dashed, < {RATIO.smallest:g}× the plain network's)"
     )
 
     means = {
