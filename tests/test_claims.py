@@ -427,7 +427,10 @@ def test_affine_report(reported):
 
 # ---- a reproduction --------------------------------------------------------------------------------
 def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path, monkeypatch):
-    (tmp_path / "README.md").write_text("intro\n<!-- findings:start -->\nold\n<!-- findings:end -->\nrest\n")
+    earlier = "| [BN in RNNs](experiments/rnn/README.md) | **supported** | data x | 2026-12-01, standard |"
+    (tmp_path / "README.md").write_text(
+        f"intro\n<!-- findings:start -->\nold\n{earlier}\n<!-- findings:end -->\nrest\n"
+    )
     reproduce.main(
         [
             "--claims",
@@ -451,10 +454,12 @@ def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path, mo
     notebook = tmp_path / "experiments" / "regularization"
     assert (notebook / "regularization.png").exists()
     assert CLAIMS["regularization"].criterion in (notebook / "README.md").read_text()
-    assert (tmp_path / "experiments" / "REPORT.md").read_text() == report_md
+    assert not (tmp_path / "experiments" / "REPORT.md").exists()  # a partial reproduction: the others' stay
     readme = (tmp_path / "README.md").read_text()
-    assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
+    assert readme.startswith("intro\n") and readme.endswith("rest\n") and "\nold\n" not in readme
     assert "experiments/regularization/README.md" in readme
+    # The claim it did not reproduce keeps its row, which says where it comes from; in the claims' order.
+    assert earlier in readme and readme.index("regularization/README.md") < readme.index(earlier)
     # The table shows the deciding effect with its interval, stamped with profile, date and the runs' code.
     assert any(f"{p['name']}: {p['estimate']}" in readme for p in finding["parts"])
     runs = records.describe(finding["provenance"]["runs"][0])

@@ -104,8 +104,8 @@ def write_report(out: Path, profile: str, results: list[dict], commands: dict, s
 
 def update_experiments(folder: Path, out: Path, profile: str, results: list[dict], commands: dict) -> None:
     """The lab notebook: experiments/<claim>/README.md with the latest result and its figure, the whole
-    REPORT.md (its figure links hold there too), and the "What the suite found" section of the README
-    beside the folder."""
+    REPORT.md when the reproduction covered every claim (its figure links hold there too), and the reproduced
+    claims' rows of the "What the suite found" section of the README beside the folder."""
     # The code the runs were trained with: one commit, unless a reproduction spanned a change.
     made = {records.describe(p) for r in results for p in r.get("provenance", {}).get("runs", [])}
     stamp = (
@@ -122,7 +122,8 @@ def update_experiments(folder: Path, out: Path, profile: str, results: list[dict
             f"`{shlex.join(commands[r['claim']])}`\n"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "REPORT.md", folder / "REPORT.md")
+    if {r["claim"] for r in results} == set(CLAIMS):  # a partial one would drop the others' sections
+        shutil.copyfile(out / "REPORT.md", folder / "REPORT.md")
     readme = folder.resolve().parent / "README.md"
     if readme.exists():
         update_findings(readme, folder, results, stamp)
@@ -133,32 +134,41 @@ KEY_FIGURES = ("lr_tolerance", "batch_size", "ics")
 
 
 def update_findings(readme: Path, folder: Path, results: list[dict], stamp: str) -> None:
-    """Rewrite the README's section between the FINDINGS markers from this reproduction."""
+    """Rewrite the reproduced claims' rows of the README's table between the FINDINGS markers (the other
+    claims keep theirs, each row saying which reproduction it comes from), and the key figures."""
     text = readme.read_text()
     if FINDINGS[0] not in text or FINDINGS[1] not in text:
         return
-    rel = os.path.relpath(folder, readme.parent)
-    rows = [
-        {
-            "claim": f"[{r['title']}]({rel}/{r['claim']}/README.md)",
-            "verdict and deciding effect [95 % interval]": headline(r),
-            "setup": "; ".join(
-                f"{k} {', '.join(map(str, r['setup'][k]))}" for k in ("data", "steps", "seeds")
-            )
-            if "setup" in r
-            else "",
-        }
-        for r in results
-    ]
-    figures = [
-        f"![{r['claim']}]({rel}/{r['claim']}/{r['figure']})"
-        for r in results
-        if r["claim"] in KEY_FIGURES and "figure" in r
-    ]
-    section = "\n\n".join(
-        [FINDINGS[0], f"*From the last reproduction: {stamp}.*", markdown_table(rows), *figures, FINDINGS[1]]
-    )
     start, end = text.index(FINDINGS[0]), text.index(FINDINGS[1]) + len(FINDINGS[1])
+    rel = os.path.relpath(folder, readme.parent)
+    rows = {}  # claim -> its table row, the earlier ones first
+    for line in text[start:end].splitlines():
+        for name in CLAIMS:
+            if line.startswith("| [") and f"({rel}/{name}/README.md)" in line:
+                rows[name] = line
+    when = stamp.split(" profile", 1)[0]  # "<date>, <profile>"
+    for r in results:
+        setup = "; ".join(f"{k} {', '.join(map(str, r['setup'][k]))}" for k in ("data", "steps", "seeds"))
+        rows[r["claim"]] = markdown_table(
+            [
+                {
+                    "claim": f"[{r['title']}]({rel}/{r['claim']}/README.md)",
+                    "verdict and deciding effect [95 % interval]": headline(r),
+                    "setup": setup if "setup" in r else "",
+                    "reproduced": when,
+                }
+            ]
+        ).splitlines()[-1]
+    header = markdown_table(
+        [dict.fromkeys(("claim", "verdict and deciding effect [95 % interval]", "setup", "reproduced"), "")]
+    ).splitlines()[:2]
+    table = "\n".join(header + [rows[name] for name in CLAIMS if name in rows])
+    figures = [
+        f"![{name}]({rel}/{name}/{name}.png)"
+        for name in KEY_FIGURES
+        if (folder / name / f"{name}.png").exists()
+    ]
+    section = "\n\n".join([FINDINGS[0], f"*The latest reproduction: {stamp}.*", table, *figures, FINDINGS[1]])
     readme.write_text(text[:start] + section + text[end:])
 
 
