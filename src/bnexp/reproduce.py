@@ -30,7 +30,8 @@ from bnexp.config import UserError
 from bnexp.report import headline, markdown_table, render, report
 
 PROFILES = {
-    "quick": "the offline datasets (digits, MNIST-1D, synthetic), sized for a 2-core laptop",
+    "quick": "the offline datasets (digits, 5,000 MNIST digits, MNIST-1D, synthetic), sized for a 2-core "
+    "laptop",
     "standard": "5,000 real MNIST digits (mnist5k; the CNNs narrowed to 8 and 16 channels to fit) and "
     "synthetic data, offline, five seeds or more, budgets 1.5-5× the quick ones: about an hour, 2 CPU cores",
     "paper": "the papers' setups (MNIST, CIFAR-10), more steps and seeds: meant for a GPU",
