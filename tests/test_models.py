@@ -112,6 +112,30 @@ def test_explicit_schemes_start_biases_at_zero_and_leave_gamma_beta_alone(make_c
     assert torch.all(net.head.bias == 0)
 
 
+def test_init_layers_hidden_scales_the_hidden_maps_and_leaves_the_head_one_default_draw(make_cfg):
+    heads = []
+    for norm in ("none", "bn"):
+        for std in (0.001, 10.0):
+            cfg = make_cfg(
+                "init=normal", f"init.std={std}", "init.layers=hidden", "model.width=400", f"norm={norm}"
+            )
+            net = build_model(cfg, (1, 8, 8), 10)
+            torch.manual_seed(0)  # as bnexp.step does right before initializing
+            initialize(net, cfg.init)
+            assert net.layers()["layer2"].linear.weight.std().item() == pytest.approx(std, rel=0.02)
+            heads.append(net.head.weight)
+    # PyTorch's default for a linear map: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std 1/sqrt(3 * 400).
+    assert heads[0].std().item() == pytest.approx(1 / (3 * 400) ** 0.5, rel=0.03)
+    assert all(torch.equal(head, heads[0]) for head in heads)
+
+
+def test_init_layers_all_scales_the_head_too(make_cfg):
+    cfg = make_cfg("init=normal", "init.std=10", "model.width=400")
+    assert initialize(build_model(cfg, (1, 8, 8), 10), cfg.init).head.weight.std().item() == pytest.approx(
+        10, rel=0.05
+    )
+
+
 def test_gain_scales_xavier_kaiming_and_orthogonal(make_cfg):
     for scheme in ("xavier", "kaiming", "orthogonal"):
         stds = []

@@ -28,6 +28,13 @@ class Activation(Enum):
     tanh = "tanh"
 
 
+class InitLayers(Enum):
+    all = "all"  # every linear and conv map, the head included
+    # The hidden layers' maps only: the ones a norm follows in a normalized network. The head keeps
+    # PyTorch's default init, the same draw for every norm and init.std of a seed.
+    hidden = "hidden"
+
+
 class Device(Enum):
     auto = "auto"  # the accelerator when there is one, else the CPU
     cpu = "cpu"
@@ -71,6 +78,7 @@ class InitConfig:
     name: str = MISSING  # default | normal | uniform | xavier | kaiming | orthogonal
     std: float = 0.01  # normal and uniform: the weights' standard deviation
     gain: float = 1.0  # xavier, kaiming, orthogonal: multiplies the scheme's own scale
+    layers: InitLayers = InitLayers.all  # which maps the scheme initializes
 
 
 @dataclass

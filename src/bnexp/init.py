@@ -3,6 +3,10 @@
 Only the weights of linear and conv maps differ between schemes. Every explicit scheme starts
 biases at 0; norm layers keep their own start (γ = 1, β = 0). `default` leaves PyTorch's own
 initialization of every layer untouched, biases included.
+
+`init.layers` says which maps a scheme initializes: all of them, or only the hidden layers' (the maps a
+norm follows, whose scale BN removes: BN(aWu) = BN(Wu)). With `hidden` the head, which no norm follows,
+keeps PyTorch's default init, so a sweep over init.std leaves it alone.
 """
 
 import math
@@ -10,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from bnexp.config import UserError
+from bnexp.config import InitLayers, UserError
 
 SCHEMES = {
     "normal": lambda w, cfg: nn.init.normal_(w, std=cfg.std),
@@ -37,8 +41,14 @@ def initialize(model: nn.Module, cfg) -> nn.Module:
 
 
 def _apply(model: nn.Module, cfg) -> None:
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            SCHEMES[cfg.name](m.weight, cfg)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    if InitLayers(cfg.layers) is InitLayers.hidden:
+        # Drawn first, from the seed bnexp.step sets right before: the head then starts the same for every
+        # norm and init.std of a seed, whatever the maps drawn after it hold.
+        model.head.reset_parameters()
+        maps = [layer.linear for layer in model.layers().values()]
+    else:
+        maps = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    for m in maps:
+        SCHEMES[cfg.name](m.weight, cfg)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -77,6 +77,7 @@ IMPLEMENTED_KEYS = frozenset(
         "init.name",
         "init.std",
         "init.gain",
+        "init.layers",
         "optim.name",
         "optim.lr",
         "optim.weight_decay",
