@@ -150,6 +150,22 @@ def test_a_control_of_some_parts_makes_only_those_inconclusive():
     assert "*noisy BN trains like BN* is inconclusive" in harms.text()
 
 
+def test_a_control_judged_for_one_setting_gates_only_that_settings_parts():
+    trains = Effect("plain network's best accuracy", "best test accuracy", 0.85, above=True, control=True)
+    gain = Effect("span gain", "BN's span − plain's", 1.0, above=True, unit="decades")
+    parts = [
+        trains.judge({"0": 0.5, "1": 0.55, "2": 0.5}, "sigmoid"),  # the plain sigmoid network never trains
+        trains.judge({"0": 0.95, "1": 0.96, "2": 0.95}, "relu"),
+        gain.judge({"0": 2.0, "1": 2.5, "2": 2.0}, "sigmoid"),
+        gain.judge({"0": 0.0, "1": 0.5, "2": 0.0}, "relu"),
+    ]
+    assert pool(parts) == (NOT_SUPPORTED, "span gain (relu)")
+    assert pool(parts[:3]) == (
+        INCONCLUSIVE,
+        "span gain (sigmoid) (control failed: plain network's best accuracy (sigmoid))",
+    )
+
+
 def test_a_failed_run_counts_as_no_classifier():
     failed = Run(pathlib.Path("."), {"seed": 0}, None)
     assert failed.diverged and failed.test_acc == 0.0

@@ -220,17 +220,25 @@ class Part:
         )
 
 
+def gates(control: Part, part: Part) -> bool:
+    """Whether a control gates a part: one of the effects it names (all, if it names none), in its setting
+    (its `where`: a control judged for one activation, say, gates that activation's parts; one judged for
+    the whole sweep gates them all)."""
+    named = not control.effect.gates or part.effect.name in control.effect.gates
+    return named and (not control.where or control.where == part.where)
+
+
 def pool(parts: list[Part]) -> tuple[str, str]:
     """The claim's verdict from its parts, and the part that decided it (every part, when supported). A
     control that is not supported makes the parts it gates inconclusive (all of them, unless it names
     some), whatever they say."""
     failed = [c for c in parts if c.effect.control and c.verdict != SUPPORTED]
-    if any(not c.effect.gates for c in failed):
+    if any(not c.effect.gates and not c.where for c in failed):
         return INCONCLUSIVE, "control failed: " + "; ".join(c.name for c in failed)
     verdicts = {}
     for p in parts:
         if not p.effect.control:
-            gating = [c.name for c in failed if p.effect.name in c.effect.gates]
+            gating = [c.name for c in failed if gates(c, p)]
             verdicts[p.name + (f" (control failed: {'; '.join(gating)})" if gating else "")] = (
                 INCONCLUSIVE if gating else p.verdict
             )
