@@ -207,38 +207,6 @@ def test_lr_tolerance_is_inconclusive_when_seeds_disagree():
     assert finding.verdict == INCONCLUSIVE
 
 
-# ---- init_sensitivity ----------------------------------------------------------------------------
-def init_sweep(bn_accs, plain_accs):
-    """Per seed, BN's and the plain net's accuracies across initializations (std 0.01, 1, 10)."""
-    return [
-        run(
-            acc,
-            seed=s,
-            **{"norm.name": norm, "model.activation": "relu", "init.name": "normal", "init.std": std},
-        )
-        for s in range(len(bn_accs))
-        for norm, accs in (("bn", bn_accs[s]), ("none", plain_accs[s]))
-        for std, acc in zip((0.01, 1, 10), accs)
-    ]
-
-
-def test_init_sensitivity_is_supported_when_bn_is_flat_and_plain_is_not():
-    f = CLAIMS["init_sensitivity"].analyze(init_sweep([[0.95, 0.94, 0.95]] * 3, [[0.9, 0.5, 0.1]] * 3))
-    assert f.verdict == SUPPORTED
-
-
-def test_init_sensitivity_is_not_supported_when_bn_varies_too():
-    f = CLAIMS["init_sensitivity"].analyze(init_sweep([[0.95, 0.6, 0.3]] * 3, [[0.9, 0.5, 0.1]] * 3))
-    assert f.verdict == NOT_SUPPORTED
-
-
-def test_init_sensitivity_is_inconclusive_when_seeds_disagree():
-    f = CLAIMS["init_sensitivity"].analyze(
-        init_sweep([[0.95, 0.94, 0.95], [0.95, 0.5, 0.5]], [[0.9, 0.5, 0.1]] * 2)
-    )
-    assert f.verdict == INCONCLUSIVE
-
-
 # ---- regularization ------------------------------------------------------------------------------
 def reg_sweep(per_seed):
     """per_seed: [(plain, dropout, bn, bn + dropout) test accuracies] for each seed."""
@@ -301,16 +269,6 @@ def without(runs, key, value):
             "lr_tolerance",
             without(lr_sweep(lambda s: [0.1, 1], lambda s: [0.1]), "norm.name", "bn"),
             "norm.name=bn",
-        ),
-        (
-            "init_sensitivity",
-            without(init_sweep([[0.95] * 3] * 3, [[0.9] * 3] * 3), "norm.name", "none"),
-            "norm.name=none",
-        ),
-        (
-            "init_sensitivity",
-            [r for r in init_sweep([[0.95] * 3] * 3, [[0.9] * 3] * 3) if r["init.std"] == 1],
-            "one initialization",
         ),
         ("batch_size", without(bs_sweep([0.7] * 3, [0.94] * 3), "norm.name", "gn"), "norm.name=gn"),
         ("batch_size", without(bs_sweep([0.7] * 3, [0.94] * 3), "data.batch_size", 2), "data.batch_size=2"),
@@ -379,13 +337,9 @@ def test_a_claim_sweep_reports_at_its_end_and_the_report_is_rebuilt_from_its_run
     assert not (tmp_path / "finding.json").exists()
 
 
-def test_reports_of_lr_tolerance_init_sensitivity_regularization_and_batch_size(reported, tmp_path):
+def test_reports_of_lr_tolerance_regularization_and_batch_size(reported, tmp_path):
     assert (
         reported("lr_tolerance", lr_sweep(lambda s: [0.1, 1, 10, 100], lambda s: [0.1]))["verdict"]
-        == SUPPORTED
-    )
-    assert (
-        reported("init_sensitivity", init_sweep([[0.95, 0.94, 0.95]] * 3, [[0.9, 0.5, 0.1]] * 3))["verdict"]
         == SUPPORTED
     )
     assert reported("regularization", reg_sweep([(0.85, 0.9, 0.91, 0.91)] * 3))["verdict"] == SUPPORTED
