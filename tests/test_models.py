@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from bnexp.config import UserError
 from bnexp.init import SCHEMES, initialize
 from bnexp.models import MLP, build_model
+from bnexp.norm import BatchNorm
 
 NORMS = ["none", "bn", "torch_bn", "ln", "gn"]
 # (C, H, W) images: digits, MNIST, CIFAR-10; (C, L) sequences: MNIST-1D; (F,) features: synthetic.
@@ -79,8 +81,6 @@ def test_cnn_uses_1d_convolutions_for_sequences_and_2d_for_images(make_cfg):
 
 
 def test_cnn_rejects_flat_features(make_cfg):
-    from bnexp.config import UserError
-
     with pytest.raises(UserError, match="model=mlp"):
         model(make_cfg, "cnn", "bn", (3,))
 
@@ -146,3 +146,29 @@ def test_gain_scales_xavier_kaiming_and_orthogonal(make_cfg):
                 initialize(build_model(cfg, (1, 8, 8), 10), cfg.init).layers()["layer2"].linear.weight.std()
             )
         assert abs(stds[1] / stds[0] - 3.0) < 0.05, scheme
+
+
+@pytest.mark.parametrize("norm_fc", [True, False])
+def test_norm_fc_false_keeps_the_norm_off_the_cnns_fully_connected_layer(make_cfg, norm_fc):
+    """At batch 2, BN on a fully connected layer sees two values a₀, a₁ per unit: their mean ± d, with
+    d = (a₀ − a₁)/2, so x̂ = ±d / √(d² + ε), ±1 but for ε, whatever the input. Off it (norm_fc=false), the
+    layer keeps its bias and its inputs are the linear map's. The convolutions keep their BN either way."""
+    torch.manual_seed(0)
+    net = model(make_cfg, "cnn", "bn", (1, 8, 8), f"model.norm_fc={norm_fc}").train()
+    fc, seen = net.layers()["layer3"], {}
+    fc.linear.register_forward_hook(lambda m, i, out: seen.__setitem__("a", out))
+    fc.probe.register_forward_hook(lambda m, i, out: seen.__setitem__("x", out))
+    net(torch.randn(2, 1, 8, 8))
+    assert isinstance(net.layers()["layer1"].norm, BatchNorm) and net.layers()["layer1"].linear.bias is None
+    assert (fc.linear.bias is None) == norm_fc
+    a = seen["a"]
+    if norm_fc:
+        d = (a[0] - a[1]) / 2
+        torch.testing.assert_close(seen["x"], torch.stack([d, -d]) / (d**2 + 1e-5).sqrt())
+    else:
+        assert isinstance(fc.norm, nn.Identity) and torch.equal(seen["x"], a)
+
+
+def test_norm_fc_false_is_refused_where_there_are_no_convolutions(make_cfg):
+    with pytest.raises(UserError, match="model.norm_fc=false .* model=mlp has no convolutions"):
+        model(make_cfg, "mlp", "bn", (1, 8, 8), "model.norm_fc=false")

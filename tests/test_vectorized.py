@@ -96,12 +96,20 @@ CASES = {
 
 
 @pytest.mark.parametrize("norm", ["bn", "torch_bn", "none", "ln", "gn"])
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        ["model=mlp"],
+        ["model=cnn"],
+        ["model=cnn", "model.norm_fc=false"],
+    ],
+    ids=["mlp", "cnn", "cnn-conv-norm-only"],
+)
 def test_a_folded_network_computes_every_run_side_by_side(model, norm, make_cfg):
     # (Two-step comparisons of whole runs are above; this one checks every layer type in one forward and
     # backward, free of the chaos that 40 steps of a tiny GroupNorm CNN amplify round-off into.)
     cfg = make_cfg(
-        f"model={model}",
+        *model,
         f"norm={norm}",
         "model.channels=[4,8]",
         "model.width=16",

@@ -56,6 +56,10 @@ class ModelConfig:
     bias_before_norm: bool = False
     channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn: one conv stage each
     pool: str = "max"  # cnn: max | avg | none, after every conv stage
+    # cnn: the norm also on the hidden fully connected layer; false: on the convolutions only, as in Wu &
+    # He's ResNets, whose only fully connected layer is the classifier (there, BN's statistics come from the
+    # batch alone, not the batch times the positions).
+    norm_fc: bool = True
     # rnn: separate norm statistics for each time step (Cooijmans et al. 2016); steps beyond the
     # training length reuse the last step's. False: one set shared by all steps.
     per_step_stats: bool = False

@@ -162,7 +162,8 @@ class MLP(Network):
 
 
 class CNN(Network):
-    """Conv stages (3x3 conv, norm, g, pooling by 2), one hidden fully connected layer, the head.
+    """Conv stages (3x3 conv, norm, g, pooling by 2), one hidden fully connected layer (normalized too,
+    unless `norm_fc` is false), the head.
 
     2-D convolutions for images (C, H, W), 1-D convolutions for sequences (C, L).
     """
@@ -178,6 +179,7 @@ class CNN(Network):
         dropout: float = 0.0,
         bias_before_norm: bool = False,
         pool: str = "max",
+        norm_fc: bool = True,
     ):
         super().__init__()
         spatial_dims = len(input_shape) - 1
@@ -202,6 +204,8 @@ class CNN(Network):
                 size = [s // 2 for s in size]
             fan_in = c
         modules["flatten"] = nn.Flatten()
+        if not norm_fc:  # the hidden fully connected layer unnormalized (and so with its bias)
+            common["norm"] = NORMS["none"]
         modules[f"layer{len(channels) + 1}"] = Layer(
             nn.Linear, fan_in * _numel(size), width, spatial_dims=0, **common
         )
@@ -345,10 +349,17 @@ def build_model(cfg, input_shape, num_classes: int) -> Network:
         dropout=m.dropout,
         bias_before_norm=m.bias_before_norm,
     )
+    if m.name != "cnn" and not m.norm_fc:
+        raise UserError(
+            f"model.norm_fc=false leaves the norm off a CNN's hidden fully connected layer, but "
+            f"model={m.name} has no convolutions to keep it on; drop model.norm_fc=false or use model=cnn."
+        )
     if m.name == "mlp":
         return MLP(input_shape, num_classes, depth=m.depth, **common)
     if m.name == "cnn":
-        return CNN(input_shape, num_classes, channels=tuple(m.channels), pool=m.pool, **common)
+        return CNN(
+            input_shape, num_classes, channels=tuple(m.channels), pool=m.pool, norm_fc=m.norm_fc, **common
+        )
     if m.name == "rnn":
         return RNN(input_shape, num_classes, depth=m.depth, per_step_stats=m.per_step_stats, **common)
     raise UserError(f"model.name={m.name!r} is not a model; choose model=mlp, model=cnn or model=rnn.")

@@ -68,6 +68,7 @@ IMPLEMENTED_KEYS = frozenset(
         "model.bias_before_norm",
         "model.channels",
         "model.pool",
+        "model.norm_fc",
         "norm.name",
         "norm.eps",
         "norm.momentum",
