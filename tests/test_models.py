@@ -148,6 +148,15 @@ def test_gain_scales_xavier_kaiming_and_orthogonal(make_cfg):
         assert abs(stds[1] / stds[0] - 3.0) < 0.05, scheme
 
 
+def test_the_linearized_sigmoid_is_the_sigmoids_tangent_at_zero(make_cfg):
+    g = model(make_cfg, "mlp", "bn", (1, 8, 8), "model.activation=linearized_sigmoid").layers()["layer1"].g
+    # σ(0) = 1/2 and σ'(0) = σ(0)(1 − σ(0)) = 1/4: 0.5 + x/4, by hand.
+    x = torch.tensor([-4.0, -2.0, 0.0, 1.0, 6.0])
+    torch.testing.assert_close(g(x), torch.tensor([-0.5, 0.0, 0.5, 0.75, 2.0]))
+    small = torch.tensor([-0.01, 0.01])  # and the sigmoid's own values near 0, to second order
+    torch.testing.assert_close(g(small), torch.sigmoid(small), atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("norm_fc", [True, False])
 def test_norm_fc_false_keeps_the_norm_off_the_cnns_fully_connected_layer(make_cfg, norm_fc):
     """At batch 2, BN on a fully connected layer sees two values a₀, a₁ per unit: their mean ± d, with

@@ -101,9 +101,9 @@ CASES = {
     [
         ["model=mlp"],
         ["model=cnn"],
-        ["model=cnn", "model.norm_fc=false"],
+        ["model=cnn", "model.norm_fc=false", "model.activation=linearized_sigmoid"],
     ],
-    ids=["mlp", "cnn", "cnn-conv-norm-only"],
+    ids=["mlp", "cnn", "cnn-conv-norm-only-linearized"],
 )
 def test_a_folded_network_computes_every_run_side_by_side(model, norm, make_cfg):
     # (Two-step comparisons of whole runs are above; this one checks every layer type in one forward and

@@ -26,6 +26,9 @@ class Activation(Enum):
     sigmoid = "sigmoid"
     relu = "relu"
     tanh = "tanh"
+    # σ's first-order Taylor expansion at 0, σ(0) + σ'(0)·x = 0.5 + x/4: a sigmoid network without the
+    # sigmoid's nonlinearity, the control for what leaving the linear region buys (claims/affine.py).
+    linearized_sigmoid = "linearized_sigmoid"
 
 
 class InitLayers(Enum):

@@ -73,7 +73,20 @@ def make_norm(cfg, num_features: int, spatial_dims: int = 0) -> nn.Module:
     return NORMS[cfg.name](num_features, spatial_dims, **keys)
 
 
-ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+class LinearizedSigmoid(nn.Module):
+    """The sigmoid's tangent at 0, σ(0) + σ'(0)·x = 0.5 + x/4: the sigmoid network without its
+    nonlinearity."""
+
+    def forward(self, x):
+        return 0.5 + x / 4
+
+
+ACTIVATIONS = {
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "linearized_sigmoid": LinearizedSigmoid,
+}
 
 
 class Probe(nn.Identity):

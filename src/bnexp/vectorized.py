@@ -35,6 +35,7 @@ from torch import nn
 
 from bnexp.config import UserError, check_ranges
 from bnexp.data import InMemoryData
+from bnexp.models import LinearizedSigmoid
 from bnexp.monitor import captured
 from bnexp.norm import BatchNorm
 from bnexp.runtime import device_name
@@ -295,6 +296,7 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
             nn.Sigmoid,
             nn.ReLU,
             nn.Tanh,
+            LinearizedSigmoid,
             nn.MaxPool1d,
             nn.MaxPool2d,
             nn.AvgPool1d,
