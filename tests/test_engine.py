@@ -133,6 +133,16 @@ def test_epochs_replace_steps(make_cfg, tmp_path):
     assert metrics["steps"] == 22
 
 
+def test_evals_space_that_many_evaluations_over_a_run_of_any_length(make_cfg, tmp_path):
+    # digits, 1 epoch: 22 steps at batch 60, 84 at batch 16; 4 evaluations: every 22 // 4 = 5 steps (and
+    # the last), every 84 // 4 = 21.
+    for batch_size, steps in ((60, [5, 10, 15, 20, 22]), (16, [21, 42, 63, 84])):
+        cfg = make_cfg(*TINY, "train.epochs=1", "train.evals=4", f"data.batch_size={batch_size}")
+        train(cfg, str(tmp_path / str(batch_size)))
+        series = json.loads((tmp_path / str(batch_size) / "metrics.json").read_text())["series"]
+        assert [s for s, _ in series["test/acc"]] == steps
+
+
 def test_bn_runs_also_record_test_accuracy_with_batch_statistics(make_cfg, tmp_path, monkeypatch):
     import bnexp.engine as runner
 

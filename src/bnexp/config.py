@@ -119,6 +119,9 @@ class TrainConfig:
     steps: int = 2000  # optimizer steps
     epochs: int | None = None  # if set, replaces `steps` by this many passes over the data
     eval_every: int = 250  # full train/test evaluation, in steps (and always at the end)
+    # If set, replaces `eval_every` by this many evaluations evenly spaced over the run (every steps // evals
+    # steps): a sweep over batch sizes with its budget in epochs evaluates every run equally often.
+    evals: int | None = None
     # At the end, also test with the test sequences made this many steps long, aligned at their end
     # (first steps dropped, or blank steps put before); models that read any length: rnn.
     # metrics.json gets final_test_acc_length_<n> for each.
@@ -191,6 +194,7 @@ RANGES: dict[str, tuple[str, Callable]] = {
     "train.steps": _at_least(1),
     "train.epochs": _at_least(1),
     "train.eval_every": _at_least(1),
+    "train.evals": _at_least(1),
     "train.eval_lengths": _at_least(1),
     "log.stats_every": _at_least(1),
     "log.hist_every": _at_least(1),

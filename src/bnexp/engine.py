@@ -46,6 +46,8 @@ class Schedule:
 
     def __init__(self, cfg, steps: int):
         self.train, self.log, self.steps = cfg.train, cfg.log, steps
+        evals = cfg.train.evals
+        self.eval_every = cfg.train.eval_every if evals is None else max(steps // evals, 1)
 
     def wants_stats(self, step: int) -> bool:
         return step % self.log.stats_every == 0
@@ -58,7 +60,7 @@ class Schedule:
         return self.wants_stats(step) or self.wants_histograms(step)
 
     def evaluates(self, step: int) -> bool:
-        return step % self.train.eval_every == 0 or step == self.steps
+        return step % self.eval_every == 0 or step == self.steps
 
     def checks_divergence(self, step: int) -> bool:
         """Whether the host looks at the divergence flags (a sync): on logging and evaluation steps."""

@@ -88,6 +88,7 @@ IMPLEMENTED_KEYS = frozenset(
         "train.steps",
         "train.epochs",
         "train.eval_every",
+        "train.evals",
         "log.stats_every",
         "log.hist_every",
         "log.progress_every",
