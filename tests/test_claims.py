@@ -230,28 +230,6 @@ def test_regularization_is_inconclusive_when_seeds_disagree():
     assert f.verdict == INCONCLUSIVE
 
 
-# ---- batch_size ----------------------------------------------------------------------------------
-def bs_sweep(bn_at_2, gn_at_2, seeds=3):
-    return [
-        run(acc if bs == 2 else 0.95, seed=s, batch_stats=0.9, **{"norm.name": norm, "data.batch_size": bs})
-        for s in range(seeds)
-        for norm, acc in (("bn", bn_at_2[s]), ("gn", gn_at_2[s]))
-        for bs in (2, 32)
-    ]
-
-
-def test_batch_size_is_supported_when_bn_degrades_at_batch_2_and_gn_does_not():
-    assert CLAIMS["batch_size"].analyze(bs_sweep([0.7] * 3, [0.94] * 3)).verdict == SUPPORTED
-
-
-def test_batch_size_is_not_supported_when_both_degrade_alike():
-    assert CLAIMS["batch_size"].analyze(bs_sweep([0.7] * 3, [0.72] * 3)).verdict == NOT_SUPPORTED
-
-
-def test_batch_size_is_inconclusive_when_seeds_disagree():
-    assert CLAIMS["batch_size"].analyze(bs_sweep([0.7, 0.7, 0.93], [0.94] * 3)).verdict == INCONCLUSIVE
-
-
 # ---- sweeps that lack what a claim compares --------------------------------------------------------
 def without(runs, key, value):
     return [r for r in runs if r[key] != value]
@@ -270,8 +248,6 @@ def without(runs, key, value):
             without(lr_sweep(lambda s: [0.1, 1], lambda s: [0.1]), "norm.name", "bn"),
             "norm.name=bn",
         ),
-        ("batch_size", without(bs_sweep([0.7] * 3, [0.94] * 3), "norm.name", "gn"), "norm.name=gn"),
-        ("batch_size", without(bs_sweep([0.7] * 3, [0.94] * 3), "data.batch_size", 2), "data.batch_size=2"),
     ],
 )
 def test_an_analysis_refuses_a_sweep_without_a_comparison_it_makes(claim, runs, missing):
@@ -337,13 +313,12 @@ def test_a_claim_sweep_reports_at_its_end_and_the_report_is_rebuilt_from_its_run
     assert not (tmp_path / "finding.json").exists()
 
 
-def test_reports_of_lr_tolerance_regularization_and_batch_size(reported, tmp_path):
+def test_reports_of_lr_tolerance_and_regularization(reported, tmp_path):
     assert (
         reported("lr_tolerance", lr_sweep(lambda s: [0.1, 1, 10, 100], lambda s: [0.1]))["verdict"]
         == SUPPORTED
     )
     assert reported("regularization", reg_sweep([(0.85, 0.9, 0.91, 0.91)] * 3))["verdict"] == SUPPORTED
-    assert reported("batch_size", bs_sweep([0.7] * 3, [0.94] * 3))["verdict"] == SUPPORTED
 
 
 # ---- affine --------------------------------------------------------------------------------------
