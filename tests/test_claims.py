@@ -321,55 +321,6 @@ def test_reports_of_lr_tolerance_and_regularization(reported, tmp_path):
     assert reported("regularization", reg_sweep([(0.85, 0.9, 0.91, 0.91)] * 3))["verdict"] == SUPPORTED
 
 
-# ---- affine --------------------------------------------------------------------------------------
-def affine_sweep(learned_fraction, bias_grad, bias_acc_shift=0.0, seeds=3):
-    """Per seed: the four runs (γ/β learnable or fixed × bias before BN or not)."""
-
-    def one(seed, affine, bias):
-        fraction = learned_fraction[seed] if affine else 0.68
-        series = {
-            "act/layer1/linear_frac": [[10, 0.68], [20, fraction]],
-            "grad/layer1/norm": [[10, 0.1], [20, 0.1]],
-            "test/acc": [[10, 0.9], [20, 0.95 + (bias_acc_shift if bias else 0)]],
-        }
-        if bias:
-            series["grad/layer1/bias"] = [[10, bias_grad], [20, bias_grad]]
-        r = run(0.95, seed=seed, **{"norm.affine": affine, "model.bias_before_norm": bias, "model.depth": 1})
-        r.metrics["series"] = series
-        return r
-
-    return [one(s, a, b) for s in range(seeds) for a in (True, False) for b in (False, True)]
-
-
-def test_affine_is_supported_when_gamma_beta_leave_the_linear_region_and_the_bias_is_inert():
-    assert CLAIMS["affine"].analyze(affine_sweep([0.5] * 3, bias_grad=1e-9)).verdict == SUPPORTED
-
-
-def test_affine_is_not_supported_when_gamma_beta_stay_linear_and_the_bias_matters():
-    f = CLAIMS["affine"].analyze(affine_sweep([0.67] * 3, bias_grad=1e-2, bias_acc_shift=0.03))
-    assert f.verdict == NOT_SUPPORTED
-
-
-@pytest.mark.parametrize(
-    "bias",
-    [dict(bias_grad=1e-2), dict(bias_grad=1e-9, bias_acc_shift=0.03)],
-    ids=["bias-gets-a-gradient", "bias-changes-accuracy"],
-)
-def test_affine_is_not_supported_when_only_the_bias_matters(bias):
-    # γ/β leave the linear region in every seed, but the bias before BN is not inert: that part decides
-    f = CLAIMS["affine"].analyze(affine_sweep([0.5] * 3, **bias))
-    assert f.verdict == NOT_SUPPORTED and f.decided_by in ("bias gradient", "accuracy change from the bias")
-    assert f.parts[0].verdict == SUPPORTED
-
-
-def test_affine_is_inconclusive_when_seeds_disagree():
-    assert CLAIMS["affine"].analyze(affine_sweep([0.5, 0.5, 0.67], bias_grad=1e-9)).verdict == INCONCLUSIVE
-
-
-def test_affine_report(reported):
-    assert reported("affine", affine_sweep([0.5] * 3, bias_grad=1e-9))["verdict"] == SUPPORTED
-
-
 # ---- a reproduction --------------------------------------------------------------------------------
 def test_reproduce_writes_one_report_and_refreshes_the_lab_notebook(tmp_path, monkeypatch):
     earlier = "| [BN in RNNs](experiments/rnn/README.md) | **supported** | data x | 2026-12-01, standard |"
@@ -500,7 +451,7 @@ def test_reproduce_exits_non_zero_when_a_sweep_ends_without_a_report(tmp_path, c
     log = capfd.readouterr()
     log = log.out + log.err
     assert (
-        "4 of 4 runs failed" in log
+        "8 of 8 runs failed" in log
         and "no report for this sweep: Every run" in log
         and "Traceback" not in log
     )
