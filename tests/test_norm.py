@@ -343,6 +343,7 @@ REFERENCES = {
     "torch_bn": _batch_norm,
     "noisy_bn": lambda x, norm: _noise(_batch_norm(x, norm), norm.perturb),
     "noisy_none": _noise,
+    "batch_renorm": _batch_norm,  # plain BN for its first 5,000 batches, as the paper's schedule has it
     "ln": lambda x, norm: F.layer_norm(x, x.shape[1:], eps=norm.eps),
     "gn": lambda x, norm: F.group_norm(x, 4, eps=norm.eps),
 }

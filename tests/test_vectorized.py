@@ -90,12 +90,24 @@ CASES = {
     # (seeds only: at lr 0.5 round-off moves two neighbouring values of a percentile past each other by step
     # 40,
     # and the percentile then is the neighbour, ~1e-4 away)
+    # batch renorm's schedule counted in each run's batches: plain BN, then the clips relaxing, then open
+    "batch_renorm": (
+        ["norm=batch_renorm", "norm.warmup=5", "norm.r_max=2", "norm.d_max=1", "norm.r_max_at=20"],
+        [["seed=0"], ["seed=1"]],
+    ),
     "ln": (["norm=ln"], [["seed=0"], ["seed=1"]]),
     "gn": (["norm=gn"], [["seed=0"], ["seed=1"]]),
 }
 
 
-@pytest.mark.parametrize("norm", ["bn", "torch_bn", "none", "ln", "gn"])
+NORM_CASES = {
+    name: [f"norm={name}"] for name in ["bn", "torch_bn", "none", "ln", "gn"]
+} | {  # r and d at work from the first batch, one of each clipped
+    "batch_renorm": ["norm=batch_renorm", "norm.warmup=0", "norm.r_max=1.5", "norm.d_max=0.2"]
+}
+
+
+@pytest.mark.parametrize("norm", NORM_CASES)
 @pytest.mark.parametrize(
     "model",
     [
@@ -110,7 +122,7 @@ def test_a_folded_network_computes_every_run_side_by_side(model, norm, make_cfg)
     # backward, free of the chaos that 40 steps of a tiny GroupNorm CNN amplify round-off into.)
     cfg = make_cfg(
         *model,
-        f"norm={norm}",
+        *NORM_CASES[norm],
         "model.channels=[4,8]",
         "model.width=16",
         "norm.eps=1e-2",

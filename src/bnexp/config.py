@@ -78,6 +78,14 @@ class NormConfig:
     # bn, noisy_bn: train with bnexp.fast_norm's kernel (the same function as bnexp.norm's textbook one,
     # faster: python -m bnexp.bench --only norm,step); false: with the textbook one.
     fast: bool = True
+    # batch_renorm (Ioffe 2017): r clipped to [1/r_max, r_max], d to [-d_max, d_max] (null: unclipped), after
+    # `warmup` training batches of plain BN relaxed linearly to reach r_max at batch r_max_at and d_max at
+    # d_max_at; the defaults are the paper's.
+    r_max: float | None = 3.0
+    d_max: float | None = 5.0
+    warmup: int = 5000
+    r_max_at: int = 40000
+    d_max_at: int = 25000
 
 
 @dataclass
@@ -185,6 +193,11 @@ RANGES: dict[str, tuple[str, Callable]] = {
     "model.dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
     "norm.eps": ("positive", lambda v: v > 0),
     "norm.momentum": ("in [0, 1] (or null)", lambda v: 0 <= v <= 1),
+    "norm.r_max": _at_least(1),
+    "norm.d_max": _at_least(0),
+    "norm.warmup": _at_least(0),
+    "norm.r_max_at": _at_least(0),
+    "norm.d_max_at": _at_least(0),
     "init.std": _at_least(0),
     "init.gain": _at_least(0),
     "optim.lr": _at_least(0),

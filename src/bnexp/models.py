@@ -7,6 +7,7 @@ The probe sits exactly at the input of g: the tensor whose distribution the BN p
 one every analysis reads.
 """
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from bnexp.config import UserError
-from bnexp.norm import BatchNorm, Noise, NoisyBatchNorm
+from bnexp.norm import BatchNorm, BatchRenorm, Noise, NoisyBatchNorm
 
 # (num_features, spatial_dims) -> norm layer; spatial_dims is 0 for (N, C), 1 for (N, C, L), ...
 NormFactory = Callable[[int, int], nn.Module]
@@ -30,6 +31,12 @@ def _ours(layer):
         return layer(c, eps, momentum, affine, fast=fast)
 
     return build
+
+
+def _batch_renorm(c, spatial_dims, eps, momentum, affine, r_max, d_max, warmup, r_max_at, d_max_at, **_):
+    inf = math.inf  # null: unclipped
+    clips = dict(r_max=inf if r_max is None else r_max, d_max=inf if d_max is None else d_max)
+    return BatchRenorm(c, eps, momentum, affine, warmup=warmup, r_max_at=r_max_at, d_max_at=d_max_at, **clips)
 
 
 def _torch_bn(c, spatial_dims, eps, momentum, affine, **_):
@@ -48,7 +55,8 @@ def _group_norm(c, spatial_dims, eps, affine, groups, **_):
 
 
 # The norms by name: each builds its layer for (num_features, spatial_dims) from the norm group's keys
-# (eps, momentum, affine, groups, fast; each takes the ones it has). A new variant is one entry.
+# (eps, momentum, affine, groups, fast, batch renorm's clips; each takes the ones it has). A new variant
+# is one entry.
 NORMS: dict[str, Callable[..., nn.Module]] = {
     "none": lambda c, spatial_dims, **_: nn.Identity(),
     "bn": _ours(BatchNorm),
@@ -56,6 +64,8 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
     # Santurkar et al.'s noise after BN (noisy BN), and the same noise in the plain network: their control.
     "noisy_bn": _ours(NoisyBatchNorm),
     "noisy_none": lambda c, spatial_dims, **_: Noise(c),
+    # Ioffe (2017): BN renormalized toward its running statistics, r and d clipped on a schedule.
+    "batch_renorm": _batch_renorm,
     # LayerNorm over each example's channels and positions, with per-channel γ and β.
     "ln": lambda c, spatial_dims, eps, affine, **_: nn.GroupNorm(1, c, eps, affine),
     "gn": _group_norm,
@@ -70,6 +80,7 @@ def make_norm(cfg, num_features: int, spatial_dims: int = 0) -> nn.Module:
             f"norm.name={cfg.name!r} is not a known normalization; choose one of: {', '.join(NORMS)}."
         )
     keys = dict(eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine, groups=cfg.groups, fast=cfg.fast)
+    keys |= {k: getattr(cfg, k) for k in ("r_max", "d_max", "warmup", "r_max_at", "d_max_at")}
     return NORMS[cfg.name](num_features, spatial_dims, **keys)
 
 

@@ -23,8 +23,10 @@ constructor, parameters, buffers and state_dict keys.
 `BatchNormFunction` is the one place this math runs as written. It supports a second derivative and the
 torch.func transforms (vmap, grad). Training in bnexp takes `BatchNorm(fast=True)`, the same function with
 its arithmetic arranged for speed (bnexp.fast_norm); the tests hold the two equal up to round-off.
+`BatchRenorm` (Ioffe 2017) and noisy BN (Santurkar et al. 2018) are BatchNorm with one change each.
 """
 
+import math
 from contextlib import contextmanager
 
 import torch
@@ -203,6 +205,96 @@ class BatchNorm(_BatchNorm):
             f = self.momentum
             running_mean.mul_(1 - f).add_(mean, alpha=f)
             running_var.mul_(1 - f).add_(var, alpha=f * m / (m - 1))
+
+
+def renormalize(
+    x: Tensor, mean: Tensor, var: Tensor, eps: float, r_max: float = math.inf, d_max: float = math.inf
+):
+    """Batch renormalization's x̂·r + d (Ioffe 2017, Algorithm 1) toward reference statistics (mean, var),
+    per channel over dim 1, and the batch's μ_B, σ²_B:
+
+        x̂ = (x − μ_B)/√(σ²_B + ε),   r = clip(√(σ²_B + ε)/√(var + ε), 1/r_max, r_max),
+                                      d = clip((μ_B − mean)/√(var + ε), −d_max, d_max)
+
+    r and d are constants to the gradient, which flows through μ_B and σ²_B as in BN (scaled by r).
+    Unclipped, the value is (x − mean)/√(var + ε): each example normalized by the reference alone, its
+    batch-mates out of its output. Normalizing by constant statistics without that gradient would let the
+    weights undo the normalization (Ioffe & Szegedy 2015, Sec. 2). With r_max = 1 and d_max = 0 it is x̂."""
+    x_hat, batch_mean, batch_var = BatchNormFunction.apply(x, None, None, eps)
+    with torch.no_grad():
+        invstd = torch.rsqrt(var + eps)
+        r = (torch.sqrt(batch_var + eps) * invstd).clamp(1 / r_max, r_max)
+        d = ((batch_mean - mean) * invstd).clamp(-d_max, d_max)
+    return torch.addcmul(per_channel(d, x), x_hat, per_channel(r, x)), batch_mean, batch_var
+
+
+def relaxed(start: float, limit: float, step: int, warmup: int, at: int) -> float:
+    """A clip's bound at a training step: `start` for the first `warmup` steps, then linearly to `limit` by
+    step `at` (at once where at <= warmup, or where the limit is infinite)."""
+    if step < warmup:
+        return start
+    if step >= at or math.isinf(limit):
+        return limit
+    return start + (limit - start) * (step - warmup) / (at - warmup)
+
+
+class BatchRenorm(BatchNorm):
+    """Batch renormalization (Ioffe 2017): BatchNorm whose training forward is `renormalize` toward the
+    running statistics as they stood before the batch, then γ and β; the running statistics move by the
+    batch's as BatchNorm's do. Eval mode: BatchNorm's, the running statistics, so training and inference
+    compute the same function of one example once r and d are within their clips.
+
+    The clips follow the paper's schedule, counted in training batches (num_batches_tracked): r_max = 1,
+    d_max = 0 (plain BN) for `warmup` batches, while the running statistics become meaningful, then relaxed
+    linearly to `r_max` by batch `r_max_at` and to `d_max` by batch `d_max_at`. r_max = d_max = inf with
+    warmup = 0 renormalizes unclipped from the first batch: BN without its batch noise. The paper keeps a
+    moving σ where we keep BatchNorm's running variance (unbiased), so that the buffers and state_dict stay
+    BatchNorm's. Always the textbook kernel (`fast` is not used).
+    """
+
+    def __init__(
+        self,
+        *args,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        warmup: int = 5000,
+        r_max_at: int = 40000,
+        d_max_at: int = 25000,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if r_max < 1 or d_max < 0 or min(warmup, r_max_at, d_max_at) < 0:
+            raise ValueError(
+                f"batch renorm needs r_max >= 1, d_max >= 0 and step counts >= 0; got r_max={r_max}, "
+                f"d_max={d_max}, warmup={warmup}, r_max_at={r_max_at}, d_max_at={d_max_at}"
+            )
+        self.r_max, self.d_max = r_max, d_max
+        self.warmup, self.r_max_at, self.d_max_at = warmup, r_max_at, d_max_at
+
+    def clips(self) -> tuple[float, float]:
+        """(r_max, d_max) for the next training batch."""
+        step = int(self.num_batches_tracked)
+        return (
+            relaxed(1.0, self.r_max, step, self.warmup, self.r_max_at),
+            relaxed(0.0, self.d_max, step, self.warmup, self.d_max_at),
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, r_max={self.r_max}, d_max={self.d_max}, warmup={self.warmup}, "
+            f"r_max_at={self.r_max_at}, d_max_at={self.d_max_at}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        # Eval, no running statistics, or an empty or one-value batch: BatchNorm's answer.
+        if not (self.training and self.track_running_stats) or x.numel() // self.num_features <= 1:
+            return super().forward(x)
+        y, mean, var = renormalize(x, self.running_mean, self.running_var, self.eps, *self.clips())
+        with torch.no_grad():
+            self.track(mean, var, x.numel() // self.num_features)
+        y = y if self.weight is None else y * per_channel(self.weight, x)
+        return y if self.bias is None else y + per_channel(self.bias, x)
 
 
 class Noise(nn.Module):

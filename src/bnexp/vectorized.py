@@ -20,8 +20,8 @@ the folded probe values and its gradients. Results equal the sequential runs up 
 What can be vectorized (`unsupported_reason`): the MLP and the CNN; optim sgd or momentum; dropout on the
 CPU (a GPU's fused dropout kernel draws its masks in a way one program cannot follow per run), one
 dropout rate per program (model.dropout changes the network: a sweep over it makes one program per rate); the
-deterministic norms (bn, torch_bn, none, ln, gn; not noisy_bn or noisy_none, whose noise is drawn from the
-global RNG).
+deterministic norms (bn, batch_renorm, torch_bn, none, ln, gn; not noisy_bn or noisy_none, whose noise is
+drawn from the global RNG).
 """
 
 import copy
@@ -37,7 +37,7 @@ from bnexp.config import UserError, check_ranges
 from bnexp.data import InMemoryData
 from bnexp.models import LinearizedSigmoid
 from bnexp.monitor import captured
-from bnexp.norm import BatchNorm
+from bnexp.norm import BatchNorm, BatchRenorm
 from bnexp.runtime import device_name
 from bnexp.step import StepOutput, initialized_model, learning_rate
 
@@ -55,7 +55,7 @@ SHAPE_FREE_KEYS = frozenset(
     }
 )
 SUPPORTED_OPTIMIZERS = ("sgd", "momentum")
-SUPPORTED_NORMS = ("bn", "torch_bn", "none", "ln", "gn")
+SUPPORTED_NORMS = ("bn", "batch_renorm", "torch_bn", "none", "ln", "gn")
 SUPPORTED_MODELS = ("mlp", "cnn")
 # The settings Folded implements (data.* are all the data loader's business). A setting added to the schema
 # later is supported only at its default value: the Eager stepper may do something new with it.
@@ -76,6 +76,11 @@ IMPLEMENTED_KEYS = frozenset(
         "norm.affine",
         "norm.groups",
         "norm.fast",
+        "norm.r_max",  # batch_renorm's clips and schedule: the folded layer takes them as they are
+        "norm.d_max",
+        "norm.warmup",
+        "norm.r_max_at",
+        "norm.d_max_at",
         "init.name",
         "init.std",
         "init.gain",
@@ -280,6 +285,20 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
             module.track_running_stats,
             bias=module.bias is not None,
             fast=module.fast,
+        )
+    if type(module) is BatchRenorm:  # per channel too; one schedule, as every run counts the same batches
+        return BatchRenorm(
+            k * module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            bias=module.bias is not None,
+            r_max=module.r_max,
+            d_max=module.d_max,
+            warmup=module.warmup,
+            r_max_at=module.r_max_at,
+            d_max_at=module.d_max_at,
         )
     if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
         return type(module)(
