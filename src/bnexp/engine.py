@@ -185,7 +185,24 @@ def train_runs(
 ) -> list[dict]:
     """Train the runs `cfgs`, each recording into its `run_dirs` entry, and return their metrics: one run with
     the Eager stepper, several (which must differ only in bnexp.vectorized.SHAPE_FREE_KEYS) folded
-    together."""
+    together. A run its folder holds finished (records.finished: a sweep run again into its folder) is not
+    trained again: its recorded metrics are returned."""
+    loggers = loggers or [log] * len(cfgs)
+    metrics = [records.finished(d, records.flat_config(c)) for c, d in zip(cfgs, run_dirs)]
+    for m, d, logger in zip(metrics, run_dirs, loggers):
+        if m is not None:
+            logger.info(f"finished before, with this config: not trained again ({d})")
+    todo = [k for k, m in enumerate(metrics) if m is None]
+    if todo:
+        for k in todo:
+            records.clear_remains(run_dirs[k])
+        trained = _train([cfgs[k] for k in todo], [run_dirs[k] for k in todo], [loggers[k] for k in todo])
+        for k, m in zip(todo, trained):
+            metrics[k] = m
+    return metrics
+
+
+def _train(cfgs: Sequence, run_dirs: Sequence[str], loggers: Sequence[logging.Logger]) -> list[dict]:
     start = time.perf_counter()
     for cfg in cfgs:
         check_ranges(cfg)
@@ -207,7 +224,6 @@ def train_runs(
     probe_x = fixed_probe_batch(data, cfg.log.probe_batch)
     schedule = Schedule(cfg, steps)  # the same for every run
     order = BatchOrder(data, batch_size, [c.seed for c in cfgs])
-    loggers = loggers or [log] * len(cfgs)
     runs = [_Run(c, d, logger, Monitor(d), learning_rate(c)) for c, d, logger in zip(cfgs, run_dirs, loggers)]
     # bnexp.measures' measurements on the step's batch, after backward and before the update
     measures = [

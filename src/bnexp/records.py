@@ -42,6 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bnexp.config import Config, UserError
 
 METRICS_FILE = "metrics.json"
 
@@ -148,6 +151,60 @@ def write_metrics(run_dir, config: dict, provenance: dict, metrics: dict, series
     series = {tag: [[step, finite(v)] for step, v in points] for tag, points in series.items()}
     record = dict(config=config, provenance=provenance, **metrics, series=series)
     write_json(os.path.join(run_dir, METRICS_FILE), record)
+
+
+RECORD_KEYS = ("config", "provenance", "series")  # metrics.json's keys that are not metrics
+
+
+def finished(run_dir, config: dict) -> dict | None:
+    """The metrics of the finished run of `config` (flat) that run_dir holds, or None where it holds none:
+    no metrics.json (the run never started, failed or was killed: metrics.json is written last, atomically).
+    A finished run of another config is not overwritten: UserError. A key the record lacks (the run was
+    recorded before it existed) counts as recorded at its default."""
+    try:
+        record = json.loads(Path(run_dir, METRICS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{Path(run_dir, METRICS_FILE)} cannot be read ({e}), so whether that run finished is unknown; "
+            f"move the file away (the run then trains again) or resume into another folder."
+        ) from None
+    requested = json.loads(json.dumps(config))  # as JSON keeps it: tuples are lists
+    try:
+        recorded = json.loads(json.dumps(flat_config(nested_config(record["config"]))))
+    except OmegaConfBaseException:  # a setting this bnexp no longer has: another config
+        recorded = record["config"]
+    if recorded != requested:
+        differ = sorted(k for k in recorded.keys() | requested.keys() if recorded.get(k) != requested.get(k))
+        shown = "; ".join(f"{k}={recorded.get(k)!r} recorded, {requested.get(k)!r} now" for k in differ[:4])
+        more = "; ..." if len(differ) > 4 else ""
+        raise UserError(
+            f"{run_dir} holds a finished run of another config ({shown}{more}), "
+            f"which this run would overwrite. A sweep resumes into its folder only with the same settings: "
+            f"rerun it with the overrides it had, or give this one another hydra.sweep.dir."
+        )
+    return {k: v for k, v in record.items() if k not in RECORD_KEYS}
+
+
+def clear_remains(run_dir) -> None:
+    """Remove what a killed run left in run_dir (its TensorBoard events, a half-written metrics.json), so
+    that training it again does not log every step twice."""
+    for path in (*Path(run_dir).glob("events.out.tfevents.*"), Path(run_dir, f"{METRICS_FILE}.tmp")):
+        path.unlink(missing_ok=True)
+
+
+def nested_config(flat: dict):
+    """A run's flat `group.key` config (metrics.json) as the typed config a run reads; the keys that a run
+    recorded by an older bnexp lacks take their defaults."""
+    nested: dict = {}
+    for key, value in flat.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            nested[head] = value
+    return OmegaConf.merge(OmegaConf.structured(Config), nested)
 
 
 def flat_config(cfg) -> dict:

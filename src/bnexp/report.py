@@ -99,6 +99,24 @@ def distinct_provenance(runs: list[Run]) -> list[dict]:
     return list(seen.values())
 
 
+def code_versions_note(runs: list[Run]) -> list[str]:
+    """A note where the finished runs were recorded by more than one version of the code (bnexp, its commit,
+    torch; a sweep resumed after the code changed): their results may differ for that reason alone."""
+    versions = {}
+    for r in runs:
+        if r.metrics and r.provenance:
+            p = r.provenance
+            code = {k: p.get(k) for k in ("bnexp", "git_commit", "git_dirty", "torch")}
+            versions.setdefault(json.dumps(code, sort_keys=True), []).append(r)
+    if len(versions) < 2:
+        return []
+    counts = "; ".join(f"{len(rs)} by {records.describe(json.loads(code))}" for code, rs in versions.items())
+    return [
+        f"These runs were recorded by {len(versions)} versions of the code ({counts}): a sweep resumed after "
+        "the code changed mixes them, and a difference between its runs may come from that alone."
+    ]
+
+
 def effects_table(parts: list[dict]) -> str:
     """The judged parts of a claim: each effect with its 95 % interval, δ, the verdict and the seeds."""
     rows = [
@@ -216,7 +234,10 @@ def report(sweep_dir, runs: list[Run] | None = None) -> dict:
         preregistered=claim.preregistered,
         parts=[p.to_dict() for p in finding.parts],
         table=finding.table,
-        notes=[claim.revision] + ([claim.disclosure] if claim.disclosure else []) + finding.notes,
+        notes=[claim.revision]
+        + ([claim.disclosure] if claim.disclosure else [])
+        + finding.notes
+        + code_versions_note(runs),
         figure=figure,
         setup=setup(runs),
         provenance={"report": records.provenance(), "runs": distinct_provenance(runs)},

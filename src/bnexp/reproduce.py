@@ -225,9 +225,9 @@ def main(argv=None) -> None:
         "--resume",
         type=Path,
         metavar="DIR",
-        help="finish the reproduction in DIR: run the claims whose sweep has no report yet (from scratch), "
-        "rebuild the others' reports from their runs, then REPORT.md; its profile, claims and overrides "
-        "are DIR's",
+        help="finish the reproduction in DIR: run the claims whose sweep has no report yet (each training "
+        "only its runs that did not finish), rebuild the others' reports from their runs, then REPORT.md; "
+        "its profile, claims and overrides are DIR's",
     )
     parser.add_argument("overrides", nargs="*", help="extra overrides for every sweep, e.g. device=cuda")
     args = parser.parse_args(argv)

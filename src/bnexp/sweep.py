@@ -1,6 +1,7 @@
 """Hydra callbacks for sweeps (`bnexp -m ...`)."""
 
 import logging
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -9,13 +10,24 @@ log = logging.getLogger("bnexp")
 
 
 class SweepEnd(Callback):
-    """At the end of a sweep: the claim's report if it tests one, and where to look."""
+    """At the end of a sweep: how many runs it trained and how many it found finished (a sweep run again into
+    its folder), the claim's report if it tests one, and where to look."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.start = time.time()
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from bnexp.records import load_runs  # here, not at import: every `bnexp` start loads this callback
+        from bnexp.records import METRICS_FILE, load_runs  # not at import: every `bnexp` start loads this
 
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = load_runs(sweep_dir)
+        # A run trained now wrote its metrics.json after the sweep started; a finished one was left alone.
+        before = [r for r in runs if r.metrics and (r.path / METRICS_FILE).stat().st_mtime < self.start]
+        if before:
+            log.info(
+                f"{len(before)} of {len(runs)} runs were finished before this sweep started and were not "
+                f"trained again; {sum(r.metrics is not None for r in runs) - len(before)} trained now"
+            )
         failed = [r.path.name for r in runs if r.metrics is None]
         if failed:
             log.warning(

@@ -25,13 +25,11 @@ from functools import cache
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch.func import functional_call
 
 from bnexp import records
 from bnexp.claims import Claim, Effect, Finding, group, mean_std, ratio
 from bnexp.claims.plots import plt
-from bnexp.config import Config
 
 TARGET_GAP = 0.01  # target loss: the minimum's + this many nats
 FASTER = Effect(
@@ -155,17 +153,9 @@ def minimize(loss, theta):
 
 
 def nested_config(flat: dict):
-    """A run's flat `group.key` config (metrics.json) as the typed config a run reads; keys a run recorded by
-    an older bnexp lacks take their defaults. Its norm computes with the textbook kernel, which torch.func
-    (the curvature's Hessian-vector products) can transform."""
-    nested: dict = {}
-    for key, value in flat.items():
-        head, _, rest = key.partition(".")
-        if rest:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            nested[head] = value
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), nested)
+    """A run's typed config (records.nested_config), its norm computing with the textbook kernel, which
+    torch.func (the curvature's Hessian-vector products) can transform."""
+    cfg = records.nested_config(flat)
     cfg.norm.fast = False
     return cfg
 

@@ -1,0 +1,162 @@
+"""Claims about resuming (issue 15): a sweep run again into its folder trains only the runs that have not
+finished, a killed run is trained again from the start without its TensorBoard events twice, and a folder
+that holds a finished run of another config is never overwritten."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bnexp import records
+from bnexp.config import UserError
+from bnexp.engine import train, train_runs
+from bnexp.records import Run
+from bnexp.report import code_versions_note
+
+TINY = ["profile=tiny", "optim.lr=0.5"]  # 40 steps
+BNEXP = (
+    "from hydra_plugins.bnexp_vectorized import register; register(); from bnexp.__main__ import main; main()"
+)
+
+
+def event_files(folder):
+    return sorted(folder.glob("events.out.tfevents.*"))
+
+
+def test_a_finished_run_is_not_trained_again(make_cfg, tmp_path):
+    metrics = train(make_cfg(*TINY), str(tmp_path))
+    written = (tmp_path / "metrics.json").read_bytes(), event_files(tmp_path)
+    assert train(make_cfg(*TINY), str(tmp_path)) == metrics
+    assert ((tmp_path / "metrics.json").read_bytes(), event_files(tmp_path)) == written
+
+
+def test_a_killed_runs_remains_are_cleared_and_it_trains_again(make_cfg, tmp_path):
+    whole = train(make_cfg(*TINY), str(tmp_path / "whole"))
+    # What a run killed while writing metrics.json leaves: its events, a half-written metrics.json.tmp, and
+    # no metrics.json (written last, by an atomic rename).
+    killed = tmp_path / "killed"
+    train(make_cfg(*TINY), str(killed))
+    (killed / "metrics.json").unlink()
+    (killed / "metrics.json.tmp").write_text('{"config": {')
+    again = train(make_cfg(*TINY), str(killed))
+    again.pop(records.WALL_TIME), whole.pop(records.WALL_TIME)
+    assert again == whole
+    assert len(event_files(killed)) == 1 and not (killed / "metrics.json.tmp").exists()
+
+
+def test_a_folder_holding_a_finished_run_of_another_config_is_not_overwritten(make_cfg, tmp_path):
+    train(make_cfg(*TINY), str(tmp_path))
+    before = (tmp_path / "metrics.json").read_bytes()
+    with pytest.raises(UserError, match=r"another config \(optim.lr=0.5 recorded, 0.2 now\)"):
+        train(make_cfg("profile=tiny", "optim.lr=0.2"), str(tmp_path))
+    assert (tmp_path / "metrics.json").read_bytes() == before
+
+
+def test_a_setting_added_after_a_run_was_recorded_counts_as_its_default(make_cfg, tmp_path):
+    cfg = make_cfg(*TINY)
+    train(cfg, str(tmp_path))
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    del record["config"]["norm.r_max"]  # as a bnexp without batch renorm recorded it
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    assert records.finished(tmp_path, records.flat_config(cfg))["steps"] == 40
+    record["config"]["norm.r_max"] = 2.0  # recorded at another value: another config
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="norm.r_max=2.0 recorded, 3.0 now"):
+        records.finished(tmp_path, records.flat_config(cfg))
+
+
+def test_an_unreadable_record_is_reported_not_overwritten(make_cfg, tmp_path):
+    (tmp_path / "metrics.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot be read"):
+        train(make_cfg(*TINY), str(tmp_path))
+    assert (tmp_path / "metrics.json").read_text() == "{not json"
+
+
+def test_a_vectorized_group_trains_only_its_unfinished_runs(make_cfg, tmp_path):
+    cfgs = [make_cfg(*TINY, f"seed={s}") for s in range(3)]
+    dirs = [str(tmp_path / str(s)) for s in range(3)]
+    first = train_runs(cfgs, dirs)
+    os.remove(os.path.join(dirs[1], "metrics.json"))
+    kept = [(tmp_path / d / "metrics.json").read_bytes() for d in ("0", "2")]
+    again = train_runs(cfgs, dirs)
+    assert [(tmp_path / d / "metrics.json").read_bytes() for d in ("0", "2")] == kept
+    assert again[0] == first[0] and again[1]["final_test_acc"] == pytest.approx(first[1]["final_test_acc"])
+
+
+def sweep(tmp_path, *extra, launcher="basic"):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BNEXP,
+            "-m",
+            f"hydra/launcher={launcher}",
+            "profile=tiny",
+            "norm=none,bn",
+            "seed=0,1",
+            f"hydra.sweep.dir={tmp_path}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ,
+    )
+
+
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_sweep_run_again_into_its_folder_trains_only_the_unfinished_runs(launcher, tmp_path):
+    assert sweep(tmp_path, launcher=launcher).returncode == 0
+    folders = sorted(p for p in tmp_path.iterdir() if (p / "metrics.json").exists())
+    assert len(folders) == 4
+    (folders[0] / "metrics.json").unlink()
+    out = sweep(tmp_path, launcher=launcher)
+    assert out.returncode == 0, out.stderr
+    assert (
+        "3 of 4 runs were finished before this sweep started and were not trained again; 1 trained now"
+        in (out.stdout + out.stderr)
+    )
+    assert all((f / "metrics.json").exists() and len(event_files(f)) == 1 for f in folders)
+
+
+def test_a_run_killed_mid_training_resumes_to_what_an_uninterrupted_run_records(tmp_path):
+    command = [sys.executable, "-c", BNEXP, "profile=tiny", "train.steps=1000", "log.progress_every=1"]
+    whole = subprocess.run(
+        [*command, f"hydra.run.dir={tmp_path / 'whole'}"], capture_output=True, timeout=300
+    )
+    assert whole.returncode == 0
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*command, f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while "step" not in _log(run_dir) and time.time() < deadline:  # training has begun
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+    resumed = subprocess.run([*command, f"hydra.run.dir={run_dir}"], capture_output=True, timeout=300)
+    assert resumed.returncode == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", run_dir))
+    assert a["series"] == b["series"] and a["final_test_acc"] == b["final_test_acc"]
+    assert len(event_files(run_dir)) == 1
+
+
+def _log(run_dir) -> str:
+    logs = list(run_dir.glob("*.log"))
+    return logs[0].read_text() if logs else ""
+
+
+def test_the_report_notes_runs_recorded_by_different_code_versions(tmp_path):
+    def run(commit):
+        provenance = {"bnexp": "0.1.0", "git_commit": commit, "git_dirty": False, "torch": "2.14.1"}
+        return Run(tmp_path, {}, {"provenance": {**provenance, "device": "cpu"}})
+
+    assert code_versions_note([run("a" * 40), run("a" * 40)]) == []
+    (note,) = code_versions_note([run("a" * 40), run("a" * 40), run("b" * 40)])
+    assert "2 versions of the code" in note
+    assert "2 by bnexp 0.1.0 (git aaaaaaaa), torch 2.14.1; 1 by bnexp 0.1.0 (git bbbbbbbb)" in note
