@@ -160,3 +160,78 @@ def test_the_report_notes_runs_recorded_by_different_code_versions(tmp_path):
     (note,) = code_versions_note([run("a" * 40), run("a" * 40), run("b" * 40)])
     assert "2 versions of the code" in note
     assert "2 by bnexp 0.1.0 (git aaaaaaaa), torch 2.14.1; 1 by bnexp 0.1.0 (git bbbbbbbb)" in note
+
+
+# ---- faults: each ends with a clear message and nothing finished lost -----------------------------------
+def limited(max_bytes):
+    """A child process whose files cannot grow beyond max_bytes: a full disk, as the writes see it (EFBIG;
+    Python ignores SIGXFSZ, so the write raises instead of killing the process)."""
+    resource = pytest.importorskip("resource")
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+
+def test_a_full_disk_stops_the_run_with_a_message_and_the_same_command_finishes_it(tmp_path):
+    command = [sys.executable, "-c", BNEXP, "profile=tiny", f"hydra.run.dir={tmp_path}"]
+    full = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=limited(60_000))
+    assert full.returncode == 2
+    assert "bnexp: a file could not be written: File too large" in full.stderr
+    assert "Traceback" not in full.stderr and not (tmp_path / "metrics.json").exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and (tmp_path / "metrics.json").exists()
+    assert len(event_files(tmp_path)) == 1  # the cut-off events were removed, not appended to
+
+
+def test_a_full_disk_mid_sweep_loses_no_finished_run(tmp_path):
+    assert sweep(tmp_path).returncode == 0
+    finished = {p: p.read_bytes() for p in tmp_path.glob("*/metrics.json")}
+    out = subprocess.run(
+        [sys.executable, "-c", BNEXP, "-m", "profile=tiny", "norm=none,bn", "seed=0,1,2"]
+        + [f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limited(60_000),
+    )
+    assert out.returncode == 0  # the sweep went on, and its end counted the failed runs
+    assert (
+        "bnexp: a file could not be written" in out.stderr and "2 of 6 runs failed" in out.stdout + out.stderr
+    )
+    assert {p: p.read_bytes() for p in tmp_path.glob("*/metrics.json")} == finished
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_output_folder_that_cannot_be_made_is_refused_with_a_message(key, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    mode = ["-m", "seed=0,1"] if key == "hydra.sweep.dir" else []
+    out = subprocess.run(
+        [sys.executable, "-c", BNEXP, *mode, "profile=tiny", f"{key}={tmp_path / 'a_file' / 'runs'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"cannot be written to (Not a directory). Choose another with {key}=" in out.stderr
+
+
+@pytest.mark.slow  # two sweeps of 1,000 steps; the single run's kill above is in the default run
+def test_a_vectorized_sweep_killed_mid_training_resumes_to_the_uninterrupted_sweeps_results(tmp_path):
+    args = ["hydra/launcher=vectorized", "train.steps=1000", "log.progress_every=1"]
+    assert sweep(tmp_path / "whole", *args).returncode == 0
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-c", BNEXP, "-m", "hydra/launcher=vectorized", "profile=tiny"]
+    proc = subprocess.Popen(
+        [*command, "norm=none,bn", "seed=0,1", f"hydra.sweep.dir={killed}", *args[1:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not any("step" in _log(d) for d in killed.glob("*/")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list(killed.glob("*/metrics.json"))) < 4  # killed mid-sweep
+    assert sweep(killed, *args).returncode == 0
+    for run in (p for p in (tmp_path / "whole").iterdir() if p.is_dir()):
+        a, b = (json.loads((d / "metrics.json").read_text()) for d in (run, killed / run.name))
+        assert a["series"] == b["series"], run.name
+        assert len(event_files(killed / run.name)) == 1

@@ -196,7 +196,12 @@ def train_runs(
     if todo:
         for k in todo:
             records.clear_remains(run_dirs[k])
-        trained = _train([cfgs[k] for k in todo], [run_dirs[k] for k in todo], [loggers[k] for k in todo])
+        try:
+            trained = _train([cfgs[k] for k in todo], [run_dirs[k] for k in todo], [loggers[k] for k in todo])
+        except OSError as e:
+            if e.errno not in records.WRITE_ERRORS:
+                raise
+            raise UserError(records.unwritable(e, [run_dirs[k] for k in todo])) from None
         for k, m in zip(todo, trained):
             metrics[k] = m
     return metrics

@@ -7,6 +7,7 @@ read back together: one host-device sync per logging step. `Meter` keeps the run
 loss and accuracy between logging steps for K runs at once.
 """
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -16,6 +17,17 @@ from torch.utils.tensorboard.summary import hparams
 
 from bnexp import records
 from bnexp.models import Network
+
+
+def _write_errors_to_the_run(args) -> None:
+    """TensorBoard writes events in a thread of its own, which dies on a full disk printing a traceback; the
+    run's next write raises the same error in the run itself, which says what happened in one paragraph
+    (bnexp.records.unwritable). Other errors in any thread: Python's default report."""
+    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in records.WRITE_ERRORS):
+        threading.__excepthook__(args)
+
+
+threading.excepthook = _write_errors_to_the_run
 
 
 def percentiles(x: torch.Tensor) -> torch.Tensor:

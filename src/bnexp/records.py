@@ -29,6 +29,7 @@ A sweep folder holds its run folders, and once analysed `report.md`, `<claim>.pn
 Everything an analysis reads comes from here: `load_runs` and `Run`.
 """
 
+import errno
 import functools
 import importlib.metadata
 import json
@@ -185,6 +186,23 @@ def finished(run_dir, config: dict) -> dict | None:
             f"rerun it with the overrides it had, or give this one another hydra.sweep.dir."
         )
     return {k: v for k, v in record.items() if k not in RECORD_KEYS}
+
+
+# What a full disk, a quota, a file-size limit, a read-only or forbidden folder raise on a write.
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def unwritable(e: OSError, run_dirs) -> str:
+    """The message for a run that could not write its records (or its data): what failed, and how to go on
+    without losing what finished."""
+    where = f" ({e.filename})" if e.filename else ""
+    return (
+        f"a file could not be written{where}: {e.strerror}, so the run in {', '.join(map(str, run_dirs))} "
+        f"did not finish. Free space (or raise the quota or file-size limit, or make the folder writable), "
+        f"then run the same command again: a sweep run again into its folder keeps every finished run and "
+        f"trains this one from its start; or choose another folder with hydra.run.dir= (hydra.sweep.dir= "
+        f"for a sweep)."
+    )
 
 
 def clear_remains(run_dir) -> None:

@@ -1,12 +1,38 @@
-"""Hydra callbacks for sweeps (`bnexp -m ...`)."""
+"""Hydra callbacks: the output folder checked before a run or a sweep, and the end of a sweep."""
 
 import logging
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
 log = logging.getLogger("bnexp")
+
+
+class OutputFolder(Callback):
+    """Before a run or a sweep: its output folder can be made and written to, or one clear paragraph (not
+    Hydra's traceback from the job it could not start)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self.check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def check(folder: str, key: str) -> None:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            print(
+                f"bnexp: the output folder {folder} cannot be written to ({e.strerror}). Choose another with "
+                f"{key}=<folder>, or make it writable.",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
 
 class SweepEnd(Callback):
