@@ -92,6 +92,13 @@ def test_an_effect_is_inconclusive_with_one_seed_or_an_undefined_one():
     assert part.to_dict()["per_seed"] == {"0": 0.5, "1": None, "2": 0.6}  # JSON has no NaN
 
 
+def test_a_bound_counts_only_where_it_settles_the_side_of_the_smallest_effect():
+    # δ = 0.05: a value of at least 0.2 is beyond it, of at least 0.01 could be on either side
+    assert GAIN.bounded(0.2, at_least=True) == 0.2 and math.isnan(GAIN.bounded(0.01, at_least=True))
+    assert GAIN.bounded(0.01, at_most=True) == 0.01 and math.isnan(GAIN.bounded(0.2, at_most=True))
+    assert math.isnan(GAIN.bounded(0.2, at_least=True, at_most=True)) and GAIN.bounded(0.01) == 0.01
+
+
 def test_a_claim_is_decided_by_its_weakest_part():
     yes, maybe, no = (
         GAIN.judge(seeds(*v), w) for v, w in (((0.1, 0.1), "a"), ((0, 0.1), "b"), ((0, 0), "c"))
