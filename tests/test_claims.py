@@ -178,7 +178,7 @@ def test_a_failed_run_counts_as_no_classifier():
     assert failed.diverged and failed.test_acc == 0.0
 
 
-# ---- lr_tolerance --------------------------------------------------------------------------------
+# ---- an lr_tolerance sweep, for the reports and refusals below (its verdicts: test_lr_tolerance.py) --
 LRS = [0.01, 0.1, 1, 10, 100]
 
 
@@ -197,21 +197,6 @@ def lr_sweep(bn_good, plain_good, seeds=(0, 1, 2)):
     ]
 
 
-def test_lr_tolerance_is_supported_when_bn_trains_over_a_10x_wider_and_higher_range():
-    finding = CLAIMS["lr_tolerance"].analyze(lr_sweep(lambda s: [0.1, 1, 10, 100], lambda s: [0.1]))
-    assert finding.verdict == SUPPORTED
-
-
-def test_lr_tolerance_is_not_supported_when_both_tolerate_the_same_range():
-    finding = CLAIMS["lr_tolerance"].analyze(lr_sweep(lambda s: [0.1, 1], lambda s: [0.1, 1]))
-    assert finding.verdict == NOT_SUPPORTED
-
-
-def test_lr_tolerance_is_inconclusive_when_seeds_disagree():
-    finding = CLAIMS["lr_tolerance"].analyze(
-        lr_sweep(lambda s: [0.1, 1, 10] if s else [0.1], lambda s: [0.1])
-    )
-    assert finding.verdict == INCONCLUSIVE
 
 
 # ---- regularization ------------------------------------------------------------------------------
