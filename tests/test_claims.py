@@ -109,7 +109,7 @@ def test_a_claim_is_decided_by_its_weakest_part():
 
 
 def test_a_revised_criterion_is_a_new_version_disclosed_newest_first_with_the_verdict_it_replaces():
-    claim = CLAIMS["input_norm"]
+    claim = dataclasses.replace(CLAIMS["input_norm"], revisions=())  # as at version 2
     three = Revision(
         3, "2026-12-05", "The stability check is now two-sided.", "supported (standard, 2026-12-03)"
     )
@@ -195,8 +195,6 @@ def lr_sweep(bn_good, plain_good, seeds=(0, 1, 2)):
         for norm, good in (("bn", bn_good(s)), ("none", plain_good(s)))
         for lr in LRS
     ]
-
-
 
 
 # ---- regularization ------------------------------------------------------------------------------
