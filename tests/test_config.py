@@ -164,11 +164,17 @@ def test_every_range_refuses_a_value_just_outside_it(make_cfg, key):
     fails."""
     allowed, ok = RANGES[key]
     edges, beyond = EDGES[allowed]
-    is_list = OmegaConf.is_list(OmegaConf.select(make_cfg(), key))
+    default = OmegaConf.select(make_cfg(), key)
+
+    def override(value):  # a list's or a dict's element, or the value
+        if OmegaConf.is_dict(default):
+            return f"+{key}.mlp={value}"
+        return f"{key}={[value] if OmegaConf.is_list(default) else value}"
+
     for value in edges:
         assert ok(value)
-        check_ranges(make_cfg(f"{key}={[value] if is_list else value}"))
+        check_ranges(make_cfg(override(value)))
     for value in beyond:
         assert not ok(value)
         with pytest.raises(UserError, match=re.escape(f"{key}=")):
-            check_ranges(make_cfg(f"{key}={[value] if is_list else value}"))
+            check_ranges(make_cfg(override(value)))

@@ -143,6 +143,12 @@ def test_evals_space_that_many_evaluations_over_a_run_of_any_length(make_cfg, tm
         assert [s for s, _ in series["test/acc"]] == steps
 
 
+def test_a_models_own_step_budget_replaces_steps_for_that_model_only(make_cfg, tmp_path):
+    short = ["device=cpu", "train.steps=5", "train.eval_every=5", "+train.steps_by_model.cnn=3"]
+    assert train(make_cfg(*short, "model=cnn"), str(tmp_path / "cnn"))["steps"] == 3
+    assert train(make_cfg(*short), str(tmp_path / "mlp"))["steps"] == 5  # a model not named: train.steps
+
+
 def test_bn_runs_also_record_test_accuracy_with_batch_statistics(make_cfg, tmp_path, monkeypatch):
     import bnexp.engine as runner
 

@@ -134,7 +134,10 @@ def test_a_loss_logged_at_fewer_steps_than_every_one_is_refused():
 
 
 # ---- verdict logic ----------------------------------------------------------------------------------------
-LRS = [1e-4, 1e-3, 1, 10, 100]
+# The quadratic model's limits 2/λ_max at zero weights: 3.41e-4 on raw inputs, 3.09 on standardized ones
+# (test_the_limits_the_verdict_tests_assume checks them), so the predicted gain is 3.09 / 3.41e-4 = 9.06e3;
+# the implementation check asks each largest stable rate to be at least a third of its limit.
+LRS = [1e-4, 3.16e-4, 1e-3, 1, 3.16, 10, 100]
 BUDGET = 40
 
 
@@ -190,36 +193,92 @@ def sweep(configs, std_stable, std_reach, raw_stable, raw_reach, seeds=(0, 1)):
     return runs
 
 
-def test_input_norm_is_supported_when_standardized_inputs_are_stable_far_higher_and_much_faster(configs):
+def test_the_limits_the_verdict_tests_assume(configs):
+    for normalize, limit in ((False, 3.41e-4), (True, 3.09)):
+        lam = claim.curvature([Run(pathlib.Path("."), configs[normalize, 1, 0], None)])["zero"]
+        assert 2 / lam == pytest.approx(limit, rel=0.01)
+
+
+def judged(finding) -> dict:
+    return {p.name: p for p in finding.parts}
+
+
+def test_input_norm_is_supported_when_stable_near_2_over_lambda_and_much_faster(configs):
     finding = CLAIMS["input_norm"].analyze(
-        sweep(configs, lambda s: 10, lambda s: {10: 3, 1: 20}, lambda s: 1e-4, lambda s: {})
+        sweep(configs, lambda s: 3.16, lambda s: {3.16: 3, 1: 20}, lambda s: 3.16e-4, lambda s: {})
     )
     assert finding.verdict == SUPPORTED
+    parts = judged(finding)
+    # the raw runs never reached the target: the speed-up is at least the budget ÷ 3 steps, beyond δ = 10
+    assert parts["speed-up"].mean == pytest.approx(BUDGET / 3)
+    # the gain 3.16 / 3.16e-4 = 1e4 against the predicted 9.06e3
+    assert parts["stable-rate gain ÷ predicted"].mean == pytest.approx(1e4 / 9.06e3, rel=0.01)
+    # the check: the smaller of 3.16e-4 / 3.41e-4 (raw) and 3.16 / 3.09 (standardized)
+    assert parts["stable rate ÷ 2/λ_max (implementation check)"].mean == pytest.approx(0.927, rel=0.01)
     assert finding.figure is not None and len(finding.table) == 2
 
 
 def test_input_norm_is_not_supported_when_standardized_inputs_are_no_faster(configs):
     finding = CLAIMS["input_norm"].analyze(
-        sweep(configs, lambda s: 10, lambda s: {10: 20}, lambda s: 1e-4, lambda s: {1e-4: 30})
+        sweep(configs, lambda s: 3.16, lambda s: {3.16: 20}, lambda s: 3.16e-4, lambda s: {3.16e-4: 30})
     )
-    assert finding.verdict == NOT_SUPPORTED
+    assert finding.verdict == NOT_SUPPORTED and finding.decided_by == "speed-up"
 
 
-def test_input_norm_is_not_supported_when_the_stable_range_barely_moves(configs):
-    # much faster, but the largest stable learning rate only 10× higher: far below the predicted ~10⁴
+def test_a_speed_up_bounded_by_the_budget_below_its_threshold_is_inconclusive(configs):
+    # raw inputs never reached the target in 40 steps, standardized ones in 20: at least 2×, perhaps 100×
     finding = CLAIMS["input_norm"].analyze(
-        sweep(configs, lambda s: 10, lambda s: {10: 3}, lambda s: 1, lambda s: {})
+        sweep(configs, lambda s: 3.16, lambda s: {3.16: 20}, lambda s: 3.16e-4, lambda s: {})
     )
-    assert finding.verdict == NOT_SUPPORTED
+    assert judged(finding)["speed-up"].verdict == INCONCLUSIVE and finding.verdict == INCONCLUSIVE
+
+
+def test_stable_rates_far_above_2_over_lambda_are_reported_not_judged(configs):
+    # standardized inputs stable up to 100, the grid's largest rate (32× its limit): logistic regression's
+    # curvature falls as it saturates, so the quadratic model's limit is a bound, not a prediction
+    finding = CLAIMS["input_norm"].analyze(
+        sweep(configs, lambda s: 100, lambda s: {3.16: 3}, lambda s: 3.16e-4, lambda s: {})
+    )
+    assert finding.verdict == SUPPORTED
+    assert finding.table[1]["÷ 2/λ_max at zero weights"] == "32.3"  # 100 ÷ 3.09(2)
+
+
+def test_input_norm_is_not_supported_when_raw_inputs_are_as_stable_as_standardized_ones(configs):
+    # raw inputs stable up to 1 (2,900× their limit): a gain of 3.16 against the predicted 9.06e3
+    finding = CLAIMS["input_norm"].analyze(
+        sweep(configs, lambda s: 3.16, lambda s: {3.16: 3}, lambda s: 1, lambda s: {})
+    )
+    assert finding.decided_by == "stable-rate gain ÷ predicted" and finding.verdict == NOT_SUPPORTED
+
+
+def test_a_stability_test_that_fails_below_2_over_lambda_leaves_the_gain_inconclusive(configs):
+    # raw inputs stable only up to 1e-4, 0.29× their limit, where gradient descent must descend: the
+    # stability test, not the inputs, set that limit (version 2's whole-decade grid did exactly this)
+    finding = CLAIMS["input_norm"].analyze(
+        sweep(configs, lambda s: 3.16, lambda s: {3.16: 3}, lambda s: 1e-4, lambda s: {})
+    )
+    assert finding.verdict == INCONCLUSIVE
+    assert finding.decided_by == (
+        "stable-rate gain ÷ predicted (control failed: stable rate ÷ 2/λ_max (implementation check))"
+    )
+    assert judged(finding)["speed-up"].verdict == SUPPORTED
 
 
 def test_input_norm_is_inconclusive_when_starting_points_disagree(configs):
+    # raw inputs reach the target in 30 steps; standardized ones in 1 from one start (30×), 20 from the other
     finding = CLAIMS["input_norm"].analyze(
-        sweep(configs, lambda s: 10, lambda s: {10: 3} if s == 0 else {10: 20}, lambda s: 1e-4, lambda s: {})
+        sweep(
+            configs,
+            lambda s: 3.16,
+            lambda s: {3.16: 1} if s == 0 else {3.16: 20},
+            lambda s: 3.16e-4,
+            lambda s: {3.16e-4: 30},
+        )
     )
-    assert finding.verdict == INCONCLUSIVE
+    speed_up = judged(finding)["speed-up"]
+    assert speed_up.per_seed == {"0": 30.0, "1": 1.5} and speed_up.reason == "the interval contains 10×"
 
 
 def test_the_input_norm_report(configs, reported):
-    runs = sweep(configs, lambda s: 10, lambda s: {10: 3, 1: 20}, lambda s: 1e-4, lambda s: {})
+    runs = sweep(configs, lambda s: 3.16, lambda s: {3.16: 3, 1: 20}, lambda s: 3.16e-4, lambda s: {})
     assert reported("input_norm", runs)["verdict"] == SUPPORTED

@@ -207,6 +207,10 @@ def test_grouping_rule(make_cfg):
     assert "out of its range" in unsupported_reason(cfgs[9])  # alone, it fails without failing the others
 
 
+def test_a_budget_per_model_is_folded_like_any_step_budget(make_cfg):
+    assert unsupported_reason(make_cfg("device=cpu", "+train.steps_by_model.cnn=3")) is None
+
+
 def test_a_sweep_config_with_a_working_folder_per_job_is_trained_run_by_run():
     """hydra.job.chdir=true: a program's runs share one process, hence one working folder."""
     from hydra import compose, initialize_config_module

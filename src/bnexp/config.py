@@ -126,6 +126,9 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 2000  # optimizer steps
     epochs: int | None = None  # if set, replaces `steps` by this many passes over the data
+    # The steps of each model named here (the others, or all when empty or null, take `steps`): a sweep over
+    # models that learn at different speeds gives each a budget it trains in, not the slowest one's to all
+    steps_by_model: dict[str, int] | None = field(default_factory=dict)
     eval_every: int = 250  # full train/test evaluation, in steps (and always at the end)
     # If set, replaces `eval_every` by this many evaluations evenly spaced over the run (every steps // evals
     # steps): a sweep over batch sizes with its budget in epochs evaluates every run equally often.
@@ -185,7 +188,8 @@ def _at_least(low: int) -> tuple[str, Callable]:
 # The range of every number the schema's types alone do not bound: out of it, PyTorch would answer
 # with a traceback (a negative width or learning rate) or, worse, train on nonsense (BN momentum 2).
 # Ranges that depend on the data (data.batch_size, data.subset, norm.groups) are checked where the
-# data is known. A list's range holds for each of its elements; None (null) is always allowed.
+# data is known. A list's (or a dict's) range holds for each of its elements (values); None (null) is always
+# allowed.
 RANGES: dict[str, tuple[str, Callable]] = {
     "model.depth": _at_least(0),
     "model.width": _at_least(1),
@@ -206,6 +210,7 @@ RANGES: dict[str, tuple[str, Callable]] = {
     "optim.lr_batch_size": _at_least(1),
     "train.steps": _at_least(1),
     "train.epochs": _at_least(1),
+    "train.steps_by_model": _at_least(1),
     "train.eval_every": _at_least(1),
     "train.evals": _at_least(1),
     "train.eval_lengths": _at_least(1),
@@ -224,7 +229,9 @@ def check_ranges(cfg) -> None:
     wrong = []
     for key, (allowed, ok) in RANGES.items():
         value = OmegaConf.select(cfg, key)
-        values = value if OmegaConf.is_list(value) else [value]
+        values = (
+            value.values() if OmegaConf.is_dict(value) else value if OmegaConf.is_list(value) else [value]
+        )
         if not all(v is None or ok(v) for v in values):
             wrong.append(f"{key}={value} (must be {allowed})")
     if wrong:

@@ -35,9 +35,10 @@ log = logging.getLogger("bnexp")
 
 # ---- the schedule and what a run must satisfy ----------------------------------------------------------
 def planned_steps(cfg, data: InMemoryData) -> int:
-    """The run's optimizer steps: train.steps, or train.epochs passes over the data."""
+    """The run's optimizer steps: train.steps (or its model's in train.steps_by_model), or train.epochs
+    passes over the data."""
     if cfg.train.epochs is None:
-        return cfg.train.steps
+        return (cfg.train.steps_by_model or {}).get(cfg.model.name, cfg.train.steps)
     return cfg.train.epochs * data.steps_per_epoch(cfg.data.batch_size)
 
 

@@ -157,7 +157,7 @@ def unsupported_reason(cfg) -> str | None:
     for key, value in _flat_task(cfg).items():
         if (
             key not in IMPLEMENTED_KEYS
-            and not key.startswith("data.")
+            and not key.startswith(("data.", "train.steps_by_model"))  # planned_steps reads it
             and value != defaults.get(key, value + "?")
         ):
             return f"{key}={value} (a setting the vectorized trainer does not implement)"

@@ -140,6 +140,17 @@ class Effect:
             f"{self.format(self.smallest)}."
         )
 
+    def bounded(self, value: float, at_least: bool = False, at_most: bool = False) -> float:
+        """A seed's value known only as a bound (a run or a grid cut off by its budget or its edge): kept
+        where the bound alone puts the true value on one side of δ, else NaN (undefined: inconclusive)."""
+        if at_least and at_most:
+            return math.nan
+        if at_least:
+            return value if value > self.smallest else math.nan
+        if at_most:
+            return value if value < self.smallest else math.nan
+        return value
+
     def judge(self, per_seed: dict[str, float], where: str = "") -> "Part":
         """Apply the rule to this effect's values per seed (of one model, activation, ... `where`)."""
         values = [float(v) for v in per_seed.values()]
