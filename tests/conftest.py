@@ -102,7 +102,9 @@ def reported(tmp_path):
         assert f"**Verdict: {result['verdict']}** (decided by: {result['decided_by']})" in text
         assert CLAIMS[claim].criterion in text and CLAIMS[claim].revision in text
         assert all(
-            f"| {p['name']}{' (control)' * p['control']} | {p['estimate']} |" in text for p in result["parts"]
+            f"| {p['name']}{' (control)' * p['control']}{' (reported, not deciding)' * (not p['decides'])} "
+            f"| {p['estimate']} |" in text
+            for p in result["parts"]
         )
         assert "**Provenance.** Runs: bnexp 0.1.0, torch 2.5.0, on cpu." in text
         assert (tmp_path / f"{claim}.png").stat().st_size > 10_000

@@ -173,6 +173,16 @@ def test_a_control_judged_for_one_setting_gates_only_that_settings_parts():
     )
 
 
+def test_a_mechanism_part_is_reported_but_does_not_decide_the_verdict():
+    gain = Effect("BN against dropout", "BN − dropout", -0.01, above=True)
+    noise = Effect("BN's noise", "BN − noise-free BN", 0.005, above=True, decides=False)
+    held = gain.judge({"0": 0.0, "1": 0.01, "2": 0.005})
+    against = noise.judge({"0": -0.02, "1": -0.03, "2": -0.025})  # the mechanism fails: not supported
+    assert against.verdict == NOT_SUPPORTED and pool([held, against]) == (SUPPORTED, "every part")
+    assert pool([against]) == (INCONCLUSIVE, "no part could be judged")
+    assert "reported, not deciding the verdict" in noise.text() and against.to_dict()["decides"] is False
+
+
 def test_a_failed_run_counts_as_no_classifier():
     failed = Run(pathlib.Path("."), {"seed": 0}, None)
     assert failed.diverged and failed.test_acc == 0.0

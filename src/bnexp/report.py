@@ -121,7 +121,9 @@ def effects_table(parts: list[dict]) -> str:
     """The judged parts of a claim: each effect with its 95 % interval, δ, the verdict and the seeds."""
     rows = [
         {
-            "part": p["name"] + (" (control)" if p.get("control") else ""),
+            "part": p["name"]
+            + (" (control)" if p.get("control") else "")
+            + ("" if p.get("decides", True) else " (reported, not deciding)"),
             "effect [95 % interval]": p["estimate"],
             "claim predicts": f"{p['predicted']} {p['smallest_text']}",
             "verdict": p["verdict"] + (f" ({p['reason']})" if p["reason"] else ""),

@@ -120,6 +120,9 @@ class Effect:
     # A ratio judged on the log scale: the mean and interval of log(value), reported back as ratios (the
     # geometric mean). Per-seed ratios are skewed, and a t interval on the ratio itself can reach below 0.
     log: bool = False
+    # False: judged and reported, but not part of the claim's verdict (`pool`): a mechanism the paper offers
+    # as its explanation, which the claim itself does not assert.
+    decides: bool = True
 
     def format(self, value: float) -> str:
         scale, spec = UNITS[self.unit]
@@ -135,10 +138,10 @@ class Effect:
                 f"must lie {side} {self.format(self.smallest)}."
             )
         scale = " (geometric mean over seeds, its interval taken on the log scale)" if self.log else ""
-        return (
-            f"*{self.name}*: {self.measures}{scale}; the claim predicts it {side} "
-            f"{self.format(self.smallest)}."
+        predicts = (
+            "the claim predicts it" if self.decides else "reported, not deciding the verdict: predicted"
         )
+        return f"*{self.name}*: {self.measures}{scale}; {predicts} {side} {self.format(self.smallest)}."
 
     def bounded(self, value: float, at_least: bool = False, at_most: bool = False) -> float:
         """A seed's value known only as a bound (a run or a grid cut off by its budget or its edge): kept
@@ -218,6 +221,7 @@ class Part:
             unit=e.unit,
             scale="log" if e.log else "linear",
             control=e.control,
+            decides=e.decides,
             per_seed={seed: number(v) for seed, v in self.per_seed.items()},
             per_seed_text={seed: e.format(v) for seed, v in self.per_seed.items()},
             mean=number(self.mean),
@@ -242,13 +246,13 @@ def gates(control: Part, part: Part) -> bool:
 def pool(parts: list[Part]) -> tuple[str, str]:
     """The claim's verdict from its parts, and the part that decided it (every part, when supported). A
     control that is not supported makes the parts it gates inconclusive (all of them, unless it names
-    some), whatever they say."""
+    some), whatever they say. A part whose effect does not decide (a mechanism) is left out."""
     failed = [c for c in parts if c.effect.control and c.verdict != SUPPORTED]
     if any(not c.effect.gates and not c.where for c in failed):
         return INCONCLUSIVE, "control failed: " + "; ".join(c.name for c in failed)
     verdicts = {}
     for p in parts:
-        if not p.effect.control:
+        if not p.effect.control and p.effect.decides:
             gating = [c.name for c in failed if gates(c, p)]
             verdicts[p.name + (f" (control failed: {'; '.join(gating)})" if gating else "")] = (
                 INCONCLUSIVE if gating else p.verdict
