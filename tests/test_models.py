@@ -94,6 +94,17 @@ def test_mlp_depth_width_and_dropout_follow_the_config(make_cfg):
     )
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_without_dropout_before_bn_a_bn_network_keeps_it_only_where_it_feeds_the_head(make_cfg, name):
+    keys = ("model.dropout=0.5", "model.dropout_before_bn=false")
+    *before, last = model(make_cfg, name, "bn", (1, 8, 8), *keys).layers().values()
+    assert before and all(isinstance(layer.dropout, nn.Identity) for layer in before)
+    assert isinstance(last.dropout, nn.Dropout) and last.dropout.p == 0.5  # it feeds the head, no BN
+    for norm in ("none", "gn"):  # no running statistics after any layer: dropout everywhere
+        layers = model(make_cfg, name, norm, (1, 8, 8), *keys).layers().values()
+        assert all(isinstance(layer.dropout, nn.Dropout) for layer in layers)
+
+
 @pytest.mark.parametrize("scheme", ["normal", "uniform"])
 def test_init_std_sets_the_weights_standard_deviation(make_cfg, scheme):
     cfg = make_cfg(f"init={scheme}", "init.std=0.05", "model.width=400")

@@ -86,6 +86,11 @@ CASES = {
     ),
     # dropout: each run's own masks, from its own generator, as its global RNG would draw them
     "dropout": (["model.dropout=0.3"], [["seed=0"], ["seed=1", "optim.lr=0.5"], ["seed=2"]]),
+    # dropout only where no BN follows (the last hidden layer): one mask per step, as the eager run draws it
+    "dropout not before bn": (
+        ["model.dropout=0.3", "model.dropout_before_bn=false"],
+        [["seed=0"], ["seed=1"]],
+    ),
     # the per-example norms
     # (seeds only: at lr 0.5 round-off moves two neighbouring values of a percentile past each other by step
     # 40,

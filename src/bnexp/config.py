@@ -54,6 +54,11 @@ class ModelConfig:
     )
     activation: Activation = Activation.sigmoid
     dropout: float = 0.0  # after every hidden nonlinearity
+    # False: no dropout on a layer whose output feeds a norm with running statistics (BN and its variants):
+    # there it shifts the variance BN's running statistics see between training and test (Li et al. 2019,
+    # "Understanding the disharmony between dropout and batch normalization by variance shift"). A BN
+    # network then keeps dropout where it feeds the head; a network without BN keeps it everywhere.
+    dropout_before_bn: bool = True
     # The linear/conv bias right before a norm layer is redundant (the norm subtracts the mean);
     # the BN paper drops it. Keep it only to show that.
     bias_before_norm: bool = False

@@ -379,14 +379,21 @@ def build_model(cfg, input_shape, num_classes: int) -> Network:
             f"model={m.name} has no convolutions to keep it on; drop model.norm_fc=false or use model=cnn."
         )
     if m.name == "mlp":
-        return MLP(input_shape, num_classes, depth=m.depth, **common)
-    if m.name == "cnn":
-        return CNN(
+        model = MLP(input_shape, num_classes, depth=m.depth, **common)
+    elif m.name == "cnn":
+        model = CNN(
             input_shape, num_classes, channels=tuple(m.channels), pool=m.pool, norm_fc=m.norm_fc, **common
         )
-    if m.name == "rnn":
-        return RNN(input_shape, num_classes, depth=m.depth, per_step_stats=m.per_step_stats, **common)
-    raise UserError(f"model.name={m.name!r} is not a model; choose model=mlp, model=cnn or model=rnn.")
+    elif m.name == "rnn":
+        model = RNN(input_shape, num_classes, depth=m.depth, per_step_stats=m.per_step_stats, **common)
+    else:
+        raise UserError(f"model.name={m.name!r} is not a model; choose model=mlp, model=cnn or model=rnn.")
+    if not m.dropout_before_bn:
+        layers = list(model.layers().values())
+        for layer, following in zip(layers, layers[1:]):
+            if getattr(following.norm, "running_mean", None) is not None:
+                layer.dropout = nn.Identity()
+    return model
 
 
 def _name(value) -> str:

@@ -66,6 +66,7 @@ IMPLEMENTED_KEYS = frozenset(
         "model.width",
         "model.activation",
         "model.dropout",
+        "model.dropout_before_bn",
         "model.bias_before_norm",
         "model.channels",
         "model.pool",
