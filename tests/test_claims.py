@@ -207,29 +207,6 @@ def lr_sweep(bn_good, plain_good, seeds=(0, 1, 2)):
     ]
 
 
-# ---- regularization ------------------------------------------------------------------------------
-def reg_sweep(per_seed):
-    """per_seed: [(plain, dropout, bn, bn + dropout) test accuracies] for each seed."""
-    return [
-        run(acc, seed=s, **{"norm.name": norm, "model.dropout": p})
-        for s, accs in enumerate(per_seed)
-        for (norm, p), acc in zip((("none", 0.0), ("none", 0.5), ("bn", 0.0), ("bn", 0.5)), accs)
-    ]
-
-
-def test_regularization_is_supported_when_bn_alone_matches_dropout():
-    assert CLAIMS["regularization"].analyze(reg_sweep([(0.85, 0.9, 0.91, 0.91)] * 3)).verdict == SUPPORTED
-
-
-def test_regularization_is_not_supported_when_dropout_still_helps_bn():
-    assert CLAIMS["regularization"].analyze(reg_sweep([(0.85, 0.9, 0.86, 0.92)] * 3)).verdict == NOT_SUPPORTED
-
-
-def test_regularization_is_inconclusive_when_seeds_disagree():
-    f = CLAIMS["regularization"].analyze(reg_sweep([(0.85, 0.9, 0.91, 0.91), (0.85, 0.9, 0.86, 0.92)]))
-    assert f.verdict == INCONCLUSIVE
-
-
 # ---- sweeps that lack what a claim compares --------------------------------------------------------
 def without(runs, key, value):
     return [r for r in runs if r[key] != value]
@@ -318,7 +295,6 @@ def test_reports_of_lr_tolerance_and_regularization(reported, tmp_path):
         reported("lr_tolerance", lr_sweep(lambda s: [0.1, 1, 10, 100], lambda s: [0.1]))["verdict"]
         == SUPPORTED
     )
-    assert reported("regularization", reg_sweep([(0.85, 0.9, 0.91, 0.91)] * 3))["verdict"] == SUPPORTED
 
 
 # ---- a reproduction --------------------------------------------------------------------------------
