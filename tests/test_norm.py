@@ -389,6 +389,16 @@ def test_bn_entries_follow_the_config():
         assert (ref.num_features, ref.eps, ref.momentum, ref.affine) == (7, 1e-3, None, False)
 
 
+@pytest.mark.parametrize("name", ["bn", "torch_bn", "ln", "gn"])
+def test_gamma_starts_at_norm_gamma_init_and_scales_the_normalized_values(name):
+    cfg = NormConfig(name=name, gamma_init=0.1)
+    norm = make_norm(cfg, 8)
+    assert torch.equal(norm.weight, torch.full((8,), 0.1))
+    x = torch.randn(6, 8)
+    torch.testing.assert_close(norm(x), 0.1 * REFERENCES[name](x, norm))  # β = 0: y = 0.1·x̂
+    assert make_norm(dataclasses.replace(cfg, affine=False), 8).weight is None  # no γ to start
+
+
 @pytest.mark.parametrize("spatial_dims", [0, 2])
 def test_ln_normalizes_each_example_over_channels_and_positions(spatial_dims):
     norm = make_norm(NormConfig(name="ln"), 6, spatial_dims)

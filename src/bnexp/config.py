@@ -79,6 +79,9 @@ class NormConfig:
     eps: float = 1e-5
     momentum: float | None = 0.1  # running statistics; null = cumulative average
     affine: bool = True  # learnable γ and β
+    # γ's start (norms with affine=true). Cooijmans et al. (2016) start it at 0.1 in their BN-LSTM: tanh
+    # and sigmoid then begin in their linear range, where gradients pass through time undamped.
+    gamma_init: float = 1.0
     groups: int = 4  # gn: channels are split into this many groups (4 divides every default width)
     # bn, noisy_bn: train with bnexp.fast_norm's kernel (the same function as bnexp.norm's textbook one,
     # faster: python -m bnexp.bench --only norm,step); false: with the textbook one.
@@ -207,6 +210,7 @@ RANGES: dict[str, tuple[str, Callable]] = {
     "norm.warmup": _at_least(0),
     "norm.r_max_at": _at_least(0),
     "norm.d_max_at": _at_least(0),
+    "norm.gamma_init": _at_least(0),
     "init.std": _at_least(0),
     "init.gain": _at_least(0),
     "optim.lr": _at_least(0),

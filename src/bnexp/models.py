@@ -81,7 +81,10 @@ def make_norm(cfg, num_features: int, spatial_dims: int = 0) -> nn.Module:
         )
     keys = dict(eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine, groups=cfg.groups, fast=cfg.fast)
     keys |= {k: getattr(cfg, k) for k in ("r_max", "d_max", "warmup", "r_max_at", "d_max_at")}
-    return NORMS[cfg.name](num_features, spatial_dims, **keys)
+    norm = NORMS[cfg.name](num_features, spatial_dims, **keys)
+    if getattr(norm, "weight", None) is not None:  # γ (affine norms)
+        nn.init.constant_(norm.weight, cfg.gamma_init)
+    return norm
 
 
 class LinearizedSigmoid(nn.Module):
