@@ -6,7 +6,6 @@ import pathlib
 
 import pytest
 import torch
-from torch import nn
 
 from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from bnexp.claims import rnn as claim
@@ -54,7 +53,7 @@ def test_the_recurrence_is_h_t_equals_g_of_the_normalized_affine_map(make_cfg):
     x = torch.randn(4, 2, 5)
     h = torch.zeros(4, 8)
     for t in range(5):
-        h = torch.tanh(layer.norm(layer.linear(torch.cat([x[:, :, t], h], 1))))
+        h = torch.tanh(layer.norm(layer.linear(torch.cat([x[:, :, t], h], 1)), t))
     torch.testing.assert_close(net(x), net.head(h))
 
 
@@ -110,26 +109,99 @@ def test_steps_beyond_the_training_length_reuse_the_last_steps_statistics(make_c
     assert torch.isfinite(net(torch.randn(5, 1, 9))).all()
 
 
-def test_per_step_and_shared_bn_train_identically(make_cfg):
-    """Training normalizes each step by its own batch statistics either way; only the running averages
-    differ."""
-    nets = []
-    for per_step in (False, True):
-        torch.manual_seed(0)
-        net = rnn(make_cfg, "bn", (1, 6), f"model.per_step_stats={per_step}")
-        opt = torch.optim.SGD(net.parameters(), lr=0.5)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(5):
-            x, y = torch.randn(16, 1, 6, generator=g), torch.randint(0, 10, (16,), generator=g)
-            loss = nn.functional.cross_entropy(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        nets.append(net)
-    shared, step = (dict(n.named_parameters()) for n in nets)
-    for name, p in shared.items():
-        other = step[name] if name in step else step[name.replace("norm.", "norm.steps.0.")]
-        torch.testing.assert_close(p, other)
+def test_pooled_statistics_weigh_every_step_the_same(make_cfg):
+    net = rnn(make_cfg, "bn", (1, 3), "model.per_step_stats=true", "norm.eps=1e-12")
+    norm = net.layers()["layer1"].norm
+    means, variances = (0.0, 2.0, 4.0), (1.0, 1.0, 4.0)
+    for bn, m, v in zip(norm.steps, means, variances):
+        bn.running_mean.fill_(m)
+        bn.running_var.fill_(v)
+    net.eval()
+    a = torch.randn(5, 8)
+    with net.pooled_statistics():
+        # the mixture of the three steps: mean 2, variance (1 + 1 + 4)/3 + (4 + 0 + 4)/3 = 14/3, at every step
+        for t in (0, 2, 5):
+            torch.testing.assert_close(norm(a, t), (a - 2.0) / (14 / 3) ** 0.5)
+    torch.testing.assert_close(norm(a, 1), a - 2.0)  # and per step again outside
+    assert net.pools_statistics
+    assert not rnn(make_cfg, "ln", (1, 3), "model.per_step_stats=true").pools_statistics  # nothing to pool
+
+
+def test_shared_bn_normalizes_every_step_of_a_training_batch_by_its_statistics_pooled_over_steps(make_cfg):
+    torch.manual_seed(0)
+    net = rnn(make_cfg, "bn", (1, 4), "norm.momentum=1.0", "norm.gamma_init=1.0")
+    layer = net.layers()["layer1"]
+    w_in, w_rec = layer.linear.weight.split([1, 8], dim=1)
+    x = torch.randn(32, 1, 4) * torch.tensor([1.0, 3.0, 5.0, 7.0])  # each step's scale its own
+    bn = layer.norm.norm
+
+    def unroll(mean, var):  # by hand: every step normalized by the same statistics (γ = 1, β = 0)
+        h, summed = torch.zeros(32, 8), []
+        for t in range(4):
+            summed.append(x[:, :, t] @ w_in.t() + h @ w_rec.t())  # the summed input, before the norm
+            h = torch.tanh((summed[-1] - mean) / torch.sqrt(var + bn.eps))
+        return torch.stack(summed, 1).flatten(0, 1), h
+
+    # the first batch's first pass normalized by the running averages (0 and 1), then the statistics of its
+    # summed inputs over all steps
+    first, _ = unroll(torch.zeros(8), torch.ones(8))
+    mean, var = first.mean(0), first.var(0, unbiased=False)
+    _, h = unroll(mean, var)
+    net.train()
+    torch.testing.assert_close(net(x), net.head(h))
+    torch.testing.assert_close(bn.running_mean, mean)  # momentum 1: the pooled statistics themselves
+    torch.testing.assert_close(bn.running_var, first.var(0))  # unbiased, over the 32 × 4 values
+    # the next batch's first pass is normalized by this batch's statistics; its raw summed inputs, whose
+    # statistics differ from those of the normalized ones, set the statistics of its real pass
+    second, _ = unroll(mean, var)
+    normalized = (second - mean) / torch.sqrt(var + bn.eps)
+    assert not torch.allclose(second.var(0), normalized.var(0), rtol=0.1)
+    _, h = unroll(second.mean(0), second.var(0, unbiased=False))
+    torch.testing.assert_close(net(x), net.head(h))
+    net.eval()  # at test: the running averages at every step
+    torch.testing.assert_close(net(x), net.head(unroll(bn.running_mean, bn.running_var)[1]))
+
+
+def test_shared_statistics_carry_bns_gradient_through_each_steps_batch_moments(make_cfg):
+    # One step's batch a (N = 6, one unit), the shared statistics μ = 1, σ² = 4 (ε = 0), γ = 2: the value
+    # is γ(a − 1)/2; the gradient is BN's at this step times r = σ_t/2, (g − mean g − x̂·mean(g x̂))/2 with
+    # g = γ·dy. Constant statistics would give γ·dy/2 instead, and a uniform upstream gradient would move a.
+    shared = build_model(make_cfg("model=rnn", "norm=bn", "model.width=1", "norm.eps=0"), (1, 3), 10)
+    norm = shared.layers()["layer1"].norm
+    with torch.no_grad():
+        norm.norm.weight.fill_(2.0)
+    norm.train().batch = (torch.ones(1), torch.full((1,), 4.0))
+    a = torch.tensor([[0.0], [1.0], [2.0], [4.0], [-1.0], [3.0]], requires_grad=True)
+    y = norm(a, 0)
+    torch.testing.assert_close(y, 2 * (a.detach() - 1) / 2)
+    dy = torch.tensor([[1.0], [0.5], [-2.0], [0.0], [3.0], [1.0]])
+    y.backward(dy)
+    x_hat = (a.detach() - a.detach().mean()) / a.detach().std(unbiased=False)
+    g = 2 * dy
+    torch.testing.assert_close(a.grad, (g - g.mean() - x_hat * (g * x_hat).mean()) / 2)
+    a.grad = None
+    norm(a, 0).backward(torch.ones(6, 1))  # a shift of every value: BN's gradient ignores it
+    torch.testing.assert_close(a.grad, torch.zeros(6, 1))
+
+
+def test_crops_are_windows_of_consecutive_steps_each_example_its_own():
+    torch.manual_seed(0)
+    steps = Steps(crop=3).train()
+    x = torch.arange(10.0).expand(64, 2, 10) + 100 * torch.arange(2.0)[:, None]  # step t holds t (+100)
+    windows = steps(x)
+    assert windows.shape == (64, 2, 3)
+    starts = windows[:, 0, 0]
+    torch.testing.assert_close(windows[:, 0], starts[:, None] + torch.arange(3.0))
+    torch.testing.assert_close(windows[:, 1], windows[:, 0] + 100)  # the same window in every channel
+    assert set(starts.tolist()) == set(range(8))  # every start 0..7 drawn among 64 examples
+    assert torch.equal(steps.eval()(x), x)  # tested whole
+
+
+def test_crops_set_the_training_length_and_the_per_step_statistics(make_cfg):
+    net = rnn(make_cfg, "bn", (1, 12), "model.per_step_stats=true", "model.crop=5")
+    assert net.train_length == 5 and len(net.layers()["layer1"].norm.steps) == 5
+    with pytest.raises(UserError, match="model.crop=13"):
+        rnn(make_cfg, "bn", (1, 12), "model.crop=13")
 
 
 def test_rnn_rejects_flat_features_and_no_layers(make_cfg):
@@ -172,7 +244,25 @@ def test_a_run_records_its_accuracy_at_other_lengths(make_cfg, tmp_path):
         f"final_test_acc_length_{n}" for n in (4, 8, 12)
     }
     assert saved["final_test_acc_length_8"] == metrics["final_test_acc"]  # the same test, by another path
+    assert {k for k in saved if k.startswith("pooled_stats_")} == {
+        f"pooled_stats_final_test_acc_length_{n}" for n in (4, 8, 12)
+    }
     assert list(saved["series"]["act/layer1/p50"])  # the probe feeds the usual TensorBoard statistics
+
+
+def test_a_run_trained_on_crops_records_t_max_and_tests_whole_sequences(make_cfg, tmp_path):
+    cfg = make_cfg(
+        "model=rnn",
+        "model.width=8",
+        "data=digits",
+        "train.steps=4",
+        "device=cpu",
+        "train.eval_lengths=[4,8]",
+        "model.crop=4",
+    )
+    metrics = train(cfg, str(tmp_path))
+    assert metrics["train_length"] == 4
+    assert metrics["final_test_acc_length_8"] == metrics["final_test_acc"]  # the digits' 8 rows: whole
 
 
 def test_testing_at_another_length_reads_the_test_sequences_made_that_long(make_cfg):

@@ -69,8 +69,12 @@ class ModelConfig:
     # batch alone, not the batch times the positions).
     norm_fc: bool = True
     # rnn: separate norm statistics for each time step (Cooijmans et al. 2016); steps beyond the
-    # training length reuse the last step's. False: one set shared by all steps.
+    # training length reuse the last step's. False: one set shared by all steps, in training too (BN:
+    # each batch normalized by its statistics pooled over all steps).
     per_step_stats: bool = False
+    # rnn: train on random windows of this many consecutive steps, each example its own (the training
+    # length T_max), test on whole sequences. null: train on whole sequences.
+    crop: int | None = None
 
 
 @dataclass
@@ -203,6 +207,7 @@ RANGES: dict[str, tuple[str, Callable]] = {
     "model.width": _at_least(1),
     "model.channels": _at_least(1),
     "model.dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "model.crop": _at_least(1),
     "norm.eps": ("positive", lambda v: v > 0),
     "norm.momentum": ("in [0, 1] (or null)", lambda v: 0 <= v <= 1),
     "norm.r_max": _at_least(1),

@@ -325,10 +325,16 @@ def _finish(
             model, data, "test", cfg.data.batch_size, batch_statistics=True
         )[1]
     lengths = list(cfg.train.eval_lengths)
-    if lengths:  # the step axis's length in training, then the test accuracy at each other length
-        metrics[records.TRAIN_LENGTH] = data.input_shape[1]
+    if lengths:  # the steps of a training sequence, then the test accuracy at each length
+        metrics[records.TRAIN_LENGTH] = getattr(model, "train_length", data.input_shape[1])
     for length in lengths:
         metrics[records.acc_at_length(length)] = evaluate(model, data, "test", length=length)[1]
+    if lengths and getattr(model, "pools_statistics", False):  # the same tests, per-step statistics pooled
+        with model.pooled_statistics():
+            for length in lengths:
+                metrics[records.acc_at_length(length, pooled=True)] = evaluate(
+                    model, data, "test", length=length
+                )[1]
     metrics[records.WALL_TIME] = time.perf_counter() - start  # K runs trained together: the program's time
     config = records.flat_config(cfg)
     run.monitor.close(config, {k: float("nan") if v is None else float(v) for k, v in metrics.items()}, step)

@@ -10,13 +10,15 @@ one every analysis reads.
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 
 import torch
 from torch import nn
 
+from bnexp.channels import per_channel
 from bnexp.config import UserError
-from bnexp.norm import BatchNorm, BatchRenorm, Noise, NoisyBatchNorm
+from bnexp.norm import BatchNorm, BatchRenorm, Noise, NoisyBatchNorm, renormalize
 
 # (num_features, spatial_dims) -> norm layer; spatial_dims is 0 for (N, C), 1 for (N, C, L), ...
 NormFactory = Callable[[int, int], nn.Module]
@@ -240,9 +242,23 @@ class CNN(Network):
         self.head = nn.Linear(width, num_classes)
 
 
+def _running(norm: nn.Module) -> bool:
+    """Whether a norm keeps running statistics (BN and its variants), used at test."""
+    return getattr(norm, "running_mean", None) is not None
+
+
+def _normalize(norm: nn.Module, x, mean, var):
+    """x normalized by the given statistics (treated as constants) and `norm`'s γ and β."""
+    return nn.functional.batch_norm(x, mean, var, norm.weight, norm.bias, False, 0.0, norm.eps)
+
+
 class PerStepNorm(nn.Module):
     """A norm with separate statistics for each time step t < `steps`; later steps reuse the last
-    step's (Cooijmans et al. 2016, Sec. 4). All steps share one set of affine parameters γ, β."""
+    step's (Cooijmans et al. 2016, Sec. 4). All steps share one set of affine parameters γ, β.
+
+    With `pooled` set, a norm with running statistics tests every step with the per-step running
+    averages pooled over the steps, each step weighing the same: the mean of the means, and the
+    variance of the mixture of the steps (the mean of σ²_t + μ_t², less the pooled mean squared)."""
 
     def __init__(self, make: Callable[[], nn.Module], steps: int):
         super().__init__()
@@ -250,9 +266,57 @@ class PerStepNorm(nn.Module):
         for norm in self.steps[1:]:
             for name, p in self.steps[0].named_parameters(recurse=False):
                 setattr(norm, name, p)  # tied: one γ and β, however many steps
+        self.pooled = False
 
     def forward(self, x, t: int):
-        return self.steps[min(t, len(self.steps) - 1)](x)
+        norm = self.steps[min(t, len(self.steps) - 1)]
+        if self.pooled and not norm.training and _running(norm):
+            mean = torch.stack([n.running_mean for n in self.steps]).mean(0)
+            second = torch.stack([n.running_var + n.running_mean**2 for n in self.steps]).mean(0)
+            return _normalize(norm, x, mean, second - mean**2)
+        return norm(x)
+
+
+class SharedNorm(nn.Module):
+    """A norm with one set of statistics for every time step, in training as at test. In training, a
+    norm with running statistics normalizes every step of a batch by the batch's statistics pooled over
+    all its steps, which a recurrence knows only after it ran: `Recurrent` runs the batch once without
+    gradients, normalized by the last batch's pooled statistics (the running averages before the first
+    batch), and hands the summed inputs of that pass, before the norm, to `pool`. Batch after batch this
+    iterates towards statistics that reproduce themselves, which is what sharing them means in a
+    recurrence. The running averages move once per batch, by the pooled statistics (the variance unbiased,
+    as BN's).
+
+    The real pass normalizes step t by those pooled statistics through batch renormalization (Ioffe 2017;
+    bnexp.norm.renormalize, unclipped): its value is (a_t − μ_pooled)/σ_pooled, its gradient BN's through
+    step t's own batch moments (times r). Pooled statistics used as plain constants would carry no gradient,
+    where per-step BN's do, and a comparison of the two would be one of gradients, not of statistics
+    (normalizing outside the gradient lets the weights undo it: Ioffe & Szegedy 2015, Sec. 2)."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+        self.batch = None  # (μ, σ²) of the last training batch, pooled over its steps
+
+    def forward(self, x, t: int):
+        if not (self.training and _running(self.norm)):
+            return self.norm(x)
+        mean, var = self.batch or (self.norm.running_mean, self.norm.running_var)
+        y = renormalize(x, mean, var, self.norm.eps)[0]
+        y = y if self.norm.weight is None else y * per_channel(self.norm.weight, y)
+        return y if self.norm.bias is None else y + per_channel(self.norm.bias, y)
+
+    def pool(self, a):
+        """Set the batch's statistics from the summed inputs a (N, C, L) of every step, before the norm, and
+        move the running averages by them."""
+        flat = a.transpose(1, 2).flatten(0, 1)
+        mean, var = flat.mean(0), flat.var(0, unbiased=False)
+        self.batch = (mean, var)
+        norm = self.norm
+        norm.num_batches_tracked += 1
+        rate = norm.momentum if norm.momentum is not None else 1 / float(norm.num_batches_tracked)
+        norm.running_mean.lerp_(mean, rate)
+        norm.running_var.lerp_(var * len(flat) / (len(flat) - 1), rate)
 
 
 class Recurrent(Layer):
@@ -260,10 +324,9 @@ class Recurrent(Layer):
     h_t = g(norm(W [x_t; h_{t-1}] (+ b))), h_0 = 0, and the layer's output is dropout(h_t).
 
     The norm acts on the summed input, as in Ba et al. (2016) for LayerNorm (Cooijmans et al.
-    normalize the input and recurrent terms separately). A plain norm module is one set of
-    statistics shared by all time steps: BN normalizes each step's batch by its own statistics in
-    training and updates its one set of running averages at every step. A `PerStepNorm` keeps them
-    per step. The probe sees the inputs of g at all steps at once, as (N, width, L).
+    normalize the input and recurrent terms separately). Its statistics are kept per step
+    (`PerStepNorm`, `steps` > 0: BN normalizes each step's batch by its own statistics) or shared by
+    all steps (`SharedNorm`). The probe sees the inputs of g at all steps at once, as (N, width, L).
     """
 
     def __init__(
@@ -287,32 +350,47 @@ class Recurrent(Layer):
             bias_before_norm=bias_before_norm,
         )
         self.fan_in = fan_in
-        if steps > 0:
-            self.norm = PerStepNorm(partial(norm, width, 0), steps)
+        self.norm = PerStepNorm(partial(norm, width, 0), steps) if steps > 0 else SharedNorm(self.norm)
 
     def forward(self, x):
         w_in, w_rec = self.linear.weight.split([self.fan_in, self.linear.out_features], dim=1)
         # The input term of every step in one matrix product, outside the loop: (N, L, width).
         inputs = nn.functional.linear(x.transpose(1, 2), w_in, self.linear.bias)
-        per_step = isinstance(self.norm, PerStepNorm)
-        h = x.new_zeros(x.shape[0], self.linear.out_features)
-        pre, out = [], []
-        for t in range(x.shape[2]):
-            a = torch.addmm(inputs[:, t], h, w_rec.t())
-            a = self.norm(a, t) if per_step else self.norm(a)
-            h = self.g(a)
-            pre.append(a)
+        if isinstance(self.norm, SharedNorm) and self.training and _running(self.norm.norm):
+            with torch.no_grad():  # the first pass, for the statistics of all steps
+                self.norm.pool(self.unroll(inputs, w_rec)[0])
+        _, pre, out = self.unroll(inputs, w_rec)
+        if self.probe.observed:  # for observers only
+            self.probe(pre)
+        return out
+
+    def unroll(self, inputs, w_rec):
+        """The summed inputs (N, width, L) of every step, before and after the norm, and its outputs."""
+        h = inputs.new_zeros(inputs.shape[0], w_rec.shape[0])
+        summed, pre, out = [], [], []
+        for t in range(inputs.shape[1]):
+            summed.append(torch.addmm(inputs[:, t], h, w_rec.t()))
+            pre.append(self.norm(summed[-1], t))
+            h = self.g(pre[-1])
             out.append(self.dropout(h))
-        if self.probe.observed:  # the stack is for observers only
-            self.probe(torch.stack(pre, 2))
-        return torch.stack(out, 2)
+        return torch.stack(summed, 2), torch.stack(pre, 2), torch.stack(out, 2)
 
 
 class Steps(nn.Module):
-    """A sequence (N, C, L) as it is; an image (N, C, H, W) as H steps (its rows) of C·W features."""
+    """A sequence (N, C, L) as it is; an image (N, C, H, W) as H steps (its rows) of C·W features. With
+    `crop`, in training, each example is cut to a random window of `crop` consecutive steps."""
+
+    def __init__(self, crop: int | None = None):
+        super().__init__()
+        self.crop = crop
 
     def forward(self, x):
-        return x if x.dim() == 3 else x.permute(0, 1, 3, 2).flatten(1, 2)
+        x = x if x.dim() == 3 else x.permute(0, 1, 3, 2).flatten(1, 2)
+        if not (self.training and self.crop):
+            return x
+        n, c, length = x.shape
+        start = torch.randint(0, length - self.crop + 1, (n, 1, 1), device=x.device)
+        return x.gather(2, (start + torch.arange(self.crop, device=x.device)).expand(n, c, self.crop))
 
 
 class LastStep(nn.Module):
@@ -323,8 +401,9 @@ class LastStep(nn.Module):
 class RNN(Network):
     """Stacked Elman layers (`Recurrent`) that read a sequence step by step; the head classifies the
     last step's hidden state. Sequences (C, L) are L steps of C features, images (C, H, W) H steps
-    (rows) of C·W features. Any length runs: with `per_step_stats`, steps beyond the training
-    length (input_shape's) reuse the statistics of its last step."""
+    (rows) of C·W features. Trained on whole sequences, or with `crop` on random windows of `crop`
+    steps, each example its own (`train_length`: T_max). Any length runs: with `per_step_stats`,
+    steps beyond T_max reuse the statistics of its last step."""
 
     reads_any_length = True  # the step axis (dim 2) may differ from the training length
 
@@ -339,6 +418,7 @@ class RNN(Network):
         dropout: float = 0.0,
         bias_before_norm: bool = False,
         per_step_stats: bool = False,
+        crop: int | None = None,
     ):
         super().__init__()
         if len(input_shape) not in (2, 3):
@@ -348,9 +428,15 @@ class RNN(Network):
             )
         if depth < 1:
             raise UserError(f"model=rnn needs at least one recurrent layer; got model.depth={depth}.")
+        if crop is not None and crop > input_shape[1]:
+            raise UserError(
+                f"model.crop={crop} is longer than this dataset's sequences of {input_shape[1]} steps; "
+                f"choose a crop of at most {input_shape[1]} steps, or model.crop=null for whole sequences."
+            )
+        self.train_length = crop or input_shape[1]
         fan_in = input_shape[0] * (input_shape[2] if len(input_shape) == 3 else 1)
-        steps = input_shape[1] if per_step_stats else 0
-        modules = OrderedDict(steps=Steps())
+        steps = self.train_length if per_step_stats else 0
+        modules = OrderedDict(steps=Steps(crop))
         for i in range(1, depth + 1):
             modules[f"layer{i}"] = Recurrent(
                 fan_in, width, norm, activation, dropout, bias_before_norm, steps
@@ -359,6 +445,23 @@ class RNN(Network):
         modules["last"] = LastStep()
         self.body = nn.Sequential(modules)
         self.head = nn.Linear(width, num_classes)
+
+    @property
+    def pools_statistics(self) -> bool:
+        """Whether its per-step statistics can be tested pooled (`pooled_statistics`)."""
+        return any(isinstance(m, PerStepNorm) and _running(m.steps[0]) for m in self.modules())
+
+    @contextmanager
+    def pooled_statistics(self):
+        """Within: every per-step norm tests with its statistics pooled over the steps."""
+        norms = [m for m in self.modules() if isinstance(m, PerStepNorm)]
+        for m in norms:
+            m.pooled = True
+        try:
+            yield self
+        finally:
+            for m in norms:
+                m.pooled = False
 
 
 def _numel(shape) -> int:
@@ -388,7 +491,9 @@ def build_model(cfg, input_shape, num_classes: int) -> Network:
             input_shape, num_classes, channels=tuple(m.channels), pool=m.pool, norm_fc=m.norm_fc, **common
         )
     elif m.name == "rnn":
-        model = RNN(input_shape, num_classes, depth=m.depth, per_step_stats=m.per_step_stats, **common)
+        model = RNN(
+            input_shape, num_classes, depth=m.depth, per_step_stats=m.per_step_stats, crop=m.crop, **common
+        )
     else:
         raise UserError(f"model.name={m.name!r} is not a model; choose model=mlp, model=cnn or model=rnn.")
     if not m.dropout_before_bn:

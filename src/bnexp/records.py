@@ -118,15 +118,17 @@ FINAL_TRAIN_LOSS, FINAL_TEST_LOSS = "final_train_loss", "final_test_loss"  # nul
 DIVERGED, DIVERGED_STEP = "diverged", "diverged_step"  # the step the loss first became non-finite
 STEPS, STEPS_PLANNED, WALL_TIME = "steps", "steps_planned", "wall_time_s"
 BATCH_STATS_ACC = "final_test_acc_batch_stats"  # norms with running statistics: tested with batch statistics
-TRAIN_LENGTH = "train_length"  # with train.eval_lengths: the length of the step axis in training
+TRAIN_LENGTH = "train_length"  # with train.eval_lengths: the steps of a training sequence (rnn: T_max)
 
 
 ACC_AT_LENGTH = "final_test_acc_length_"  # + n: on test sequences made n steps long (train.eval_lengths)
+POOLED_STATS = "pooled_stats_"  # + an accuracy key: the same test with per-step statistics pooled (rnn)
 
 
-def acc_at_length(length: int) -> str:
-    """The final test accuracy on sequences made `length` steps long (train.eval_lengths)."""
-    return f"{ACC_AT_LENGTH}{length}"
+def acc_at_length(length: int, pooled: bool = False) -> str:
+    """The final test accuracy on sequences made `length` steps long (train.eval_lengths); `pooled`: with
+    the per-step statistics pooled over the steps (model=rnn, model.per_step_stats=true, BN)."""
+    return f"{POOLED_STATS if pooled else ''}{ACC_AT_LENGTH}{length}"
 
 
 def finite(x: float | None) -> float | None:
@@ -346,8 +348,8 @@ class Run:
     def train_length(self) -> int | None:
         return (self.metrics or {}).get(TRAIN_LENGTH)
 
-    def acc_at_length(self, length: int) -> float | None:
-        return (self.metrics or {}).get(acc_at_length(length))
+    def acc_at_length(self, length: int, pooled: bool = False) -> float | None:
+        return (self.metrics or {}).get(acc_at_length(length, pooled))
 
     @property
     def tested_lengths(self) -> list[int]:
