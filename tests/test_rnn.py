@@ -289,90 +289,114 @@ def test_other_lengths_need_a_model_that_reads_any_length(make_cfg, tmp_path):
 
 
 # ---- verdict logic --------------------------------------------------------------------------------------
-def fake(norm, per_step, seed, accs, train_length=8):
-    """A finished run with test accuracy accs[n] at each length n (accs[train_length]: final_test_acc)."""
+def fake(norm, per_step, seed, crop, accs, pooled=None):
+    """A finished run trained on whole 8-row sequences (crop None) or crops of 4 rows, with test accuracy
+    accs[n] at length n, and pooled[n] with per-step statistics pooled."""
     metrics = dict(
-        final_test_acc=accs[train_length],
+        final_test_acc=accs[8],
         diverged=False,
-        train_length=train_length,
+        train_length=crop or 8,
         final_test_acc_batch_stats=0.9,
-        series={"test/acc": [[50, accs[train_length] / 2], [100, accs[train_length]]]},
-        **{f"final_test_acc_length_{n}": a for n, a in accs.items() if n != train_length},
+        series={"batch/loss": [[50, 1.0], [100, 0.5]]},
+        **{f"final_test_acc_length_{n}": a for n, a in accs.items()},
+        **{f"pooled_stats_final_test_acc_length_{n}": a for n, a in (pooled or {}).items()},
     )
     config = {
         "claim": "rnn",
         "seed": seed,
         "norm.name": norm,
         "model.per_step_stats": per_step,
+        "model.crop": crop,
         "model.name": "rnn",
     }
     return Run(pathlib.Path("."), config, metrics)
 
 
-def rnn_sweep(step_accs, shared_accs, seeds=3):
-    """step_accs(seed), shared_accs(seed): {length: accuracy} of per-step and shared BN."""
-    plain = {4: 0.7, 8: 0.97, 16: 0.9}
-    return [
-        fake(norm, per_step, s, accs)
-        for s in range(seeds)
-        for norm, per_step, accs in (
-            ("bn", True, step_accs(s)),
-            ("bn", False, shared_accs(s)),
-            ("none", False, plain),
-            ("none", True, plain),
-            ("ln", False, plain),
-            ("ln", True, plain),
-        )
-    ]
+PLAIN = {4: 0.7, 8: 0.9}  # the plain RNN on crops: 20 points better on whole images (the control holds)
 
 
-def test_rnn_is_supported_when_per_step_statistics_win_and_extend_to_longer_sequences():
-    finding = CLAIMS["rnn"].analyze(
-        rnn_sweep(lambda s: {4: 0.6, 8: 0.98, 16: 0.92}, lambda s: {4: 0.7, 8: 0.95, 16: 0.92})
-    )
-    assert finding.verdict == SUPPORTED
-    assert [row["variant"] for row in finding.table] == list(claim.VARIANTS.values())
+def rnn_sweep(step=0.95, pooled=0.9, shared=0.9, beyond_step=0.9, beyond_shared=0.9, plain=PLAIN, seeds=3):
+    """BN's accuracies (the crop runs' on whole images: beyond_*), seed s adding s/1000 to each."""
+    runs = []
+    for s in range(seeds):
+        e = s / 1000
+        for crop, bn_step, bn_shared in ((None, step, shared), (4, beyond_step, beyond_shared)):
+            runs += [
+                fake("bn", True, s, crop, {4: 0.5, 8: bn_step + e}, pooled={4: 0.5, 8: pooled + e}),
+                fake("bn", False, s, crop, {4: 0.5, 8: bn_shared + e}),
+            ]
+            others = plain if crop else {4: 0.7, 8: 0.95}
+            runs += [fake(norm, per, s, crop, others) for norm in ("none", "ln") for per in (False, True)]
+    return runs
+
+
+def verdicts(finding) -> list[str]:
+    return [p.verdict for p in finding.parts]
+
+
+def test_rnn_is_supported_when_per_step_statistics_win_and_reusing_t_maxs_costs_nothing():
+    finding = CLAIMS["rnn"].analyze(rnn_sweep(step=0.95, pooled=0.9, shared=0.92))
+    assert verdicts(finding) == [SUPPORTED] * 4 and finding.verdict == SUPPORTED
+    pooled, shared, control, beyond = finding.parts
+    assert pooled.mean == pytest.approx(0.05) and shared.mean == pytest.approx(0.03)
+    assert control.mean == pytest.approx(0.2) and beyond.mean == pytest.approx(0.0)
+    assert pooled.where == "length 8" and beyond.where == "T_max 4, length 8"
+    assert [row["variant"] for row in finding.table] == [*claim.VARIANTS.values(), claim.POOLED]
+    assert finding.table[-1]["whole, acc @ 8"] == "0.901 ± 0.001"  # the pooled test of the per-step runs
     assert not any("Warning" in n for n in finding.notes)
 
 
-def test_rnn_refuses_a_sweep_that_tested_no_longer_sequence():
-    # part (2) is about lengths beyond training: without one it cannot hold, nor fail
-    runs = [
-        fake(norm, per_step, seed, {4: 0.7, 8: 0.95})
-        for seed in range(3)
-        for norm, per_step in (("bn", True), ("bn", False), ("none", False), ("ln", False))
-    ]
-    with pytest.raises(ValueError, match="no sequence longer than the training length 8"):
-        CLAIMS["rnn"].analyze(runs)
+def test_rnn_is_not_supported_when_pooled_test_statistics_do_as_well():
+    finding = CLAIMS["rnn"].analyze(rnn_sweep(step=0.95, pooled=0.95, shared=0.9))
+    assert verdicts(finding) == [NOT_SUPPORTED, SUPPORTED, SUPPORTED, SUPPORTED]
 
 
-def test_rnn_is_not_supported_when_per_step_statistics_do_not_help():
-    finding = CLAIMS["rnn"].analyze(
-        rnn_sweep(lambda s: {4: 0.7, 8: 0.955, 16: 0.92}, lambda s: {4: 0.7, 8: 0.95, 16: 0.92})
-    )
+def test_rnn_is_not_supported_when_bn_trained_with_shared_statistics_does_as_well():
+    finding = CLAIMS["rnn"].analyze(rnn_sweep(step=0.95, pooled=0.9, shared=0.95))
+    assert verdicts(finding) == [SUPPORTED, NOT_SUPPORTED, SUPPORTED, SUPPORTED]
     assert finding.verdict == NOT_SUPPORTED
 
 
-def test_rnn_is_not_supported_when_reusing_the_last_statistics_fails_on_longer_sequences():
-    finding = CLAIMS["rnn"].analyze(
-        rnn_sweep(lambda s: {4: 0.7, 8: 0.98, 16: 0.5}, lambda s: {4: 0.7, 8: 0.95, 16: 0.9})
+def test_rnn_is_not_supported_when_reusing_t_maxs_statistics_loses_beyond_it():
+    finding = CLAIMS["rnn"].analyze(rnn_sweep(beyond_step=0.85, beyond_shared=0.9))
+    assert verdicts(finding)[2:] == [SUPPORTED, NOT_SUPPORTED]
+
+
+def test_beyond_t_max_is_inconclusive_when_the_plain_rnn_gains_nothing_from_the_longer_sequences():
+    finding = CLAIMS["rnn"].analyze(rnn_sweep(beyond_step=0.5, plain={4: 0.7, 8: 0.7}))
+    control, beyond = finding.parts[2:]
+    assert control.mean == pytest.approx(0.0) and beyond.mean == pytest.approx(-0.4)  # still reported
+    assert control.verdict == NOT_SUPPORTED and control.effect.control  # a failed control
+    assert finding.decided_by == (
+        "per-step with T_max's reused vs shared, beyond T_max (T_max 4, length 8) (control failed: the plain "
+        "RNN reads beyond T_max (T_max 4, length 8))"
     )
-    assert finding.verdict == NOT_SUPPORTED
+    assert finding.verdict == INCONCLUSIVE  # the parts at the training length hold
 
 
 def test_rnn_is_inconclusive_when_seeds_disagree():
-    finding = CLAIMS["rnn"].analyze(
-        rnn_sweep(lambda s: {4: 0.7, 8: 0.98 if s else 0.95, 16: 0.92}, lambda s: {4: 0.7, 8: 0.95, 16: 0.92})
-    )
-    assert finding.verdict == INCONCLUSIVE
+    runs = rnn_sweep(step=0.95, pooled=0.9, shared=0.92)
+    runs[0].metrics["final_test_acc_length_8"] = 0.85  # seed 0, per-step BN on whole sequences
+    assert verdicts(CLAIMS["rnn"].analyze(runs))[:2] == [INCONCLUSIVE, INCONCLUSIVE]
+
+
+def test_rnn_refuses_a_sweep_without_crops_or_without_the_lengths():
+    runs = [r for r in rnn_sweep() if r["model.crop"] is None]
+    with pytest.raises(ValueError, match="model.crop=T_max"):
+        CLAIMS["rnn"].analyze(runs)
+    runs = rnn_sweep()
+    for r in runs:
+        del r.metrics["final_test_acc_length_4"]
+    with pytest.raises(ValueError, match=r"length\(s\) \[4\]"):
+        CLAIMS["rnn"].analyze(runs)
 
 
 def test_rnn_warns_when_per_step_stats_changes_a_network_without_statistics():
-    runs = rnn_sweep(lambda s: {4: 0.6, 8: 0.98, 16: 0.92}, lambda s: {4: 0.7, 8: 0.95, 16: 0.92})
-    runs[3].metrics["final_test_acc"] = 0.5  # ("none", per_step=True) of seed 0
+    runs = rnn_sweep()
+    twin = next(r for r in runs if r["norm.name"] == "ln" and r["model.per_step_stats"])
+    twin.metrics["final_test_acc_length_8"] = 0.5
     assert any("Warning" in n for n in CLAIMS["rnn"].analyze(runs).notes)
 
 
 def test_the_rnn_report(reported):
-    runs = rnn_sweep(lambda s: {4: 0.6, 8: 0.98, 16: 0.92}, lambda s: {4: 0.7, 8: 0.95, 16: 0.92})
-    assert reported("rnn", runs)["verdict"] == SUPPORTED
+    assert reported("rnn", rnn_sweep(step=0.95, pooled=0.9, shared=0.92))["verdict"] == SUPPORTED
