@@ -281,8 +281,8 @@ class SharedNorm(nn.Module):
     """A norm with one set of statistics for every time step, in training as at test. In training, a
     norm with running statistics normalizes every step of a batch by the batch's statistics pooled over
     all its steps, which a recurrence knows only after it ran: `Recurrent` runs the batch once without
-    gradients, normalized by the last batch's pooled statistics (the running averages before the first
-    batch), and hands the summed inputs of that pass, before the norm, to `pool`. Batch after batch this
+    gradients, normalized by the last batch's pooled statistics (0 and 1 before the first batch), and
+    hands the summed inputs of that pass, before the norm, to `pool`. Batch after batch this
     iterates towards statistics that reproduce themselves, which is what sharing them means in a
     recurrence. The running averages move once per batch, by the pooled statistics (the variance unbiased,
     as BN's).
@@ -296,13 +296,15 @@ class SharedNorm(nn.Module):
     def __init__(self, norm: nn.Module):
         super().__init__()
         self.norm = norm
-        self.batch = None  # (μ, σ²) of the last training batch, pooled over its steps
+        if _running(norm):  # μ and σ² of the last training batch pooled over its steps (before any: 0, 1)
+            # Buffers, not attributes: state that a replay of the step (bnexp.measures) starts from afresh.
+            self.register_buffer("pooled_mean", norm.running_mean.clone())
+            self.register_buffer("pooled_var", norm.running_var.clone())
 
     def forward(self, x, t: int):
         if not (self.training and _running(self.norm)):
             return self.norm(x)
-        mean, var = self.batch or (self.norm.running_mean, self.norm.running_var)
-        y = renormalize(x, mean, var, self.norm.eps)[0]
+        y = renormalize(x, self.pooled_mean, self.pooled_var, self.norm.eps)[0]
         y = y if self.norm.weight is None else y * per_channel(self.norm.weight, y)
         return y if self.norm.bias is None else y + per_channel(self.norm.bias, y)
 
@@ -311,7 +313,8 @@ class SharedNorm(nn.Module):
         move the running averages by them."""
         flat = a.transpose(1, 2).flatten(0, 1)
         mean, var = flat.mean(0), flat.var(0, unbiased=False)
-        self.batch = (mean, var)
+        self.pooled_mean.copy_(mean)
+        self.pooled_var.copy_(var)
         norm = self.norm
         norm.num_batches_tracked += 1
         rate = norm.momentum if norm.momentum is not None else 1 / float(norm.num_batches_tracked)
