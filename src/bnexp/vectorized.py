@@ -277,8 +277,10 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
             module.bias is not None,
             module.padding_mode,
         )
-    if type(module) is BatchNorm:  # per channel: K·C channels are K runs' C
-        return BatchNorm(
+    if type(module) in (BatchNorm, BatchRenorm):  # per channel: K·C channels are K runs' C
+        # batch renorm's clip schedule is the same for every run: each counts the same batches
+        schedule = ("r_max", "d_max", "warmup", "r_max_at", "d_max_at") if type(module) is BatchRenorm else ()
+        return type(module)(
             k * module.num_features,
             module.eps,
             module.momentum,
@@ -286,20 +288,7 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
             module.track_running_stats,
             bias=module.bias is not None,
             fast=module.fast,
-        )
-    if type(module) is BatchRenorm:  # per channel too; one schedule, as every run counts the same batches
-        return BatchRenorm(
-            k * module.num_features,
-            module.eps,
-            module.momentum,
-            module.affine,
-            module.track_running_stats,
-            bias=module.bias is not None,
-            r_max=module.r_max,
-            d_max=module.d_max,
-            warmup=module.warmup,
-            r_max_at=module.r_max_at,
-            d_max_at=module.d_max_at,
+            **{key: getattr(module, key) for key in schedule},
         )
     if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
         return type(module)(
