@@ -306,7 +306,8 @@ class SharedNorm(nn.Module):
             return self.norm(x)
         y = renormalize(x, self.pooled_mean, self.pooled_var, self.norm.eps)[0]
         y = y if self.norm.weight is None else y * per_channel(self.norm.weight, y)
-        return y if self.norm.bias is None else y + per_channel(self.norm.bias, y)
+        y = y if self.norm.bias is None else y + per_channel(self.norm.bias, y)
+        return self.norm.perturb(y) if isinstance(self.norm, NoisyBatchNorm) else y  # noisy BN: its noise
 
     def pool(self, a):
         """Set the batch's statistics from the summed inputs a (N, C, L) of every step, before the norm, and
