@@ -19,6 +19,7 @@ from bnexp.claims import (
     NOT_SUPPORTED,
     SUPPORTED,
     Effect,
+    Finding,
     Revision,
     pool,
     t_interval,
@@ -181,6 +182,19 @@ def test_a_mechanism_part_is_reported_but_does_not_decide_the_verdict():
     assert against.verdict == NOT_SUPPORTED and pool([held, against]) == (SUPPORTED, "every part")
     assert pool([against]) == (INCONCLUSIVE, "no part could be judged")
     assert "reported, not deciding the verdict" in noise.text() and against.to_dict()["decides"] is False
+
+
+def test_a_mechanism_whose_control_failed_is_shown_inconclusive():
+    noise = Effect("BN's noise", "BN − noise-free BN", 0.005, above=True, decides=False)
+    fits = Effect("fits", "loss ratio", 2.0, above=False, log=True, control=True, gates=(noise.name,))
+    held = Effect("BN against dropout", "BN − dropout", -0.01, above=True).judge({"0": 0.0, "1": 0.001})
+    mechanism = noise.judge({"0": 0.02, "1": 0.03})  # supported, as judged alone
+    fit, unfit = (fits.judge({"0": ratio, "1": ratio}) for ratio in (1.5, 3.0))  # below 2, above
+    assert Finding([fit, held, mechanism], "").parts[2] is mechanism
+    shown = Finding([unfit, held, mechanism], "")
+    assert (shown.parts[2].verdict, shown.parts[2].reason) == (INCONCLUSIVE, "control failed: fits")
+    assert shown.parts[2].mean == mechanism.mean  # its numbers are still reported
+    assert shown.verdict == SUPPORTED  # the mechanism never decided it
 
 
 def test_a_failed_run_counts_as_no_classifier():

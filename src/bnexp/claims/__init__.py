@@ -27,7 +27,7 @@ supported the claim (or the parts it gates) is inconclusive, its reason the fail
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scipy.stats import t as student_t
 
@@ -266,6 +266,21 @@ def pool(parts: list[Part]) -> tuple[str, str]:
     return SUPPORTED, "every part"
 
 
+def gate_mechanisms(parts: list[Part]) -> list[Part]:
+    """The parts, each mechanism (decides=False) that a failed control gates made inconclusive, its reason
+    that control: pool() sets only deciding parts aside, and a mechanism's own verdict would read as if its
+    control had held."""
+    failed = [c for c in parts if c.effect.control and c.verdict != SUPPORTED]
+
+    def gated(p: Part) -> Part:
+        gating = [c.name for c in failed if gates(c, p)]
+        if p.effect.decides or p.effect.control or not gating:
+            return p
+        return replace(p, verdict=INCONCLUSIVE, reason="control failed: " + "; ".join(gating))
+
+    return [gated(p) for p in parts]
+
+
 @dataclass
 class Finding:
     """What an analysis concludes: the judged parts, the numbers behind them, and its figure."""
@@ -275,6 +290,9 @@ class Finding:
     table: list[dict] = field(default_factory=list)  # rows of numbers, rendered as a markdown table
     figure: object = None  # a matplotlib Figure
     notes: list[str] = field(default_factory=list)  # caveats the reader should know
+
+    def __post_init__(self):
+        self.parts = gate_mechanisms(self.parts)
 
     @property
     def verdict(self) -> str:
