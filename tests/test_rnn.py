@@ -129,7 +129,7 @@ def test_pooled_statistics_weigh_every_step_the_same(make_cfg):
 
 def test_shared_bn_normalizes_every_step_of_a_training_batch_by_its_statistics_pooled_over_steps(make_cfg):
     torch.manual_seed(0)
-    net = rnn(make_cfg, "bn", (1, 4), "norm.momentum=1.0", "norm.gamma_init=1.0")
+    net = rnn(make_cfg, "bn", (1, 4), "norm.momentum=null", "norm.gamma_init=1.0")
     layer = net.layers()["layer1"]
     w_in, w_rec = layer.linear.weight.split([1, 8], dim=1)
     x = torch.randn(32, 1, 4) * torch.tensor([1.0, 3.0, 5.0, 7.0])  # each step's scale its own
@@ -149,7 +149,8 @@ def test_shared_bn_normalizes_every_step_of_a_training_batch_by_its_statistics_p
     _, h = unroll(mean, var)
     net.train()
     torch.testing.assert_close(net(x), net.head(h))
-    torch.testing.assert_close(bn.running_mean, mean)  # momentum 1: the pooled statistics themselves
+    # momentum null: the running averages are the plain average of the batches' pooled statistics
+    torch.testing.assert_close(bn.running_mean, mean)
     torch.testing.assert_close(bn.running_var, first.var(0))  # unbiased, over the 32 × 4 values
     # the next batch's first pass is normalized by this batch's statistics; its raw summed inputs, whose
     # statistics differ from those of the normalized ones, set the statistics of its real pass
@@ -158,6 +159,8 @@ def test_shared_bn_normalizes_every_step_of_a_training_batch_by_its_statistics_p
     assert not torch.allclose(second.var(0), normalized.var(0), rtol=0.1)
     _, h = unroll(second.mean(0), second.var(0, unbiased=False))
     torch.testing.assert_close(net(x), net.head(h))
+    torch.testing.assert_close(bn.running_mean, (mean + second.mean(0)) / 2)  # once per batch, not per step
+    torch.testing.assert_close(bn.running_var, (first.var(0) + second.var(0)) / 2)
     net.eval()  # at test: the running averages at every step
     torch.testing.assert_close(net(x), net.head(unroll(bn.running_mean, bn.running_var)[1]))
 
