@@ -26,7 +26,7 @@ from bnexp.claims import (
 )
 from bnexp.config import UserError
 from bnexp.records import Run
-from bnexp.report import report
+from bnexp.report import headline, report
 
 
 def run(acc, diverged=False, train_acc=1.0, batch_stats=None, **config):
@@ -195,6 +195,13 @@ def test_a_mechanism_whose_control_failed_is_shown_inconclusive():
     assert (shown.parts[2].verdict, shown.parts[2].reason) == (INCONCLUSIVE, "control failed: fits")
     assert shown.parts[2].mean == mechanism.mean  # its numbers are still reported
     assert shown.verdict == SUPPORTED  # the mechanism never decided it
+
+
+def test_the_summary_tables_show_a_supported_claims_effects_not_its_controls():
+    control = dict(name="plain network trains", estimate="0.95", control=True)
+    effect = dict(name="span gain", estimate="+1.5 decades", control=False)
+    result = dict(verdict="supported", decided_by="every part", parts=[control, effect])
+    assert headline(result) == "**supported** — span gain: +1.5 decades"
 
 
 def test_a_failed_run_counts_as_no_classifier():
@@ -369,6 +376,7 @@ def test_a_resumed_reproduction_trains_only_the_claims_that_had_not_finished(tmp
     assert (out / "ics_gradient" / "finding.json").exists()
     report_md = (out / "REPORT.md").read_text()
     assert "(#ics)" in report_md and "(#ics_gradient)" in report_md
+    assert "resumed: 1 of 2 claims' sweeps had run before and were re-analysed" in report_md
     with pytest.raises(SystemExit):  # another profile would mix two reproductions in one report
         reproduce.main(["--resume", str(out), "--profile", "standard"])
     assert "continues that reproduction with its own profile" in capsys.readouterr().err

@@ -138,7 +138,8 @@ def headline(result: dict) -> str:
     """The verdict with the effect that decided it, for the summary tables."""
     parts = {p["name"]: p for p in result.get("parts", [])}
     deciding = [parts[name] for name in result.get("decided_by", "").split("; ") if name in parts]
-    shown = deciding or list(parts.values())
+    judged = [p for p in parts.values() if not p.get("control") and p.get("decides", True)]
+    shown = deciding or judged or list(parts.values())  # "every part": the claim's effects, not its controls
     effects = "; ".join(f"{p['name']}: {p['estimate']}" for p in shown[:2])
     return f"**{result['verdict']}**" + (f" — {effects}" if effects else "")
 

@@ -72,11 +72,19 @@ def failed(claim, why: str) -> dict:
     return dict(claim=claim.name, title=claim.title, verdict="error", summary=why)
 
 
-def write_report(out: Path, profile: str, results: list[dict], commands: dict, seconds: float) -> Path:
+def write_report(
+    out: Path, profile: str, results: list[dict], commands: dict, seconds: float, rebuilt: list[str] = ()
+) -> Path:
+    took = f"{seconds / 60:.1f} min in all"
+    if rebuilt:  # a resumed reproduction: its time is this pass's, not the sweeps'
+        took = (
+            f"resumed: {len(rebuilt)} of {len(results)} claims' sweeps had run before and were re-analysed "
+            f"(each claim's provenance names the code its runs came from), this pass {seconds / 60:.1f} min"
+        )
     head = [
         f"# bnexp reproduction: {profile} profile",
         f"{datetime.now():%Y-%m-%d %H:%M}, {PROFILES[profile]}; {records.describe(records.provenance())}, "
-        f"{platform.platform()}, {seconds / 60:.1f} min in all.",
+        f"{platform.platform()}, {took}.",
         markdown_table(
             [
                 {
@@ -275,7 +283,7 @@ def main(argv=None) -> None:
             rebuilt.append(name)
         else:
             results.append(run_claim(claim, commands[name], out / name))
-    report_path = write_report(out, args.profile, results, commands, time.perf_counter() - start)
+    report_path = write_report(out, args.profile, results, commands, time.perf_counter() - start, rebuilt)
     if args.update_experiments:
         update_experiments(args.update_experiments, out, args.profile, results, commands)
     print("\n" + "\n".join(f"{r['claim']:>18}: {r['verdict']}" for r in results))
