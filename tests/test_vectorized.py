@@ -283,3 +283,10 @@ def test_a_vectorized_sweep_trains_its_programs_in_parallel_and_each_run_records
             assert (
                 tmp_path / f"norm.groups=7,norm=bn,optim={optim},seed={s}" / ".hydra" / "overrides.yaml"
             ).exists()
+
+
+def test_parallel_programs_take_the_visible_gpus_in_turn():
+    from hydra_plugins.bnexp_vectorized.vectorized_launcher import gpu_for
+
+    assert [gpu_for(slot, 3) for slot in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    assert gpu_for(5, 1) is None and gpu_for(0, 0) is None  # one GPU or none: torch's default device

@@ -7,7 +7,8 @@ test accuracy). Jobs whose configs are equal except bnexp.vectorized.SHAPE_FREE_
 supports, are trained together in programs of at most `max_batch` runs; the rest (and groups of one)
 call the task function exactly as the basic launcher would (bnexp.engine.train). With `n_jobs` > 1 the
 programs run `n_jobs` at a time, each in its own worker process (joblib's loky backend, as Hydra's
-joblib launcher: `pip install 'bnexp[joblib]'`), largest first.
+joblib launcher: `pip install 'bnexp[joblib]'`), largest first, and with several GPUs visible the
+programs take them in turn (`gpu_for`).
 """
 
 import copy
@@ -113,8 +114,10 @@ class VectorizedLauncher(Launcher):
             order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
             state = Singleton.get_state()
             done = Parallel(n_jobs=self.n_jobs, backend="loky")(
-                delayed(_worker)(self.hydra_context, self.task_function, programs[g], state, logging_cfg)
-                for g in order
+                delayed(_worker)(
+                    self.hydra_context, self.task_function, programs[g], state, logging_cfg, slot
+                )
+                for slot, g in enumerate(order)
             )
             results = dict(zip(order, done))
         else:
@@ -135,13 +138,26 @@ def _worker(
     configs: list[DictConfig],
     singleton_state,
     logging_cfg,
+    slot: int,
 ) -> list[JobReturn]:
     """_run_program in a worker process, with the launching process's Hydra state (as Hydra's joblib
-    launcher)."""
+    launcher), on its share of the GPUs (`gpu_for`)."""
+    import torch
+
+    gpu = gpu_for(slot, torch.cuda.device_count())
+    if gpu is not None:
+        torch.cuda.set_device(gpu)  # device=cuda (or auto) then means this GPU
     setup_globals()
     Singleton.set_state(singleton_state)
     configure_log(*logging_cfg)
     return _run_program(hydra_context, task_function, configs)
+
+
+def gpu_for(slot: int, gpus: int) -> int | None:
+    """The GPU of the program started `slot`-th, with `gpus` visible: the programs in turn over the GPUs,
+    so that the first n_jobs start on different ones and each GPU gets its share of the sweep (before,
+    every worker used GPU 0); None with one GPU or none (torch's default device)."""
+    return slot % gpus if gpus > 1 else None
 
 
 def _run_program(
