@@ -458,6 +458,9 @@ def bench_vectorized(res: Results, quick: bool, device: torch.device = torch.dev
             def vectorized(r, cfgs=cfgs):
                 train_runs(cfgs, [os.path.join(tmp, f"vec{r}_{s}") for s in range(len(cfgs))])
 
+            if device.type != "cpu":  # a GPU's first calls load kernels and grow its allocator: not measured
+                sequential("warm-up")
+                vectorized("warm-up")
             for r in range(1 if quick else 3):
                 for name, fn in (
                     (("sequential", sequential), ("vectorized", vectorized))
