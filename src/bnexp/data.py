@@ -96,9 +96,9 @@ class BatchOrder:
         """The next batch of every run: (K, batch_size) indices into the training split, on the data's
         device."""
         if self.i % self.steps_per_epoch == 0:  # a new epoch: one permutation per run, gathered in one copy
-            self.orders = torch.stack([torch.randperm(self.n, generator=g) for g in self.generators]).to(
-                self.device
-            )
+            orders = torch.stack([torch.randperm(self.n, generator=g) for g in self.generators])
+            cuda = self.device.type == "cuda"  # from page-locked memory, asynchronously: no wait on the GPU
+            self.orders = (orders.pin_memory() if cuda else orders).to(self.device, non_blocking=cuda)
         start = (self.i % self.steps_per_epoch) * self.batch_size
         self.i += 1
         return self.orders[:, start : start + self.batch_size]
