@@ -16,7 +16,6 @@ from functools import partial
 import torch
 from torch import nn
 
-from bnexp.channels import per_channel
 from bnexp.config import UserError
 from bnexp.norm import BatchNorm, BatchRenorm, Noise, NoisyBatchNorm, renormalize
 
@@ -304,10 +303,9 @@ class SharedNorm(nn.Module):
     def forward(self, x, t: int):
         if not (self.training and _running(self.norm)):
             return self.norm(x)
-        y = renormalize(x, self.pooled_mean, self.pooled_var, self.norm.eps)[0]
-        y = y if self.norm.weight is None else y * per_channel(self.norm.weight, y)
-        y = y if self.norm.bias is None else y + per_channel(self.norm.bias, y)
-        return self.norm.perturb(y) if isinstance(self.norm, NoisyBatchNorm) else y  # noisy BN: its noise
+        norm = self.norm
+        y = renormalize(x, self.pooled_mean, self.pooled_var, norm.eps, norm.weight, norm.bias)[0]
+        return norm.perturb(y) if isinstance(norm, NoisyBatchNorm) else y  # noisy BN: its noise
 
     def pool(self, a):
         """Set the batch's statistics from the summed inputs a (N, C, L) of every step, before the norm, and

@@ -208,10 +208,18 @@ class BatchNorm(_BatchNorm):
 
 
 def renormalize(
-    x: Tensor, mean: Tensor, var: Tensor, eps: float, r_max: float = math.inf, d_max: float = math.inf
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    eps: float,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    r_max: float = math.inf,
+    d_max: float = math.inf,
 ):
-    """Batch renormalization's x̂·r + d (Ioffe 2017, Algorithm 1) toward reference statistics (mean, var),
-    per channel over dim 1, and the batch's μ_B, σ²_B:
+    """Batch renormalization's γ·(x̂·r + d) + β (Ioffe 2017, Algorithm 1) toward reference statistics
+    (mean, var), per channel over dim 1 (γ = weight, β = bias, each left out when None), and the batch's
+    μ_B, σ²_B:
 
         x̂ = (x − μ_B)/√(σ²_B + ε),   r = clip(√(σ²_B + ε)/√(var + ε), 1/r_max, r_max),
                                       d = clip((μ_B − mean)/√(var + ε), −d_max, d_max)
@@ -225,7 +233,9 @@ def renormalize(
         invstd = torch.rsqrt(var + eps)
         r = (torch.sqrt(batch_var + eps) * invstd).clamp(1 / r_max, r_max)
         d = ((batch_mean - mean) * invstd).clamp(-d_max, d_max)
-    return torch.addcmul(per_channel(d, x), x_hat, per_channel(r, x)), batch_mean, batch_var
+    y = torch.addcmul(per_channel(d, x), x_hat, per_channel(r, x))  # x̂·r + d
+    y = y if weight is None else y * per_channel(weight, x)
+    return (y if bias is None else y + per_channel(bias, x)), batch_mean, batch_var
 
 
 def relaxed(start: float, limit: float, step: int, warmup: int, at: int) -> float:
@@ -290,11 +300,13 @@ class BatchRenorm(BatchNorm):
         # Eval, no running statistics, or an empty or one-value batch: BatchNorm's answer.
         if not (self.training and self.track_running_stats) or x.numel() // self.num_features <= 1:
             return super().forward(x)
-        y, mean, var = renormalize(x, self.running_mean, self.running_var, self.eps, *self.clips())
+        r_max, d_max = self.clips()
+        y, mean, var = renormalize(
+            x, self.running_mean, self.running_var, self.eps, self.weight, self.bias, r_max, d_max
+        )
         with torch.no_grad():
             self.track(mean, var, x.numel() // self.num_features)
-        y = y if self.weight is None else y * per_channel(self.weight, x)
-        return y if self.bias is None else y + per_channel(self.bias, x)
+        return y
 
 
 class Noise(nn.Module):
