@@ -104,10 +104,14 @@ def test_hparams_go_into_the_runs_own_event_file(make_cfg, tmp_path):
 
 
 def test_a_diverging_run_is_a_result_not_a_crash(make_cfg, tmp_path):
-    metrics = train(
-        make_cfg(*TINY, "norm=none", "model.activation=relu", "optim.lr=1e3", "log.stats_every=5"),
-        str(tmp_path),
-    )
+    overrides = [
+        "norm=none",
+        "model.activation=relu",
+        "optim.lr=1e3",
+        "log.stats_every=5",
+        "log.hist_every=1",
+    ]
+    metrics = train(make_cfg(*TINY, *overrides), str(tmp_path))
     # flagged on the device at the step it diverged, seen and stopped at the next logging step
     assert (
         metrics["diverged"]
@@ -115,6 +119,8 @@ def test_a_diverging_run_is_a_result_not_a_crash(make_cfg, tmp_path):
     )
     saved = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: NaN becomes null
     assert saved["diverged"] and saved["final_test_loss"] is None
+    # histograms of the finite values, while there are any: the first step's, at least
+    assert events(tmp_path).Histograms("act/layer1")[0].step == 1
 
 
 def test_a_seed_makes_a_run_repeatable_bit_for_bit(make_cfg, tmp_path):

@@ -150,9 +150,13 @@ class Monitor:
             self.series.setdefault(tag, []).append([step, value])
 
     def histograms(self, step: int, probes: dict[str, torch.Tensor]) -> None:
-        """The probe points' values as histograms."""
+        """The probe points' values as histograms, of their finite values: a diverging run's infinities and
+        NaNs have no bin (TensorBoard's histogram refuses them), and once none is finite nothing is logged."""
         for name, v in probes.items():
-            self.writer.add_histogram(records.act(name), v.float().cpu(), step)
+            v = v.float().cpu()
+            v = v[torch.isfinite(v)]
+            if v.numel():
+                self.writer.add_histogram(records.act(name), v, step)
 
     def _write(self, step: int, values: dict):
         # One event holding every tag, where add_scalar writes one event per tag: on logging steps that
