@@ -114,8 +114,10 @@ def test_a_sweep_run_again_into_its_folder_trains_only_the_unfinished_runs(launc
     folders = sorted(p for p in tmp_path.iterdir() if (p / "metrics.json").exists())
     assert len(folders) == 4
     (folders[0] / "metrics.json").unlink()
-    out = sweep(tmp_path, launcher=launcher)
+    # resumed with checkpoints, which change neither the runs' folders nor which of them count as finished
+    out = sweep(tmp_path, "train.checkpoint_every=10", launcher=launcher)
     assert out.returncode == 0, out.stderr
+    assert sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name != ".hydra") == folders
     assert (
         "3 of 4 runs were finished before this sweep started and were not trained again; 1 trained now"
         in (out.stdout + out.stderr)
@@ -123,8 +125,11 @@ def test_a_sweep_run_again_into_its_folder_trains_only_the_unfinished_runs(launc
     assert all((f / "metrics.json").exists() and len(event_files(f)) == 1 for f in folders)
 
 
-def test_a_run_killed_mid_training_resumes_to_what_an_uninterrupted_run_records(tmp_path):
+# From the start or from a checkpoint (the in-process kills of tests/test_checkpoint.py cover both quickly)
+@pytest.mark.parametrize("checkpoint_every", [pytest.param(0, marks=pytest.mark.slow), 100])
+def test_a_run_killed_mid_training_resumes_to_what_an_uninterrupted_run_records(checkpoint_every, tmp_path):
     command = [sys.executable, "-c", BNEXP, "profile=tiny", "train.steps=1000", "log.progress_every=1"]
+    command += [f"train.checkpoint_every={checkpoint_every}"]
     whole = subprocess.run(
         [*command, f"hydra.run.dir={tmp_path / 'whole'}"], capture_output=True, timeout=300
     )
@@ -133,17 +138,28 @@ def test_a_run_killed_mid_training_resumes_to_what_an_uninterrupted_run_records(
     proc = subprocess.Popen(
         [*command, f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    began = (
+        (lambda: (run_dir / "checkpoint.pt").exists())
+        if checkpoint_every
+        else (lambda: "step" in _log(run_dir))
+    )
     deadline = time.time() + 120
-    while "step" not in _log(run_dir) and time.time() < deadline:  # training has begun
+    while not began() and time.time() < deadline:  # training has begun, or made its first checkpoint
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "metrics.json").exists()
-    resumed = subprocess.run([*command, f"hydra.run.dir={run_dir}"], capture_output=True, timeout=300)
+    resumed = subprocess.run(
+        [*command, f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0
+    assert ("resuming from the checkpoint at step" in resumed.stderr + resumed.stdout) == bool(
+        checkpoint_every
+    )
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", run_dir))
     assert a["series"] == b["series"] and a["final_test_acc"] == b["final_test_acc"]
-    assert len(event_files(run_dir)) == 1
+    assert len(event_files(run_dir)) == (2 if checkpoint_every else 1)  # cut back at the checkpoint, or anew
+    assert not (run_dir / "checkpoint.pt").exists()
 
 
 def _log(run_dir) -> str:
@@ -214,8 +230,12 @@ def test_an_output_folder_that_cannot_be_made_is_refused_with_a_message(key, tmp
 
 
 @pytest.mark.slow  # two sweeps of 1,000 steps; the single run's kill above is in the default run
-def test_a_vectorized_sweep_killed_mid_training_resumes_to_the_uninterrupted_sweeps_results(tmp_path):
+@pytest.mark.parametrize("checkpoint_every", [0, 100])
+def test_a_vectorized_sweep_killed_mid_training_resumes_to_the_uninterrupted_sweeps_results(
+    checkpoint_every, tmp_path
+):
     args = ["hydra/launcher=vectorized", "train.steps=1000", "log.progress_every=1"]
+    args += [f"train.checkpoint_every={checkpoint_every}"]
     assert sweep(tmp_path / "whole", *args).returncode == 0
     killed = tmp_path / "killed"
     command = [sys.executable, "-c", BNEXP, "-m", "hydra/launcher=vectorized", "profile=tiny"]
@@ -224,8 +244,14 @@ def test_a_vectorized_sweep_killed_mid_training_resumes_to_the_uninterrupted_swe
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+    def began():
+        if checkpoint_every:
+            return any(killed.glob("*/checkpoint.pt"))
+        return any("step" in _log(d) for d in killed.glob("*/"))
+
     deadline = time.time() + 120
-    while not any("step" in _log(d) for d in killed.glob("*/")) and time.time() < deadline:
+    while not began() and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -234,4 +260,4 @@ def test_a_vectorized_sweep_killed_mid_training_resumes_to_the_uninterrupted_swe
     for run in (p for p in (tmp_path / "whole").iterdir() if p.is_dir()):
         a, b = (json.loads((d / "metrics.json").read_text()) for d in (run, killed / run.name))
         assert a["series"] == b["series"], run.name
-        assert len(event_files(killed / run.name)) == 1
+        assert not (killed / run.name / "checkpoint.pt").exists()

@@ -153,6 +153,10 @@ class TrainConfig:
     # `python -m bnexp.bench --only scaling` measures (README, Performance). Compiling costs time up front.
     channels_last: bool = False  # model=cnn on images: NHWC weights and batches
     compile: bool = False  # the training steps call torch.compile(model) (logging steps stay eager)
+    # A checkpoint in the run folder every N steps (0 = none): a killed run, started again with the same
+    # command, resumes from its last one and records what it would have without the kill (bnexp.checkpoint).
+    checkpoint_every: int = 0
+    keep_checkpoint: bool = False  # keep it once the run has finished (then the state at its end)
 
 
 @dataclass
@@ -228,6 +232,7 @@ RANGES: dict[str, tuple[str, Callable]] = {
     "train.eval_every": _at_least(1),
     "train.evals": _at_least(1),
     "train.eval_lengths": _at_least(1),
+    "train.checkpoint_every": _at_least(0),
     "log.stats_every": _at_least(1),
     "log.hist_every": _at_least(1),
     "log.progress_every": _at_least(0),

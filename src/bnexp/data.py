@@ -108,6 +108,19 @@ class BatchOrder:
         self.generators = [self.generators[k] for k in index]
         self.orders = self.orders[index]
 
+    def state(self, k: int) -> dict:
+        """Run k's place in its stream (a checkpoint's): its generator, this epoch's permutation, the step."""
+        order = self.orders[k].clone().cpu() if self.orders.numel() else None  # not the K runs' storage
+        return {"generator": self.generators[k].get_state(), "order": order, "i": self.i}
+
+    def restore(self, states: list[dict]) -> None:
+        """The runs' places, one state each, as `state` gave them at one step."""
+        for g, s in zip(self.generators, states):
+            g.set_state(s["generator"])
+        if states[0]["order"] is not None:
+            self.orders = torch.stack([s["order"] for s in states]).to(self.device)
+        self.i = states[0]["i"]
+
 
 class _Arrays(NamedTuple):
     """What a loader returns: both splits on the CPU, in their compact dtype."""

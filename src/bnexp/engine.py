@@ -11,6 +11,9 @@ computes is the stepper's (bnexp.step):
 
 Divergence is flagged on the device and looked at on every logging and evaluation step, so a diverged run
 stops within log.stats_every steps, recording the exact step its loss first became non-finite.
+
+With train.checkpoint_every, each run saves what the loop carries from step to step (bnexp.checkpoint), and
+a run whose folder holds a checkpoint goes on from it.
 """
 
 import logging
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bnexp import records, runtime
+from bnexp import checkpoint, records, runtime
 from bnexp.config import UserError, check_ranges
 from bnexp.data import BatchOrder, InMemoryData, load_data
 from bnexp.measures import gradient_ics, landscape
@@ -194,22 +197,57 @@ def train_runs(
         if m is not None:
             logger.info(f"finished before, with this config: not trained again ({d})")
     todo = [k for k, m in enumerate(metrics) if m is None]
-    if todo:
+    try:
+        # Runs resume together where their checkpoints are of one step and stepper (an Eager one is one
+        # run's); the others start together from scratch.
+        starts: dict[tuple, list] = {}
         for k in todo:
-            records.clear_remains(run_dirs[k])
-        try:
-            trained = _train([cfgs[k] for k in todo], [run_dirs[k] for k in todo], [loggers[k] for k in todo])
-        except OSError as e:
-            if e.errno not in records.WRITE_ERRORS:
-                raise
-            raise UserError(records.unwritable(e, [run_dirs[k] for k in todo])) from None
-        for k, m in zip(todo, trained):
-            metrics[k] = m
+            state = checkpoint.load(run_dirs[k], records.flat_config(cfgs[k]), loggers[k])
+            if state is None:
+                records.clear_remains(run_dirs[k])
+            key = (
+                () if state is None else (state["step"], state["kind"], k if state["kind"] == "Eager" else 0)
+            )
+            starts.setdefault(key, []).append((k, state))
+        for start in starts.values():
+            ks, states = [k for k, _ in start], [s for _, s in start]
+            picked = ([cfgs[k] for k in ks], [run_dirs[k] for k in ks], [loggers[k] for k in ks])
+            for k, m in zip(ks, _train(*picked, None if states[0] is None else states)):
+                metrics[k] = m
+    except OSError as e:
+        if e.errno not in records.WRITE_ERRORS:
+            raise
+        raise UserError(records.unwritable(e, [run_dirs[k] for k in todo])) from None
     return metrics
 
 
-def _train(cfgs: Sequence, run_dirs: Sequence[str], loggers: Sequence[logging.Logger]) -> list[dict]:
-    start = time.perf_counter()
+def _save_checkpoints(runs, index, step, stepper, order, meter, first_bad, elapsed) -> None:
+    """The checkpoints of the runs at positions `index` among the training ones (`runs`), as of this step."""
+    for k in index:
+        run = runs[k]
+        run.monitor.writer.flush()  # every event up to the checkpoint on disk: a resume keeps them
+        state = {
+            "config": records.flat_config(run.cfg),
+            "step": step,
+            "kind": type(stepper).__name__,
+            "stepper": stepper.state(k),
+            "order": order.state(k),
+            "meter": meter.state(k),
+            "first_bad": int(first_bad[k]),
+            "series": run.monitor.series,
+            "elapsed": elapsed,
+        }
+        checkpoint.save(run.run_dir, state)
+
+
+def _train(
+    cfgs: Sequence,
+    run_dirs: Sequence[str],
+    loggers: Sequence[logging.Logger],
+    resume: list[dict] | None = None,
+) -> list[dict]:
+    """Train the runs (from their checkpoints' `resume`, one each, where given); return their metrics."""
+    start = time.perf_counter() - (resume[0]["elapsed"] if resume else 0.0)
     for cfg in cfgs:
         check_ranges(cfg)
     if len(cfgs) > 1:
@@ -218,7 +256,8 @@ def _train(cfgs: Sequence, run_dirs: Sequence[str], loggers: Sequence[logging.Lo
     device = runtime.prepare(cfg)
     provenance = records.provenance(device)  # the code and device as the runs start
     data = load_data(cfg.data, device)
-    stepper = Eager(cfg, data, device) if len(cfgs) == 1 else Folded(cfgs, data, device)
+    folded = len(cfgs) > 1 or (resume is not None and resume[0]["kind"] == Folded.__name__)
+    stepper = Folded(cfgs, data, device) if folded else Eager(cfg, data, device)
     check_batch_statistics(cfg, stepper.models[0])
     lengths = list(cfg.train.eval_lengths)
     if lengths and not getattr(stepper.models[0], "reads_any_length", False):
@@ -242,8 +281,17 @@ def _train(cfgs: Sequence, run_dirs: Sequence[str], loggers: Sequence[logging.Lo
         len(runs), dtype=torch.long, device=device
     )  # the step each loss became non-finite
     active = list(runs)  # the runs still training, in the stepper's order
-    step = 0
-    for step in range(1, steps + 1):
+    step = done_before = resume[0]["step"] if resume else 0
+    if resume:
+        stepper.restore([r["stepper"] for r in resume])
+        order.restore([r["order"] for r in resume])
+        meter.restore([r["meter"] for r in resume])
+        first_bad = torch.tensor([r["first_bad"] for r in resume], device=device)
+        for run, r in zip(runs, resume):
+            run.monitor.series = r["series"]
+        checkpoint.restore_rng(resume[0]["rng"])  # the runs' shared global generators: as they were
+    every = cfg.train.checkpoint_every
+    for step in range(done_before + 1, steps + 1):
         observed = schedule.observes(step)
         fixed = observed and probe_x is not None  # the network as this step finds it, on the fixed batch
         fixed_probes = [observe(stepper.model(k), probe_x) for k in range(len(active))] if fixed else []
@@ -282,6 +330,15 @@ def _train(cfgs: Sequence, run_dirs: Sequence[str], loggers: Sequence[logging.Lo
             for k, run in enumerate(active):  # (a diverged run's evaluation was logged)
                 if k not in done:
                     run.log.info(f"step {step:>6}/{steps}")
+        checkpoints = [k for k in range(len(active)) if k not in done] if every and step % every == 0 else []
+        # A finished run's checkpoint goes, or, kept, becomes the state at its end.
+        checkpoints += [k for k in done if active[k].cfg.train.keep_checkpoint]
+        _save_checkpoints(
+            active, checkpoints, step, stepper, order, meter, first_bad, time.perf_counter() - start
+        )
+        for k in done:
+            if not active[k].cfg.train.keep_checkpoint:
+                checkpoint.remove(active[k].run_dir)
         if done:
             keep = [k for k in range(len(active)) if k not in done]
             if not keep:

@@ -130,6 +130,22 @@ class Meter:
             self.correct.index_select(0, index),
         )
 
+    def state(self, k: int) -> dict:
+        """Run k's sums since the last take (a checkpoint's)."""
+        return {
+            "loss_sum": self.loss_sum[k],
+            "correct": self.correct[k],
+            "seen": self.seen,
+            "n": self.batches,
+        }
+
+    def restore(self, states: list[dict]) -> None:
+        """The sums of the runs, one state each, as `state` gave them at one step."""
+        device = self.loss_sum.device
+        self.loss_sum = torch.stack([s["loss_sum"] for s in states]).to(device)
+        self.correct = torch.stack([s["correct"] for s in states]).to(device)
+        self.seen, self.batches = states[0]["seen"], states[0]["n"]
+
 
 class Monitor:
     """One run's records: its TensorBoard events (in the run folder itself) and its series."""

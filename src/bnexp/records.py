@@ -1,7 +1,8 @@
 """The run format, in one place: what a run folder holds, its TensorBoard tags, reading a sweep back.
 
 A run folder (one Hydra job) holds `.hydra/` (the composed config), the run's log, its TensorBoard
-events and `metrics.json`:
+events, `metrics.json` (written last: a run is finished when it is there) and, while a run with
+train.checkpoint_every trains, `checkpoint.pt` (bnexp.checkpoint). metrics.json holds:
 
     config       the resolved settings, flat ("model.width": 100, ...; flat_config)
     provenance   what produced it: bnexp version, git commit and whether the checkout had uncommitted
@@ -48,6 +49,10 @@ from omegaconf.errors import OmegaConfBaseException
 from bnexp.config import Config, UserError
 
 METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+# Settings that change how a run is carried out, not what it records: a run recorded with other values of
+# them is the same run (a sweep resumes with checkpoints added, or with more progress lines).
+NOT_RESULTS = frozenset({"train.checkpoint_every", "train.keep_checkpoint", "log.progress_every"})
 
 # ---- TensorBoard tags, also the keys of metrics.json's series ------------------------------------------
 TRAIN_LOSS, TRAIN_ACC, TEST_LOSS, TEST_ACC = "train/loss", "train/acc", "test/loss", "test/acc"
@@ -173,21 +178,31 @@ def finished(run_dir, config: dict) -> dict | None:
             f"{Path(run_dir, METRICS_FILE)} cannot be read ({e}), so whether that run finished is unknown; "
             f"move the file away (the run then trains again) or resume into another folder."
         ) from None
-    requested = json.loads(json.dumps(config))  # as JSON keeps it: tuples are lists
-    try:
-        recorded = json.loads(json.dumps(flat_config(nested_config(record["config"]))))
-    except OmegaConfBaseException:  # a setting this bnexp no longer has: another config
-        recorded = record["config"]
-    if recorded != requested:
-        differ = sorted(k for k in recorded.keys() | requested.keys() if recorded.get(k) != requested.get(k))
-        shown = "; ".join(f"{k}={recorded.get(k)!r} recorded, {requested.get(k)!r} now" for k in differ[:4])
-        more = "; ..." if len(differ) > 4 else ""
+    differ = config_differences(record["config"], config)
+    if differ:
         raise UserError(
-            f"{run_dir} holds a finished run of another config ({shown}{more}), "
+            f"{run_dir} holds a finished run of another config ({differ}), "
             f"which this run would overwrite. A sweep resumes into its folder only with the same settings: "
             f"rerun it with the overrides it had, or give this one another hydra.sweep.dir."
         )
     return {k: v for k, v in record.items() if k not in RECORD_KEYS}
+
+
+def config_differences(recorded: dict, requested: dict) -> str:
+    """Where a recorded flat config and a requested one differ in what a run records (NOT_RESULTS aside),
+    in words ("optim.lr=0.5 recorded, 0.2 now"); "" where they do not."""
+    requested = json.loads(json.dumps(requested))  # as JSON keeps it: tuples are lists
+    try:
+        recorded = json.loads(json.dumps(flat_config(nested_config(recorded))))
+    except OmegaConfBaseException:  # a setting this bnexp no longer has: another config
+        pass
+    differ = sorted(
+        k
+        for k in recorded.keys() | requested.keys()
+        if k not in NOT_RESULTS and recorded.get(k) != requested.get(k)
+    )
+    shown = "; ".join(f"{k}={recorded.get(k)!r} recorded, {requested.get(k)!r} now" for k in differ[:4])
+    return shown + ("; ..." if len(differ) > 4 else "")
 
 
 # What a full disk, a quota, a file-size limit, a read-only or forbidden folder raise on a write.
@@ -208,9 +223,10 @@ def unwritable(e: OSError, run_dirs) -> str:
 
 
 def clear_remains(run_dir) -> None:
-    """Remove what a killed run left in run_dir (its TensorBoard events, a half-written metrics.json), so
-    that training it again does not log every step twice."""
-    for path in (*Path(run_dir).glob("events.out.tfevents.*"), Path(run_dir, f"{METRICS_FILE}.tmp")):
+    """Remove what a killed run left in run_dir (its TensorBoard events, a checkpoint it cannot resume from,
+    half-written files), so that training it again does not log every step twice."""
+    leftovers = [f"{METRICS_FILE}.tmp", CHECKPOINT_FILE, f"{CHECKPOINT_FILE}.tmp"]
+    for path in (*Path(run_dir).glob("events.out.tfevents.*"), *(Path(run_dir, f) for f in leftovers)):
         path.unlink(missing_ok=True)
 
 

@@ -8,6 +8,7 @@ A stepper (this one, or bnexp.vectorized.Folded for K runs at once) is what bnex
     model(k)                        run k's network as an ordinary module, for evaluation
     models                          the K runs' networks (their structure: layers, probes)
     keep(index)                     (several runs only) only the runs at `index` go on
+    state(k), restore(states)       run k's state for a checkpoint, and the runs' back from theirs
 """
 
 from contextlib import nullcontext
@@ -112,3 +113,13 @@ class Eager:
 
     def model(self, k: int) -> Network:
         return self.models[0]
+
+    def state(self, k: int) -> dict:
+        """The weights, BN buffers and optimizer state (torch's state_dicts); the run's random draws
+        (dropout, noise) come from torch's global generator, which the checkpoint keeps."""
+        return {"model": self.models[0].state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def restore(self, states: list[dict]) -> None:
+        (state,) = states
+        self.models[0].load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])

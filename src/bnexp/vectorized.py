@@ -95,6 +95,8 @@ IMPLEMENTED_KEYS = frozenset(
         "train.epochs",
         "train.eval_every",
         "train.evals",
+        "train.checkpoint_every",
+        "train.keep_checkpoint",
         "log.stats_every",
         "log.hist_every",
         "log.progress_every",
@@ -456,6 +458,28 @@ class Folded:
             for name, t in _tensors(model).items():
                 t.copy_(_stacked(state[name], len(self.models))[k])
         return model
+
+    def state(self, k: int) -> dict:
+        """Run k's weights and BN buffers (its eager model's state_dict), momentum buffers (one per folded
+        parameter, or None before the first step) and dropout generator."""
+        momentum = None if self.momentum_bufs is None else [b[k].clone() for b in self.momentum_bufs]
+        return {
+            "model": self.model(k).state_dict(),
+            "momentum": momentum,
+            "dropout_rng": self.dropout_rngs[k].get_state(),
+        }
+
+    def restore(self, states: list[dict]) -> None:
+        """The runs, one state each, as `state` gave them at one step: refolded from them."""
+        for model, rng, state in zip(self.models, self.dropout_rngs, states):
+            model.load_state_dict(state["model"])
+            rng.set_state(state["dropout_rng"])
+        if states[0]["momentum"] is not None:
+            like = next(iter(self.params.values()))
+            self.momentum_bufs = [
+                torch.stack(bufs).to(like.device) for bufs in zip(*(s["momentum"] for s in states))
+            ]
+        self._fold()
 
     def keep(self, index: list[int]) -> None:
         """Only the runs at `index` go on: refolded from their current state."""
