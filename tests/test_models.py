@@ -192,3 +192,31 @@ def test_norm_fc_false_keeps_the_norm_off_the_cnns_fully_connected_layer(make_cf
 def test_norm_fc_false_is_refused_where_there_are_no_convolutions(make_cfg):
     with pytest.raises(UserError, match="model.norm_fc=false .* model=mlp has no convolutions"):
         model(make_cfg, "mlp", "bn", (1, 8, 8), "model.norm_fc=false")
+
+
+@pytest.mark.parametrize("position", ["pre", "post"])
+def test_the_norm_sits_before_or_after_the_nonlinearity(make_cfg, position):
+    """pre: g(BN(Wu)), the BN paper's layer, its bias dropped as redundant; post: BN(g(Wu + b)), the bias
+    kept (g stands between it and the mean subtraction). The probe reads the input of g in both."""
+    net = model(make_cfg, "mlp", "bn", (5,), "model.depth=1", f"model.norm_position={position}").train()
+    layer = net.body.layer1
+    u = torch.randn(16, 5)
+    with torch.no_grad():
+        wu = u @ layer.linear.weight.T
+        if position == "pre":
+            assert layer.linear.bias is None
+            g_in = (wu - wu.mean(0)) / torch.sqrt(wu.var(0, unbiased=False) + 1e-5)
+            expected = torch.sigmoid(g_in)
+        else:
+            g_in = wu + layer.linear.bias
+            h = torch.sigmoid(g_in)
+            expected = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + 1e-5)
+        seen = {}
+        layer.probe.register_forward_hook(lambda m, i, out: seen.setdefault("g_in", out))
+        assert torch.allclose(layer(u), expected, atol=1e-5)
+        assert torch.allclose(seen["g_in"], g_in, atol=1e-5)
+
+
+def test_the_norm_after_the_nonlinearity_is_refused_for_the_rnn(make_cfg):
+    with pytest.raises(UserError, match="model.norm_position=post is for model=mlp and model=cnn"):
+        model(make_cfg, "rnn", "bn", (1, 40), "model.norm_position=post")

@@ -119,8 +119,9 @@ NORM_CASES = {
         ["model=mlp"],
         ["model=cnn"],
         ["model=cnn", "model.norm_fc=false", "model.activation=linearized_sigmoid"],
+        ["model=cnn", "model.norm_position=post"],
     ],
-    ids=["mlp", "cnn", "cnn-conv-norm-only-linearized"],
+    ids=["mlp", "cnn", "cnn-conv-norm-only-linearized", "cnn-norm-after-g"],
 )
 def test_a_folded_network_computes_every_run_side_by_side(model, norm, make_cfg):
     # (Two-step comparisons of whole runs are above; this one checks every layer type in one forward and

@@ -22,6 +22,11 @@ class UserError(Exception):
     """
 
 
+class NormPosition(Enum):
+    pre = "pre"  # g(norm(Wu)): the norm before the nonlinearity, as the BN paper places it
+    post = "post"  # norm(g(Wu + b)): after it
+
+
 class Activation(Enum):
     sigmoid = "sigmoid"
     relu = "relu"
@@ -68,6 +73,8 @@ class ModelConfig:
     # He's ResNets, whose only fully connected layer is the classifier (there, BN's statistics come from the
     # batch alone, not the batch times the positions).
     norm_fc: bool = True
+    # mlp, cnn: where each hidden layer's norm sits, before the nonlinearity (pre) or after it (post)
+    norm_position: NormPosition = NormPosition.pre
     # rnn: separate norm statistics for each time step (Cooijmans et al. 2016); steps beyond the
     # training length reuse the last step's. False: one set shared by all steps, in training too (BN:
     # each batch normalized by its statistics pooled over all steps).

@@ -1,10 +1,10 @@
 """The networks: an MLP (the BN paper's MNIST network), a small VGG-style CNN and an Elman RNN.
 
 All are stacks of the same hidden `Layer` (the RNN applies its layers at every time step): an
-affine map, the norm, a probe, the nonlinearity g, dropout -- g(BN(Wu)) as in the BN paper. The
-norm is a constructor argument (a factory from `bnexp.norm`), so every model runs with every norm.
-The probe sits exactly at the input of g: the tensor whose distribution the BN paper plots, and the
-one every analysis reads.
+affine map, the norm, a probe, the nonlinearity g, dropout -- g(BN(Wu)) as in the BN paper, or with
+`norm_position="post"` BN(g(Wu + b)), the norm after the nonlinearity. The norm is a constructor argument
+(a factory from `bnexp.norm`), so every model runs with every norm. The probe sits exactly at the input of
+g: the tensor whose distribution the BN paper plots, and the one every analysis reads.
 """
 
 import math
@@ -114,7 +114,8 @@ class Probe(nn.Identity):
 
 
 class Layer(nn.Module):
-    """One hidden layer: x -> W x (+ b) -> norm -> probe -> g -> dropout."""
+    """One hidden layer: x -> W x (+ b) -> norm -> probe -> g -> dropout, or with norm_position="post"
+    x -> W x + b -> probe -> g -> norm -> dropout."""
 
     def __init__(
         self,
@@ -126,18 +127,23 @@ class Layer(nn.Module):
         activation: str,
         dropout: float,
         bias_before_norm: bool,
+        norm_position: str = "pre",
     ):
         super().__init__()
         norm = norm(fan_out, spatial_dims)
+        self.post = norm_position == "post"
         # A bias right before a normalization is removed by its mean subtraction: redundant. Without one
-        # (none, or only noise), the plain network keeps it.
-        self.linear = linear(fan_in, fan_out, bias=bias_before_norm or isinstance(norm, (nn.Identity, Noise)))
+        # (none, or only noise), or with g between them (post), the layer keeps it.
+        keep_bias = bias_before_norm or self.post or isinstance(norm, (nn.Identity, Noise))
+        self.linear = linear(fan_in, fan_out, bias=keep_bias)
         self.norm = norm
         self.probe = Probe()
         self.g = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x):
+        if self.post:
+            return self.dropout(self.norm(self.g(self.probe(self.linear(x)))))
         return self.dropout(self.g(self.probe(self.norm(self.linear(x)))))
 
 
@@ -169,6 +175,7 @@ class MLP(Network):
         activation: str = "sigmoid",
         dropout: float = 0.0,
         bias_before_norm: bool = False,
+        norm_position: str = "pre",
     ):
         super().__init__()
         layer = partial(
@@ -179,6 +186,7 @@ class MLP(Network):
             activation=activation,
             dropout=dropout,
             bias_before_norm=bias_before_norm,
+            norm_position=norm_position,
         )
         modules = OrderedDict(flatten=nn.Flatten())
         fan_in = _numel(input_shape)
@@ -208,6 +216,7 @@ class CNN(Network):
         bias_before_norm: bool = False,
         pool: str = "max",
         norm_fc: bool = True,
+        norm_position: str = "pre",
     ):
         super().__init__()
         spatial_dims = len(input_shape) - 1
@@ -220,7 +229,13 @@ class CNN(Network):
         pools = {"max": {1: nn.MaxPool1d, 2: nn.MaxPool2d}, "avg": {1: nn.AvgPool1d, 2: nn.AvgPool2d}}
         if pool not in (*pools, "none"):
             raise UserError(f"model.pool={pool!r} is not a pooling; choose one of max, avg, none.")
-        common = dict(norm=norm, activation=activation, dropout=dropout, bias_before_norm=bias_before_norm)
+        common = dict(
+            norm=norm,
+            activation=activation,
+            dropout=dropout,
+            bias_before_norm=bias_before_norm,
+            norm_position=norm_position,
+        )
         modules = OrderedDict()
         size, fan_in = list(input_shape[1:]), input_shape[0]
         for i, c in enumerate(channels, start=1):
@@ -486,11 +501,23 @@ def build_model(cfg, input_shape, num_classes: int) -> Network:
             f"model.norm_fc=false leaves the norm off a CNN's hidden fully connected layer, but "
             f"model={m.name} has no convolutions to keep it on; drop model.norm_fc=false or use model=cnn."
         )
+    position = _name(m.norm_position)
+    if m.name == "rnn" and position != "pre":
+        raise UserError(
+            f"model.norm_position={position} is for model=mlp and model=cnn; an rnn normalizes its summed "
+            f"inputs before the nonlinearity. Leave model.norm_position at pre."
+        )
     if m.name == "mlp":
-        model = MLP(input_shape, num_classes, depth=m.depth, **common)
+        model = MLP(input_shape, num_classes, depth=m.depth, norm_position=position, **common)
     elif m.name == "cnn":
         model = CNN(
-            input_shape, num_classes, channels=tuple(m.channels), pool=m.pool, norm_fc=m.norm_fc, **common
+            input_shape,
+            num_classes,
+            channels=tuple(m.channels),
+            pool=m.pool,
+            norm_fc=m.norm_fc,
+            norm_position=position,
+            **common,
         )
     elif m.name == "rnn":
         model = RNN(

@@ -71,6 +71,7 @@ IMPLEMENTED_KEYS = frozenset(
         "model.channels",
         "model.pool",
         "model.norm_fc",
+        "model.norm_position",
         "norm.name",
         "norm.eps",
         "norm.momentum",
