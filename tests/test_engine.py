@@ -47,9 +47,16 @@ def test_a_run_records_metrics_json_and_tensorboard_curves(make_cfg, tmp_path):
         for stat in ["p15", "p50", "p85", "mean", "std", "linear_frac", "unit0/p50"]:
             assert [e.step for e in ev.Scalars(f"act/{layer}/{stat}")] == [10, 20, 30, 40]
         assert f"grad/{layer}/norm" in scalars
-        assert [e.step for e in ev.Histograms(f"act/{layer}")] == [20, 40]
+        assert [e.step for e in ev.Histograms(f"act/{layer}")] == [1, 20, 40]  # the first step's too
     assert ev.Scalars("test/acc")[-1].value == pytest.approx(metrics["final_test_acc"])
     assert [e.value for e in ev.Scalars("lr")] == pytest.approx([0.5] * 4)
+
+
+def test_a_run_shorter_than_the_histogram_interval_has_its_first_and_last_steps_histograms(
+    make_cfg, tmp_path
+):
+    train(make_cfg(*TINY, "log.hist_every=500", "train.steps=30"), str(tmp_path))
+    assert [e.step for e in events(tmp_path).Histograms("act/layer1")] == [1, 30]
 
 
 def test_percentiles_in_tensorboard_are_ordered_and_bn_keeps_units_standardized(make_cfg, tmp_path):

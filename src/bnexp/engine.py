@@ -57,7 +57,9 @@ class Schedule:
         return step % self.log.stats_every == 0
 
     def wants_histograms(self, step: int) -> bool:
-        return step % self.log.hist_every == 0
+        """Every log.hist_every steps, and at the first and the last: a run shorter than the interval has
+        its start and end."""
+        return step % self.log.hist_every == 0 or step in (1, self.steps)
 
     def observes(self, step: int) -> bool:
         """Whether the probe points are observed at this step (statistics or histograms)."""

@@ -18,7 +18,7 @@ The tags (TensorBoard's, and the keys of series), each spelled once below:
   act/<layer>/unit0/p15|p50|p85                the same for one fixed unit (channel 0) of the layer
   act/<layer>/linear_frac                      fraction of those inputs with |x| < LINEAR_BOUND, where the
                                                sigmoid is near-linear (sigmoid(x) within 0.02 of 1/2 + x/4)
-  act/<layer>                                  histograms, every log.hist_every steps
+  act/<layer>                                  histograms, every log.hist_every steps, the first and the last
   grad/<layer>/norm                            L2 norm of the gradient of the layer's parameters
   grad/<layer>/bias                            L2 norm of the gradient of the bias before the norm, if kept
   ics/<layer>/l2|cos|rel                       gradient-based ICS (bnexp.measures), every measure.ics_every
