@@ -108,7 +108,8 @@ CASES = {
 NORM_CASES = {
     name: [f"norm={name}"] for name in ["bn", "torch_bn", "none", "ln", "gn"]
 } | {  # r and d at work from the first batch, one of each clipped
-    "batch_renorm": ["norm=batch_renorm", "norm.warmup=0", "norm.r_max=1.5", "norm.d_max=0.2"]
+    "batch_renorm": ["norm=batch_renorm", "norm.warmup=0", "norm.r_max=1.5", "norm.d_max=0.2"],
+    "ghost_bn": ["norm=bn", "norm.ghost_batch_size=2"],  # the batch of 6 in three ghost batches
 }
 
 
@@ -143,10 +144,12 @@ def test_a_folded_network_computes_every_run_side_by_side(model, norm, make_cfg)
     folded = fold(models)
     x = torch.randn(3, 6, 1, 8, 8)  # (K, B, C, H, W)
     ys = folded(x.transpose(0, 1).reshape(6, 3, 8, 8)).view(6, 3, 10).transpose(0, 1)
-    ys.sum().backward()
+    # A random upstream gradient: through a BN, the gradient of a plain sum over the batch is zero.
+    dy = torch.randn(3, 6, 10)
+    ys.backward(dy)
     for k, model in enumerate(models):
         y = model(x[k])
-        y.sum().backward()
+        y.backward(dy[k])
         assert near(ys[k], y)
         for name, p in model.named_parameters():
             assert near(_stacked(folded.get_parameter(name).grad, 3)[k], p.grad), name

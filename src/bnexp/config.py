@@ -105,6 +105,9 @@ class NormConfig:
     warmup: int = 5000
     r_max_at: int = 40000
     d_max_at: int = 25000
+    # bn, noisy_bn, batch_renorm: normalize each training batch in consecutive ghost batches of this many
+    # examples, each by its own statistics (Hoffer et al. 2017); null: the whole batch. Evaluation unchanged.
+    ghost_batch_size: int | None = None
 
 
 @dataclass
@@ -227,6 +230,7 @@ RANGES: dict[str, tuple[str, Callable]] = {
     "norm.r_max_at": _at_least(0),
     "norm.d_max_at": _at_least(0),
     "norm.gamma_init": _at_least(0),
+    "norm.ghost_batch_size": _at_least(2),
     "init.std": _at_least(0),
     "init.gain": _at_least(0),
     "optim.lr": _at_least(0),

@@ -28,16 +28,19 @@ _TORCH_BATCHNORM = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: 
 def _ours(layer):
     """Our BatchNorm, or a variant of it, from the norm group's keys."""
 
-    def build(c, spatial_dims, eps, momentum, affine, fast, **_):
-        return layer(c, eps, momentum, affine, fast=fast)
+    def build(c, spatial_dims, eps, momentum, affine, fast, ghost_batch_size, **_):
+        return layer(c, eps, momentum, affine, fast=fast, ghost_batch_size=ghost_batch_size)
 
     return build
 
 
-def _batch_renorm(c, spatial_dims, eps, momentum, affine, r_max, d_max, warmup, r_max_at, d_max_at, **_):
+def _batch_renorm(c, spatial_dims, eps, momentum, affine, r_max, d_max, warmup, r_max_at, d_max_at, **keys):
     inf = math.inf  # null: unclipped
     clips = dict(r_max=inf if r_max is None else r_max, d_max=inf if d_max is None else d_max)
-    return BatchRenorm(c, eps, momentum, affine, warmup=warmup, r_max_at=r_max_at, d_max_at=d_max_at, **clips)
+    schedule = dict(warmup=warmup, r_max_at=r_max_at, d_max_at=d_max_at)
+    return BatchRenorm(
+        c, eps, momentum, affine, ghost_batch_size=keys["ghost_batch_size"], **schedule, **clips
+    )
 
 
 def _torch_bn(c, spatial_dims, eps, momentum, affine, **_):
@@ -81,8 +84,16 @@ def make_norm(cfg, num_features: int, spatial_dims: int = 0) -> nn.Module:
             f"norm.name={cfg.name!r} is not a known normalization; choose one of: {', '.join(NORMS)}."
         )
     keys = dict(eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine, groups=cfg.groups, fast=cfg.fast)
-    keys |= {k: getattr(cfg, k) for k in ("r_max", "d_max", "warmup", "r_max_at", "d_max_at")}
+    keys |= {
+        k: getattr(cfg, k) for k in ("r_max", "d_max", "warmup", "r_max_at", "d_max_at", "ghost_batch_size")
+    }
     norm = NORMS[cfg.name](num_features, spatial_dims, **keys)
+    if cfg.ghost_batch_size is not None and not isinstance(norm, BatchNorm):
+        raise UserError(
+            f"norm.ghost_batch_size={cfg.ghost_batch_size} splits the batch for our batch norms' statistics "
+            f"(norm=bn, noisy_bn, batch_renorm), but norm={cfg.name} has none to split; choose one of them, "
+            f"or leave norm.ghost_batch_size at null."
+        )
     if getattr(norm, "weight", None) is not None:  # γ (affine norms)
         nn.init.constant_(norm.weight, cfg.gamma_init)
     return norm

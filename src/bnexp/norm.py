@@ -24,6 +24,11 @@ constructor, parameters, buffers and state_dict keys.
 torch.func transforms (vmap, grad). Training in bnexp takes `BatchNorm(fast=True)`, the same function with
 its arithmetic arranged for speed (bnexp.fast_norm); the tests hold the two equal up to round-off.
 `BatchRenorm` (Ioffe 2017) and noisy BN (Santurkar et al. 2018) are BatchNorm with one change each.
+Each takes `ghost_batch_size` (Hoffer et al. 2017, "Train longer, generalize better", Sec. 4, Algorithm 1):
+in training, the batch is normalized in consecutive "ghost" batches of that many examples, each by its own
+statistics, and the running statistics move by each ghost batch in turn, as if it were a batch of its own
+(the paper's update is that sequence written out); evaluation is unchanged. The gradient's batch and the
+statistics' batch then differ: the noise of the one is set apart from the noise of the other.
 """
 
 import math
@@ -127,12 +132,15 @@ class BatchNorm(_BatchNorm):
         *,
         bias: bool = True,
         fast: bool = False,
+        ghost_batch_size: int | None = None,
     ) -> None:
         # torch's own keyword bias is recent: β is dropped here, so that every torch the suite takes has it.
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         if affine and not bias:
             self.register_parameter("bias", None)  # None, as torch registers it: the same state_dict keys
-        self.fast = fast
+        if ghost_batch_size is not None and ghost_batch_size < 2:
+            raise ValueError(f"a ghost batch needs two examples or more to normalize, got {ghost_batch_size}")
+        self.fast, self.ghost_batch_size = fast, ghost_batch_size
 
     def reset_parameters(self) -> None:
         """γ = 1 and β = 0: at initialization the layer outputs x̂ itself."""
@@ -146,7 +154,9 @@ class BatchNorm(_BatchNorm):
         bias = ", bias=False" if self.affine and self.bias is None else ""
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}{bias}, "
-            f"track_running_stats={self.track_running_stats}" + (", fast=True" if self.fast else "")
+            f"track_running_stats={self.track_running_stats}"
+            + (", fast=True" if self.fast else "")
+            + (f", ghost_batch_size={self.ghost_batch_size}" if self.ghost_batch_size else "")
         )
 
     def _check_input_dim(self, x: Tensor) -> None:
@@ -160,6 +170,13 @@ class BatchNorm(_BatchNorm):
         self._check_input_dim(x)
         if not self.training and self.track_running_stats:
             return self.inference(x)
+        if self.training and self.ghost_batch_size and x.shape[0] > self.ghost_batch_size:
+            return torch.cat([self.normalize(ghost) for ghost in ghost_batches(x, self.ghost_batch_size)])
+        return self.normalize(x)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """One batch (or ghost batch) in training mode, or without running statistics: normalized by its
+        own statistics, which move the running ones."""
         if x.numel() == 0:  # an empty batch: as in torch, an empty output, the batch counted, no statistics
             if self.training and self.track_running_stats:
                 self.num_batches_tracked.add_(1)
@@ -205,6 +222,16 @@ class BatchNorm(_BatchNorm):
             f = self.momentum
             running_mean.mul_(1 - f).add_(mean, alpha=f)
             running_var.mul_(1 - f).add_(var, alpha=f * m / (m - 1))
+
+
+def ghost_batches(x: Tensor, size: int) -> tuple[Tensor, ...]:
+    """x split along the batch into consecutive ghost batches of `size` examples; a last one of a single
+    example (no spread to normalize by) joins the one before."""
+    n = x.shape[0]
+    sizes = [size] * (n // size) + ([n % size] if n % size else [])
+    if sizes[-1] == 1:
+        sizes[-2:] = [sizes[-2] + 1]
+    return x.split(sizes)
 
 
 def renormalize(
@@ -295,11 +322,10 @@ class BatchRenorm(BatchNorm):
             f"r_max_at={self.r_max_at}, d_max_at={self.d_max_at}"
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_input_dim(x)
-        # Eval, no running statistics, or an empty or one-value batch: BatchNorm's answer.
-        if not (self.training and self.track_running_stats) or x.numel() // self.num_features <= 1:
-            return super().forward(x)
+    def normalize(self, x: Tensor) -> Tensor:
+        # No running statistics, or an empty or one-value batch: BatchNorm's answer.
+        if not self.track_running_stats or x.numel() // self.num_features <= 1:
+            return super().normalize(x)
         r_max, d_max = self.clips()
         y, mean, var = renormalize(
             x, self.running_mean, self.running_var, self.eps, self.weight, self.bias, r_max, d_max

@@ -83,6 +83,7 @@ IMPLEMENTED_KEYS = frozenset(
         "norm.warmup",
         "norm.r_max_at",
         "norm.d_max_at",
+        "norm.ghost_batch_size",
         "init.name",
         "init.std",
         "init.gain",
@@ -291,6 +292,7 @@ def _folded(module: nn.Module, k: int) -> nn.Module:
             module.track_running_stats,
             bias=module.bias is not None,
             fast=module.fast,
+            ghost_batch_size=module.ghost_batch_size,  # ghost batches split the batch, not the channels
             **{key: getattr(module, key) for key in schedule},
         )
     if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
