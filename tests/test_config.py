@@ -152,6 +152,7 @@ def test_values_out_of_range_are_all_named_in_one_users_mistake(make_cfg):
 EDGES = {
     "at least 0": ([0], [-1]),
     "at least 1": ([1], [0]),
+    "at least 2": ([2], [1]),
     "positive": ([1e-12], [0]),
     "in [0, 1)": ([0, 0.99], [-0.01, 1]),
     "in [0, 1] (or null)": ([0, 1], [-0.01, 1.01]),
