@@ -170,6 +170,15 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Before each evaluation, also test with "precise" population statistics (Wu & Johnson 2021, Sec. 3.1):
+    # each BN layer's running statistics recomputed, on a copy of the network with its weights frozen, as the
+    # equally weighted average over this many training batches (of data.batch_size) instead of the EMA's
+    # recent-batch-weighted one. 0: off. Logged beside the EMA's test as test/acc_precise_bn.
+    precise_bn_batches: int = 0
+
+
+@dataclass
 class LogConfig:
     stats_every: int = 50  # percentiles, mean/std of each probe point and gradient norms
     hist_every: int = 500  # histograms of each probe point
@@ -195,6 +204,7 @@ class Config:
     data: DataConfig = MISSING
     optim: OptimConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     seed: int = 0
@@ -244,6 +254,7 @@ RANGES: dict[str, tuple[str, Callable]] = {
     "train.evals": _at_least(1),
     "train.eval_lengths": _at_least(1),
     "train.checkpoint_every": _at_least(0),
+    "eval.precise_bn_batches": _at_least(0),
     "log.stats_every": _at_least(1),
     "log.hist_every": _at_least(1),
     "log.progress_every": _at_least(0),

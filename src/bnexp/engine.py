@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnexp import checkpoint, records, runtime
 from bnexp.config import UserError, check_ranges
@@ -150,23 +151,48 @@ def evaluate(
     return float(loss) / n, int(correct) / n
 
 
+@torch.no_grad()
+def with_precise_statistics(model, data: InMemoryData, batches: int, batch_size: int, seed: int):
+    """A copy of `model` whose batch-norm layers hold precise population statistics (Wu & Johnson 2021,
+    "Rethinking 'Batch' in BatchNorm", Sec. 3.1): the equally weighted average of the batch means and
+    unbiased variances over `batches` training batches of `batch_size`, with the weights frozen, where the
+    EMA weighs recent batches most and lags the weights. The batches are the first of a batch order seeded
+    like the run's; the copy runs in training mode, as the batches the EMA averaged did (dropout and noise
+    on), drawing from generators seeded like the run, forked: the run's own stay as they were."""
+    precise = deepcopy(model).train()
+    for m in precise.modules():
+        if isinstance(m, _BatchNorm) and m.track_running_stats:
+            m.reset_running_stats()
+            m.momentum = None  # the plain average of every batch from here on
+    order = BatchOrder(data, batch_size, [seed])
+    device = data.train_y.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the same draws whichever stepper trains the run
+        for _ in range(batches):
+            precise(data.batch(order.next()[0])[0])
+    return precise.eval()
+
+
 def record_evaluation(
-    model, data: InMemoryData, monitor: Monitor, step: int, steps: int, logger: logging.Logger
+    cfg, model, data: InMemoryData, monitor: Monitor, step: int, steps: int, logger: logging.Logger
 ):
-    """The full train and test splits evaluated at this step: into the run's curves and its log."""
+    """The full train and test splits evaluated at this step (and the test split with precise statistics,
+    eval.precise_bn_batches): into the run's curves and its log."""
     (train_loss, train_acc), (test_loss, test_acc) = (
         evaluate(model, data, "train"),
         evaluate(model, data, "test"),
     )
-    monitor.scalars(
-        step,
-        {
-            records.TRAIN_LOSS: train_loss,
-            records.TRAIN_ACC: train_acc,
-            records.TEST_LOSS: test_loss,
-            records.TEST_ACC: test_acc,
-        },
-    )
+    values = {
+        records.TRAIN_LOSS: train_loss,
+        records.TRAIN_ACC: train_acc,
+        records.TEST_LOSS: test_loss,
+        records.TEST_ACC: test_acc,
+    }
+    batches = cfg.eval.precise_bn_batches
+    if batches and has_running_statistics(model):
+        precise = with_precise_statistics(model, data, batches, cfg.data.batch_size, cfg.seed)
+        values[records.TEST_LOSS_PRECISE], values[records.TEST_ACC_PRECISE] = evaluate(precise, data, "test")
+    monitor.scalars(step, values)
     logger.info(f"step {step:>6}/{steps}  train loss {train_loss:.4f}  test acc {test_acc:.4f}")
 
 
@@ -261,6 +287,13 @@ def _train(
     folded = len(cfgs) > 1 or (resume is not None and resume[0]["kind"] == Folded.__name__)
     stepper = Folded(cfgs, data, device) if folded else Eager(cfg, data, device)
     check_batch_statistics(cfg, stepper.models[0])
+    if cfg.eval.precise_bn_batches and cfg.norm.name == "batch_renorm":
+        raise UserError(
+            "eval.precise_bn_batches recomputes running statistics by forwards in training mode, where "
+            "batch renorm normalizes by those same statistics as they are being recomputed: the result "
+            "would not be its population statistics. Use it with norm=bn, noisy_bn or torch_bn, or set it "
+            "to 0."
+        )
     lengths = list(cfg.train.eval_lengths)
     if lengths and not getattr(stepper.models[0], "reads_any_length", False):
         raise UserError(
@@ -324,7 +357,7 @@ def _train(
                     if bad:
                         run.log.info(f"diverged: the loss became non-finite at step {bad}; stopping this run")
                     model = stepper.model(k)
-                    record_evaluation(model, data, run.monitor, step, steps, run.log)
+                    record_evaluation(run.cfg, model, data, run.monitor, step, steps, run.log)
                     if bad or step == steps:
                         run.metrics = _finish(run, model, data, step, steps, bad or None, provenance, start)
                         done.append(k)
@@ -379,6 +412,8 @@ def _finish(
         records.STEPS: step,
         records.STEPS_PLANNED: steps,
     }
+    if records.TEST_ACC_PRECISE in last:
+        metrics[records.PRECISE_ACC] = last[records.TEST_ACC_PRECISE]
     if has_running_statistics(model):
         metrics[records.BATCH_STATS_ACC] = evaluate(
             model, data, "test", cfg.data.batch_size, batch_statistics=True

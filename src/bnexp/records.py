@@ -13,6 +13,8 @@ train.checkpoint_every trains, `checkpoint.pt` (bnexp.checkpoint). metrics.json 
 The tags (TensorBoard's, and the keys of series), each spelled once below:
 
   train/loss, train/acc, test/loss, test/acc   full splits in eval mode, every train.eval_every steps
+  test/loss_precise_bn, test/acc_precise_bn    the same test with precise population statistics
+                                               (eval.precise_bn_batches; norms with running statistics)
   batch/loss, batch/acc, lr                    mean over the mini-batches since the last log
   act/<layer>/p15|p50|p85|mean|std             the input of the layer's nonlinearity (BN paper, Fig. 1)
   act/<layer>/unit0/p15|p50|p85                the same for one fixed unit (channel 0) of the layer
@@ -56,6 +58,7 @@ NOT_RESULTS = frozenset({"train.checkpoint_every", "train.keep_checkpoint", "log
 
 # ---- TensorBoard tags, also the keys of metrics.json's series ------------------------------------------
 TRAIN_LOSS, TRAIN_ACC, TEST_LOSS, TEST_ACC = "train/loss", "train/acc", "test/loss", "test/acc"
+TEST_LOSS_PRECISE, TEST_ACC_PRECISE = "test/loss_precise_bn", "test/acc_precise_bn"
 BATCH_LOSS, BATCH_ACC, LR = "batch/loss", "batch/acc", "lr"
 
 PERCENTILES = (15, 50, 85)  # of a probe point's values: the BN paper's Fig. 1
@@ -123,6 +126,7 @@ FINAL_TRAIN_LOSS, FINAL_TEST_LOSS = "final_train_loss", "final_test_loss"  # nul
 DIVERGED, DIVERGED_STEP = "diverged", "diverged_step"  # the step the loss first became non-finite
 STEPS, STEPS_PLANNED, WALL_TIME = "steps", "steps_planned", "wall_time_s"
 BATCH_STATS_ACC = "final_test_acc_batch_stats"  # norms with running statistics: tested with batch statistics
+PRECISE_ACC = "final_test_acc_precise_bn"  # eval.precise_bn_batches: tested with precise statistics
 TRAIN_LENGTH = "train_length"  # with train.eval_lengths: the steps of a training sequence (rnn: T_max)
 
 
@@ -246,7 +250,7 @@ def nested_config(flat: dict):
 def flat_config(cfg) -> dict:
     """The run's resolved settings as flat `group.key: value` pairs (metrics.json, HParams)."""
     out = {}
-    for group in ("model", "norm", "init", "data", "optim", "train", "log", "measure"):
+    for group in ("model", "norm", "init", "data", "optim", "train", "eval", "log", "measure"):
         for key, value in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items():
             out[f"{group}.{key}"] = value
     out.update(seed=cfg.seed, device=str(getattr(cfg.device, "value", cfg.device)), claim=cfg.get("claim"))

@@ -98,6 +98,7 @@ IMPLEMENTED_KEYS = frozenset(
         "train.eval_every",
         "train.evals",
         "train.checkpoint_every",
+        "eval.precise_bn_batches",  # evaluations read each run's own model (Folded.model)
         "train.keep_checkpoint",
         "log.stats_every",
         "log.hist_every",
