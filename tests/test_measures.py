@@ -1,5 +1,5 @@
-"""The measurements on the training batch (bnexp.measures): gradient-based ICS and the loss landscape along
-the gradient, checked against steps taken by hand; measuring leaves training as it was."""
+"""The measurements (bnexp.measures): gradient-based ICS and the loss landscape along the gradient, checked
+against steps taken by hand; sharpness, against the exact Hessian; measuring leaves training as it was."""
 
 import json
 import math
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from bnexp.config import NormConfig
-from bnexp.engine import train
-from bnexp.measures import gradient_ics, landscape
+from bnexp.engine import stability_limit, train
+from bnexp.measures import gradient_ics, landscape, sharpness
 from bnexp.models import MLP, build_model, make_norm
 from bnexp.norm import Noise, held_noise
 from bnexp.records import LANDSCAPE_STEPS
@@ -205,3 +205,71 @@ def test_negative_measurement_intervals_are_refused(make_cfg, tmp_path):
 
     with pytest.raises(UserError, match="measure.ics_every"):
         train(make_cfg("train.steps=2", "device=cpu", "measure.ics_every=-1"), str(tmp_path))
+
+
+# ---- sharpness ------------------------------------------------------------------------------------------
+def exact_hessian(model, x, y) -> torch.Tensor:
+    """The Hessian of the training loss w.r.t. all parameters, flattened, by torch.autograd.functional."""
+    names, shapes = zip(*[(n, p.shape) for n, p in model.named_parameters()])
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+
+    def loss(theta):
+        params = dict(zip(names, theta.split([s.numel() for s in shapes])))
+        params = {n: t.view(s) for (n, t), s in zip(params.items(), shapes)}
+        return F.cross_entropy(torch.func.functional_call(model, (params, buffers), (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+@pytest.mark.parametrize("norm", ["none", "bn"])
+def test_sharpness_is_the_top_eigenvalue_of_the_exact_hessian(norm):
+    torch.manual_seed(0)
+    model = MLP((3,), 3, partial(make_norm, NormConfig(name=norm, fast=False)), depth=2, width=4).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 3, (16,))
+    eigenvalues = torch.linalg.eigvalsh(exact_hessian(model, x, y))
+    assert (
+        eigenvalues[-1] > -eigenvalues[0]
+    )  # the top one is also the largest in magnitude: power iteration's
+    state = deepcopy(model.state_dict())
+    lam, iterations = sharpness(model, x, y, iters=1000, tol=1e-12)
+    assert float(lam) == pytest.approx(float(eigenvalues[-1]), rel=1e-6)
+    assert 1 < iterations <= 1000
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # BN's buffers too
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sharpness_stops_at_its_tolerance_or_its_iterations():
+    model, x, y = tiny("bn")
+    loose, few = sharpness(model, x, y, iters=50, tol=0.5), sharpness(model, x, y, iters=2, tol=1e-12)
+    assert loose[1] < 50 and few[1] == 2
+
+
+def test_sharpness_of_noisy_bn_on_another_batch_leaves_the_steps_noise_and_rng(make_cfg):
+    model, x, y = tiny("noisy_bn", dropout=0.5)
+    other_x, other_y = torch.randn(40, 12), torch.randint(0, 5, (40,))
+    _, _, noise = snapshot(model)
+    rng = torch.get_rng_state()
+    lam, _ = sharpness(model, other_x, other_y, iters=5, tol=1e-3)
+    assert math.isfinite(float(lam)) and torch.equal(torch.get_rng_state(), rng)
+    assert all(a is b for a, b in zip(noise, snapshot(model)[2]))
+
+
+@pytest.mark.parametrize(
+    "optim,limit", [("optim=sgd", 2 / 0.5), ("optim=momentum", (2 + 2 * 0.9) / 0.5), ("optim=adam", None)]
+)
+def test_the_stability_limit_is_the_optimizers(make_cfg, optim, limit):
+    assert stability_limit(make_cfg(optim, "optim.momentum=0.9").optim, 0.5) == limit
+
+
+def test_a_run_logs_sharpness_beside_its_limit_and_trains_as_without(make_cfg, tmp_path):
+    train(make_cfg(*MEASURED), str(tmp_path / "plain"))
+    train(
+        make_cfg(*MEASURED, "measure.sharpness_every=10", "measure.sharpness_batch=64"), str(tmp_path / "m")
+    )
+    plain, measured = (
+        json.loads((tmp_path / d / "metrics.json").read_text())["series"] for d in ("plain", "m")
+    )
+    assert {t: v for t, v in measured.items() if not t.startswith("sharpness/")} == plain
+    assert [s for s, _ in measured["sharpness/lambda_max"]] == [10, 20]
+    assert measured["sharpness/limit"] == [[10, 4.0], [20, 4.0]]  # 2/η, η = 0.5

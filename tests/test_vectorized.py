@@ -86,6 +86,11 @@ CASES = {
     ),
     # precise BN statistics at each evaluation, their pass's dropout masks drawn as the eager run draws them
     "precise bn": (["model.dropout=0.2", "eval.precise_bn_batches=5"], [["seed=0"], ["seed=1"]]),
+    # sharpness measured for every run on its own model, its limit from the run's own learning rate
+    "sharpness": (
+        ["measure.sharpness_every=20", "measure.sharpness_batch=100", "measure.sharpness_tol=1e-2"],
+        [["seed=0"], ["seed=1", "optim.lr=0.5"]],
+    ),
     # dropout: each run's own masks, from its own generator, as its global RNG would draw them
     "dropout": (["model.dropout=0.3"], [["seed=0"], ["seed=1", "optim.lr=0.5"], ["seed=2"]]),
     # dropout only where no BN follows (the last hidden layer): one mask per step, as the eager run draws it

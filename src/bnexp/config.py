@@ -194,6 +194,14 @@ class MeasureConfig:
 
     ics_every: int = 0  # gradient-based internal covariate shift per layer (Santurkar et al. 2018)
     landscape_every: int = 0  # loss and gradient along the gradient direction (Santurkar et al. 2018)
+    # The top eigenvalue of the training loss's Hessian (Cohen et al. 2021, edge of stability) by power
+    # iteration on Hessian-vector products, on a fixed batch, the first `sharpness_batch` training examples,
+    # in training mode; at most `sharpness_iters` iterations, stopping once λ changes by less than
+    # `sharpness_tol` of itself. Every run of a vectorized sweep is measured too.
+    sharpness_every: int = 0
+    sharpness_batch: int = 1000
+    sharpness_iters: int = 20
+    sharpness_tol: float = 1e-3
 
 
 @dataclass
@@ -261,6 +269,10 @@ RANGES: dict[str, tuple[str, Callable]] = {
     "log.probe_batch": _at_least(0),
     "measure.ics_every": _at_least(0),  # 0: off
     "measure.landscape_every": _at_least(0),
+    "measure.sharpness_every": _at_least(0),
+    "measure.sharpness_batch": _at_least(2),
+    "measure.sharpness_iters": _at_least(1),
+    "measure.sharpness_tol": ("positive", lambda v: v > 0),
     "threads": _at_least(0),
 }
 

@@ -29,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from bnexp import checkpoint, records, runtime
 from bnexp.config import UserError, check_ranges
 from bnexp.data import BatchOrder, InMemoryData, load_data
-from bnexp.measures import gradient_ics, landscape
+from bnexp.measures import gradient_ics, landscape, sharpness
 from bnexp.monitor import Meter, Monitor, gradient_stats, observe, probe_stats
 from bnexp.step import Eager, learning_rate
 from bnexp.vectorized import Folded, check_foldable
@@ -104,6 +104,28 @@ def fixed_probe_batch(data: InMemoryData, n: int) -> torch.Tensor | None:
             f"({len(data.test_y)}); set it to at most {len(data.test_y)}, or 0 to observe the training batch."
         )
     return next(data.eval_batches("test", n))[0]
+
+
+def stability_limit(optim, lr: float) -> float | None:
+    """The largest sharpness at which the optimizer's step is stable on a quadratic: 2/η for SGD, (2 + 2β)/η
+    for heavy-ball momentum β (torch's SGD momentum; Cohen et al. 2021, Sec. 2 and App. on momentum); None
+    for Adam, whose limit depends on its preconditioner."""
+    if optim.name == "sgd":
+        return 2 / lr
+    if optim.name == "momentum":
+        return (2 + 2 * optim.momentum) / lr
+    return None
+
+
+def record_sharpness(run, model, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> None:
+    """λ_max of the run's training loss on the fixed batch, in training mode, beside its stability limit."""
+    m = run.cfg.measure
+    lam, iters = sharpness(model.train(), *batch, m.sharpness_iters, m.sharpness_tol)
+    values = {records.SHARPNESS: lam, records.SHARPNESS_ITERS: iters}
+    limit = stability_limit(run.cfg.optim, run.lr) if run.lr > 0 else None
+    if limit is not None:
+        values[records.SHARPNESS_LIMIT] = limit
+    run.monitor.scalars(step, values)
 
 
 # ---- evaluation --------------------------------------------------------------------------------------
@@ -311,6 +333,10 @@ def _train(
         for every, fn in ((cfg.measure.ics_every, gradient_ics), (cfg.measure.landscape_every, landscape))
         if every
     ]
+    sharpness_every = cfg.measure.sharpness_every
+    if sharpness_every:  # the first training examples, one fixed batch for every measurement
+        n = min(cfg.measure.sharpness_batch, len(data.train_y))
+        sharpness_batch = data.batch(torch.arange(n, device=data.train_y.device))
     meter = Meter(len(runs), device)
     first_bad = torch.zeros(
         len(runs), dtype=torch.long, device=device
@@ -348,6 +374,9 @@ def _train(
         for every, measure in measures:
             if step % every == 0:
                 active[0].monitor.scalars(step, measure(stepper.model(0), *out.batch, active[0].lr))
+        if sharpness_every and step % sharpness_every == 0:
+            for k, run in enumerate(active):
+                record_sharpness(run, stepper.model(k), sharpness_batch, step)
         stepper.update()
 
         done = []

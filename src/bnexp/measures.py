@@ -1,5 +1,6 @@
 """Internal covariate shift and loss-landscape smoothness, measured on the training batch the way
-Santurkar et al. (2018, "How does batch normalization help optimization?", Sec. 2.2 and 3.1) do.
+Santurkar et al. (2018, "How does batch normalization help optimization?", Sec. 2.2 and 3.1) do, and
+sharpness, the top eigenvalue of the loss's Hessian (Cohen et al. 2021), on a fixed batch.
 
 Each measurement is `fn(model, x, y, lr) -> {tag: value}` (TensorBoard-style tags, Python floats).
 The training loop calls it on the step's batch after loss.backward() and before optimizer.step(),
@@ -24,7 +25,7 @@ Optimizer: the update that G′ and the landscape steps take is plain SGD, p ←
 the run's optimizer: momentum, Adam's per-parameter scaling and weight decay are ignored.
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ from torch.func import functional_call
 
 from bnexp import records
 from bnexp.models import Network
-from bnexp.norm import held_noise
+from bnexp.norm import Noise, held_noise
 
 
 def _get_rng(device: torch.device) -> list[Tensor]:
@@ -54,15 +55,19 @@ def _set_rng(device: torch.device, states: list[Tensor]) -> None:
 
 
 @contextmanager
-def _measuring(model: Network, x: Tensor):
+def _measuring(model: Network, x: Tensor, hold: bool = True):
     """Yields `rewind()`, which puts the RNG back to its state at entry (also done on exit); the
-    `Noise` layers (noisy BN's) hold their noise meanwhile."""
+    `Noise` layers (noisy BN's) hold their noise meanwhile, or (hold=False, for a batch other than the
+    step's) draw afresh and get their last draw back on exit."""
     states = _get_rng(x.device)
+    noises = [(m, m.noise) for m in model.modules() if isinstance(m, Noise)]
     try:
-        with held_noise(model):
+        with held_noise(model) if hold else nullcontext():
             yield lambda: _set_rng(x.device, states)
     finally:
         _set_rng(x.device, states)
+        for m, noise in noises:
+            m.noise = noise
 
 
 def _loss_and_grads(model, params: dict, x, y, wrt: list[str], rewind) -> tuple[Tensor, dict]:
@@ -172,3 +177,38 @@ def landscape(model: Network, x: Tensor, y: Tensor, lr: float) -> dict[str, floa
     }
     out = {records.landscape(key): value for key, value in out.items()}
     return dict(zip(out, torch.stack(list(out.values())).float().tolist()))  # one host sync
+
+
+def sharpness(model: Network, x: Tensor, y: Tensor, iters: int, tol: float) -> tuple[Tensor, int]:
+    """λ_max, the top eigenvalue of the Hessian of the training loss on (x, y) w.r.t. all parameters, and the
+    iterations it took (Cohen et al. 2021, "Gradient descent on neural networks typically occurs at the edge
+    of stability", Sec. 2: sharpness).
+
+    Power iteration on Hessian-vector products Hv = ∇(∇L·v) (double backward through one forward and one
+    backward kept as a graph), from a fixed random start: v ← Hv/‖Hv‖, λ = vᵀHv, at most `iters` times,
+    stopping once λ changes by less than `tol`·|λ|. Power iteration finds the eigenvalue of largest
+    magnitude: in training that is the top positive one (a negative λ would say otherwise). The model runs
+    as `_loss_and_grads` runs it: its current mode, buffers cloned, the RNG rewound; noisy BN draws its
+    noise for this batch (it is not the step's), and its last draw is put back."""
+    params = _params(model)
+    names = list(params)
+    with _measuring(model, x, hold=False) as rewind:
+        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        rewind()
+        with torch.enable_grad():
+            loss = F.cross_entropy(functional_call(model, (leaves, buffers), (x,)), y)
+            grads = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True)
+            g = _flat(grads)
+            start = torch.Generator().manual_seed(0)  # the same start at every measurement
+            v = torch.randn(g.numel(), generator=start, dtype=g.dtype).to(g.device)
+            v = v / torch.linalg.vector_norm(v)
+            lam, done = None, 0
+            while done < iters:
+                done += 1
+                hv = _flat(torch.autograd.grad(g, [leaves[n] for n in names], v, retain_graph=True))
+                previous, lam = lam, torch.dot(v, hv).detach()
+                v = (hv / torch.linalg.vector_norm(hv)).detach()
+                if previous is not None and abs(float(lam - previous)) <= tol * abs(float(lam)):
+                    break
+    return lam, done

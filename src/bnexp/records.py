@@ -25,6 +25,9 @@ The tags (TensorBoard's, and the keys of series), each spelled once below:
   grad/<layer>/bias                            L2 norm of the gradient of the bias before the norm, if kept
   ics/<layer>/l2|cos|rel                       gradient-based ICS (bnexp.measures), every measure.ics_every
   landscape/<key>                              the loss along the gradient (bnexp.measures)
+  sharpness/lambda_max, sharpness/limit        the top Hessian eigenvalue on a fixed batch, and the
+  sharpness/iterations                         optimizer's stability limit 2/η (bnexp.measures), every
+                                               measure.sharpness_every steps
   hparam/<metric>                              the final metrics in the HParams tab (the same event file)
 
 A sweep folder holds its run folders, and once analysed `report.md`, `<claim>.png`, `finding.json`
@@ -75,6 +78,10 @@ ICS_L2, ICS_COS, ICS_REL = "l2", "cos", "rel"  # ‖G − G′‖₂, cos(G, G�
 # landscape(): the step sizes along the negative gradient, as multiples of the learning rate, and its keys
 LANDSCAPE_STEPS = (0.5, 1.0, 2.0, 3.0, 4.0)
 LOSS_RANGE, LOSS_MIN, LOSS_MAX = "loss_range", "loss_min", "loss_max"
+# Sharpness (Cohen et al. 2021): λ_max, the stability limit of the run's optimizer (2/η for SGD, (2 + 2β)/η
+# with heavy-ball momentum β; none for Adam), and the power iterations it took
+SHARPNESS, SHARPNESS_LIMIT = "sharpness/lambda_max", "sharpness/limit"
+SHARPNESS_ITERS = "sharpness/iterations"
 GRAD_CHANGE, BETA_SMOOTHNESS, LOSS, GRAD_NORM = "grad_change", "beta_smoothness", "loss", "grad_norm"
 
 
