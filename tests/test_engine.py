@@ -302,3 +302,18 @@ def test_the_textbook_kernel_trains_as_the_fast_one(make_cfg, same_series, tmp_p
 )
 def test_a_run_keeps_the_memory_it_frees_where_glibc_lets_it():
     assert runtime.keep_freed_memory()
+
+
+def test_every_run_lays_out_the_bn_papers_percentile_panels_and_loss_with_accuracy(make_cfg, tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    train(make_cfg(*TINY, "measure.sharpness_every=20", "measure.sharpness_batch=50"), str(tmp_path))
+    (event,) = events(tmp_path).Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for category in layout.category for c in category.chart}
+    for layer in ("layer1", "layer2", "layer3"):
+        assert charts[layer] == [f"act/{layer}/p15", f"act/{layer}/p50", f"act/{layer}/p85"]
+    assert charts["loss"][:2] == ["train/loss", "test/loss"]
+    assert charts["λ_max and the stability limit 2/η"] == ["sharpness/lambda_max", "sharpness/limit"]
+    logged = set(events(tmp_path).Tags()["scalars"])
+    assert {tag for tags in charts.values() for tag in tags} - logged == {"test/acc_precise_bn"}

@@ -165,6 +165,27 @@ class Monitor:
         for tag, value in values.items():
             self.series.setdefault(tag, []).append([step, value])
 
+    def layout(self, layers: list[str], sharpness: bool = False) -> None:
+        """TensorBoard's Custom Scalars tab: each layer's probe percentiles in one chart (the BN paper's
+        Fig. 1 panel), loss and accuracy on train and test together, and sharpness with its limit."""
+        layout = {
+            "input of g: 15th, 50th, 85th percentiles (Ioffe & Szegedy 2015, Fig. 1)": {
+                layer: ["Multiline", records.act_percentiles(layer)] for layer in layers
+            },
+            "loss and accuracy": {
+                "loss": ["Multiline", [records.TRAIN_LOSS, records.TEST_LOSS, records.BATCH_LOSS]],
+                "accuracy": ["Multiline", [records.TRAIN_ACC, records.TEST_ACC, records.TEST_ACC_PRECISE]],
+            },
+        }
+        if sharpness:
+            layout["sharpness (Cohen et al. 2021)"] = {
+                "λ_max and the stability limit 2/η": [
+                    "Multiline",
+                    [records.SHARPNESS, records.SHARPNESS_LIMIT],
+                ]
+            }
+        self.writer.add_custom_scalars(layout)
+
     def histograms(self, step: int, probes: dict[str, torch.Tensor]) -> None:
         """The probe points' values as histograms, of their finite values: a diverging run's infinities and
         NaNs have no bin (TensorBoard's histogram refuses them), and once none is finite nothing is logged."""
