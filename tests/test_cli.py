@@ -45,6 +45,27 @@ def test_a_sweep_names_each_run_folder_from_its_overrides_and_a_failing_run_does
     log = out.stdout + out.stderr
     assert "must be between 1 and the number of training examples" in log and "Traceback" not in log
     assert "2 of 4 runs failed" in log and "tensorboard --logdir" in log
+    # HParams: at the root the experiment, of the one key the finished runs vary; per run its session
+    (experiment,) = hparams_data(tmp_path / "sweep").values()
+    assert [h.name for h in experiment.experiment.hparam_infos] == ["norm.name"]
+    assert "hparam/final_test_acc" in [m.name.tag for m in experiment.experiment.metric_infos]
+    for run in finished:
+        session = hparams_data(tmp_path / "sweep" / run)["_hparams_/session_start_info"].session_start_info
+        assert dict(session.hparams).keys() == {"norm.name"}
+        assert session.hparams["norm.name"].string_value == run.rpartition("=")[2]
+
+
+def hparams_data(folder) -> dict:
+    """The HParams plugin's records in a folder's event files, by tag."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {
+        tag: plugin_data_pb2.HParamsPluginData.FromString(acc.SummaryMetadata(tag).plugin_data.content)
+        for tag in acc.summary_metadata
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "hparams"
+    }
 
 
 def test_a_mistyped_key_fails_before_any_work_with_hydras_message(tmp_path):

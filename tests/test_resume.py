@@ -24,7 +24,8 @@ BNEXP = (
 
 
 def event_files(folder):
-    return sorted(folder.glob("events.out.tfevents.*"))
+    """The run's own event files (not the HParams session a sweep's end writes beside them)."""
+    return sorted(p for p in folder.glob("events.out.tfevents.*") if not p.name.endswith(".hparams"))
 
 
 def test_a_finished_run_is_not_trained_again(make_cfg, tmp_path):
@@ -123,6 +124,8 @@ def test_a_sweep_run_again_into_its_folder_trains_only_the_unfinished_runs(launc
         in (out.stdout + out.stderr)
     )
     assert all((f / "metrics.json").exists() and len(event_files(f)) == 1 for f in folders)
+    # the sweep's HParams rewritten, not added to: one experiment at the root, one session per run
+    assert all(len(list(f.glob("events.out.tfevents.*.hparams"))) == 1 for f in [tmp_path, *folders])
 
 
 # From the start or from a checkpoint (the in-process kills of tests/test_checkpoint.py cover both quickly)

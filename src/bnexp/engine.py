@@ -463,6 +463,7 @@ def _finish(
                 )[1]
     metrics[records.WALL_TIME] = time.perf_counter() - start  # K runs trained together: the program's time
     config = records.flat_config(cfg)
-    run.monitor.close(config, {k: float("nan") if v is None else float(v) for k, v in metrics.items()}, step)
+    final = {k: float("nan") if v is None else float(v) for k, v in metrics.items()}
+    run.monitor.close(None if runtime.in_sweep() else config, final, step)
     records.write_metrics(run.run_dir, config, provenance, metrics, series)
     return metrics

@@ -7,8 +7,10 @@ read back together: one host-device sync per logging step. `Meter` keeps the run
 loss and accuracy between logging steps for K runs at once.
 """
 
+import json
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -203,13 +205,56 @@ class Monitor:
         )
         self.writer.file_writer.add_summary(summary, step)
 
-    def close(self, hparam_dict: dict, final: dict, step: int):
-        """The HParams tab: written into this run's own event file (add_hparams would make a sub-run)."""
-        hparam_dict = {
-            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparam_dict.items()
-        }
+    def close(self, hparam_dict: dict | None, final: dict, step: int):
+        """The final metrics as hparam/<metric> scalars and, given `hparam_dict` (a run alone), its HParams
+        session with every setting: written into this run's own event file (add_hparams would make a
+        sub-run). A sweep's runs get sessions of the keys it varies at its end (`write_sweep_hparams`)."""
         metrics = {records.hparam(k): v for k, v in final.items()}
-        for summary in hparams(hparam_dict, metrics):
-            self.writer.file_writer.add_summary(summary)
+        if hparam_dict is not None:
+            for summary in hparams({k: _hparam(v) for k, v in hparam_dict.items()}, metrics):
+                self.writer.file_writer.add_summary(summary)
         self._write(step, metrics)
         self.writer.close()
+
+
+def _hparam(v):
+    """A setting as HParams takes it: a number, string or bool; anything else (null, a list) in words."""
+    return v if isinstance(v, (int, float, str, bool)) else str(v)
+
+
+HPARAMS_SUFFIX = ".hparams"  # the event files write_sweep_hparams owns (and rewrites)
+
+
+def write_sweep_hparams(sweep_dir, runs: list) -> None:
+    """The HParams tab of a sweep (records.Run's): at its root, the experiment, the keys the sweep varies
+    with their values as domains and the runs' final metrics; in each finished run's folder, its session
+    with those keys' values. Written anew at every sweep's end (a resumed sweep's included)."""
+    done = [r for r in runs if r.metrics is not None]
+    if not done:
+        return
+    keys = sorted({k for r in done for k in r.config})
+    varied = [k for k in keys if len({json.dumps(r.config.get(k)) for r in done}) > 1]
+    values = {k: [_hparam(r.config.get(k)) for r in done] for k in varied}
+    for k, vs in values.items():  # a domain of one type: mixed ones (a number and null) in words
+        if len({type(v) for v in vs}) > 1:
+            values[k] = [str(v) for v in vs]
+    metrics = sorted(
+        {m for r in done for m, v in r.metrics.items() if m not in records.RECORD_KEYS and _is_number(v)}
+    )
+    metric_dict = {records.hparam(m): 0.0 for m in metrics}  # names only: values come from each run's scalars
+    domains = {k: sorted(set(vs)) for k, vs in values.items()}
+    for i, run in enumerate([None, *done]):
+        folder = Path(sweep_dir) if run is None else run.path
+        for old in folder.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
+            old.unlink()
+        session = (
+            {k: vs[i - 1] for k, vs in values.items()} if run else {k: vs[0] for k, vs in values.items()}
+        )
+        experiment, start, end = hparams(session, metric_dict, domains)
+        with SummaryWriter(str(folder), filename_suffix=HPARAMS_SUFFIX) as writer:
+            for summary in [experiment] if run is None else [start, end]:
+                writer.file_writer.add_summary(summary)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -11,6 +11,14 @@ import torch
 from bnexp.config import UserError
 
 
+def in_sweep() -> bool:
+    """Whether this process runs jobs of a Hydra sweep (-m), any launcher."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def device_name(name) -> str:
     """cpu, cuda or mps: `device=` as named, auto made the accelerator when there is one (else cpu)."""
     name = getattr(name, "value", name)

@@ -54,6 +54,9 @@ class SweepEnd(Callback):
                 f"{len(before)} of {len(runs)} runs were finished before this sweep started and were not "
                 f"trained again; {sum(r.metrics is not None for r in runs) - len(before)} trained now"
             )
+        from bnexp.monitor import write_sweep_hparams
+
+        write_sweep_hparams(sweep_dir, runs)
         failed = [r.path.name for r in runs if r.metrics is None]
         if failed:
             log.warning(
