@@ -330,16 +330,19 @@ class Claim:
     criterion: str  # in plain words, the effects' texts among it
     effects: tuple[Effect, ...]
     analyze: Callable[[list[Run]], Finding]
-    previous: str  # version 1's verdict on the quick profile, for version 2's disclosure
+    previous: str = ""  # version 1's verdict on the quick profile, for version 2's disclosure
     changes: str = ""  # what else version 2 changed for this claim beyond the rule, for the disclosure
     # Set only where the criterion was fixed after some of its results had been seen: when and how, put
     # first among the report's notes.
     disclosure: str = ""
     revisions: tuple[Revision, ...] = ()  # the versions after 2, oldest first
+    # A claim added after the rule's version 2: the date its first criterion (its version 1, judged by the
+    # interval rule from the start) was committed, before any of its runs. Its revisions count from 2.
+    introduced: str = ""
 
     @property
     def version(self) -> int:
-        return self.revisions[-1].version if self.revisions else 2
+        return self.revisions[-1].version if self.revisions else (1 if self.introduced else 2)
 
     @property
     def preregistered(self) -> bool:
@@ -349,6 +352,12 @@ class Claim:
     @property
     def revision(self) -> str:
         """The criterion's history, newest version first."""
+        if self.introduced:
+            first = (
+                f"Criterion version 1 ({self.introduced}), the claim's first, fixed before any of its runs "
+                f"and judged by the interval rule of src/bnexp/claims/__init__.py."
+            )
+            return " ".join([r.text() for r in reversed(self.revisions)] + [first])
         previous = f"Version 1's verdict (quick profile, 2026-12-03): {self.previous}."
         second = " ".join(text for text in (REVISION, self.changes, previous) if text)
         return " ".join([r.text() for r in reversed(self.revisions)] + [second])
@@ -363,6 +372,8 @@ def _registry() -> dict[str, Claim]:
         init_sensitivity,
         input_norm,
         lr_tolerance,
+        placement,
+        precise_bn,
         regularization,
         rnn,
     )
@@ -379,6 +390,8 @@ def _registry() -> dict[str, Claim]:
             ics_gradient,
             input_norm,
             rnn,
+            placement,
+            precise_bn,
         )
     }
 
