@@ -271,5 +271,5 @@ def test_a_run_logs_sharpness_beside_its_limit_and_trains_as_without(make_cfg, t
         json.loads((tmp_path / d / "metrics.json").read_text())["series"] for d in ("plain", "m")
     )
     assert {t: v for t, v in measured.items() if not t.startswith("sharpness/")} == plain
-    assert [s for s, _ in measured["sharpness/lambda_max"]] == [10, 20]
-    assert measured["sharpness/limit"] == [[10, 4.0], [20, 4.0]]  # 2/η, η = 0.5
+    assert [s for s, _ in measured["sharpness/lambda_max"]] == [1, 10, 20]  # at initialization too
+    assert measured["sharpness/limit"] == [[1, 4.0], [10, 4.0], [20, 4.0]]  # 2/η, η = 0.5

@@ -377,7 +377,8 @@ def _train(
         for every, measure in measures:
             if step % every == 0:
                 active[0].monitor.scalars(step, measure(stepper.model(0), *out.batch, active[0].lr))
-        if sharpness_every and step % sharpness_every == 0:
+        # at the first step too: the sharpness at initialization, before any update
+        if sharpness_every and (step == 1 or step % sharpness_every == 0):
             for k, run in enumerate(active):
                 record_sharpness(run, stepper.model(k), sharpness_batch, step)
         stepper.update()
