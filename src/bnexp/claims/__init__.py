@@ -376,6 +376,7 @@ def _registry() -> dict[str, Claim]:
         precise_bn,
         regularization,
         rnn,
+        sharpness,
     )
 
     return {
@@ -392,6 +393,7 @@ def _registry() -> dict[str, Claim]:
             rnn,
             placement,
             precise_bn,
+            sharpness,
         )
     }
 
