@@ -10,20 +10,19 @@ from bnexp.claims import CLAIMS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from bnexp.records import Run
 
 analyze = CLAIMS["sharpness"].analyze
-RATES = (0.25, 0.5, 1.0, 2.0, 4.0)
+RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def run(norm, lr, seed, lambda_0, trains, peak=None):
-    """A run of full-batch GD: sharpness λ_0 at step 1 rising to `peak` (default 2/η), its final training
-    loss 0.1 if it trains, else 2.3."""
+    """A run of full-batch GD: sharpness λ_0 at step 1 rising to `peak` (default 2/η), its training-mode loss
+    at the end 0.1 if it trains, else 2.3 (its eval-mode loss 0.1 either way: BN's lagging running
+    statistics must not decide whether it trained)."""
     peak = 2 / lr if peak is None else peak
-    series = {"sharpness/lambda_max": [[1, lambda_0], [50, peak], [100, peak * 0.9]]}
-    metrics = dict(
-        final_test_acc=0.9 if trains else 0.1,
-        final_train_loss=0.1 if trains else 2.3,
-        diverged=False,
-        series=series,
-    )
+    series = {
+        "sharpness/lambda_max": [[1, lambda_0], [50, peak], [100, peak * 0.9]],
+        "batch/loss": [[50, 1.5], [100, 0.1 if trains else 2.3]],
+    }
+    metrics = dict(final_test_acc=0.9 if trains else 0.1, final_train_loss=0.1, diverged=False, series=series)
     return Run(pathlib.Path("."), {"seed": seed, "norm.name": norm, "optim.lr": lr}, metrics)
 
 
@@ -71,6 +70,20 @@ def test_inconclusive_when_a_network_trains_at_no_step_size():
 def test_the_initial_sharpness_is_the_first_steps():
     finding = analyze(sweep(0.25, 1.0, lambda_0=8.0))  # limit 0.25: trained at it, λ_0·η/2 = 1
     assert parts(finding)["how far past 2/λ_0 the plain network trains"].mean == pytest.approx(1.0, rel=0.01)
+
+
+def test_a_network_that_trains_at_the_grids_top_gives_a_bound_kept_only_where_it_decides():
+    # BN trains at every rate up to the top (8): its largest is at least 8, a gain of at least 2 grid
+    # doublings over the plain network's 0.5: kept (already beyond δ = one doubling).
+    p = parts(analyze(sweep(0.5, 8.0)))
+    assert p["BN's largest trained step size over the plain network's"].mean == pytest.approx(math.log10(16))
+    # The plain network at the top too: the comparison is undefined, and λ_0·η/2 = 16 > 1 is kept.
+    p = parts(analyze(sweep(8.0, 8.0)))
+    assert p["BN's largest trained step size over the plain network's"].verdict == INCONCLUSIVE
+    assert p["how far past 2/λ_0 the plain network trains"].verdict == NOT_SUPPORTED
+    # ... whereas a lower bound below 1 says nothing: λ_0 = 0.1, trained at the top 8: λ_0·η/2 ≥ 0.4
+    p = parts(analyze(sweep(8.0, 8.0, lambda_0=0.1)))
+    assert p["how far past 2/λ_0 the plain network trains"].verdict == INCONCLUSIVE
 
 
 def test_its_report_renders(reported):
