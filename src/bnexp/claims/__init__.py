@@ -133,9 +133,10 @@ class Effect:
         side = "above" if self.above else "below"
         if self.control:
             scope = " and ".join(f"*{name}*" for name in self.gates) or "the claim"
+            verb = "are" if len(self.gates) > 1 else "is"
             return (
-                f"*{self.name}* (a control: unless it holds, {scope} is inconclusive): {self.measures}; it "
-                f"must lie {side} {self.format(self.smallest)}."
+                f"*{self.name}* (a control: unless it holds, {scope} {verb} inconclusive): {self.measures}; "
+                f"it must lie {side} {self.format(self.smallest)}."
             )
         scale = " (geometric mean over seeds, its interval taken on the log scale)" if self.log else ""
         predicts = (
@@ -377,6 +378,7 @@ def _registry() -> dict[str, Claim]:
         regularization,
         rnn,
         sharpness,
+        small_batch,
     )
 
     return {
@@ -394,6 +396,7 @@ def _registry() -> dict[str, Claim]:
             placement,
             precise_bn,
             sharpness,
+            small_batch,
         )
     }
 
