@@ -63,7 +63,9 @@ def test_a_batch_no_larger_than_a_ghost_batch_is_plain_batch_norm():
 
 def test_batch_renorm_renormalizes_each_ghost_batch_toward_the_running_statistics_before_it():
     torch.manual_seed(2)
-    ghost = randomized(BatchRenorm(C, momentum=0.5, r_max=1.5, d_max=0.5, warmup=0, ghost_batch_size=3))
+    # The clips at their limits from the start: the schedule counts steps, one here and three one by one.
+    clips = dict(r_max=1.5, d_max=0.5, warmup=0, r_max_at=0, d_max_at=0)
+    ghost = randomized(BatchRenorm(C, momentum=0.5, ghost_batch_size=3, **clips))
     with torch.no_grad():
         ghost.running_mean.normal_()
         ghost.running_var.uniform_(0.5, 2.0)
@@ -72,6 +74,17 @@ def test_batch_renorm_renormalizes_each_ghost_batch_toward_the_running_statistic
     x = 2.0 * torch.randn(9, C)
     torch.testing.assert_close(ghost(x), torch.cat([one_by_one(part) for part in x.split(3)]))
     torch.testing.assert_close(ghost.state_dict(), one_by_one.state_dict())
+
+
+def test_batch_renorms_schedule_counts_steps_not_ghost_batches():
+    # The paper's schedule is in SGD steps: a batch of 12 in ghost batches of 3 is one step, four batches.
+    ghost = BatchRenorm(C, warmup=2, r_max=3.0, d_max=5.0, r_max_at=6, d_max_at=4, ghost_batch_size=3)
+    seen = []
+    for _ in range(5):
+        ghost(torch.randn(12, C))
+        seen.append(ghost.step_clips)
+    assert int(ghost.num_batches_tracked) == 20
+    assert seen == [(1, 0), (1, 0), (1, 0), (1.5, 2.5), (2, 5)]
 
 
 @pytest.mark.parametrize("name", ["bn", "noisy_bn", "batch_renorm"])

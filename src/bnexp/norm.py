@@ -170,9 +170,14 @@ class BatchNorm(_BatchNorm):
         self._check_input_dim(x)
         if not self.training and self.track_running_stats:
             return self.inference(x)
+        batches = self.split(x)
+        return self.normalize(x) if len(batches) == 1 else torch.cat([self.normalize(b) for b in batches])
+
+    def split(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The batches x is normalized in: its ghost batches in training, else x whole."""
         if self.training and self.ghost_batch_size and x.shape[0] > self.ghost_batch_size:
-            return torch.cat([self.normalize(ghost) for ghost in ghost_batches(x, self.ghost_batch_size)])
-        return self.normalize(x)
+            return ghost_batches(x, self.ghost_batch_size)
+        return (x,)
 
     def normalize(self, x: Tensor) -> Tensor:
         """One batch (or ghost batch) in training mode, or without running statistics: normalized by its
@@ -281,9 +286,11 @@ class BatchRenorm(BatchNorm):
     batch's as BatchNorm's do. Eval mode: BatchNorm's, the running statistics, so training and inference
     compute the same function of one example once r and d are within their clips.
 
-    The clips follow the paper's schedule, counted in training batches (num_batches_tracked): r_max = 1,
-    d_max = 0 (plain BN) for `warmup` batches, while the running statistics become meaningful, then relaxed
-    linearly to `r_max` by batch `r_max_at` and to `d_max` by batch `d_max_at`. r_max = d_max = inf with
+    The clips follow the paper's schedule, counted in training steps as the paper counts it: r_max = 1,
+    d_max = 0 (plain BN) for `warmup` steps, while the running statistics become meaningful, then relaxed
+    linearly to `r_max` by step `r_max_at` and to `d_max` by step `d_max_at`. A step normalizing its batch
+    in k ghost batches counts k in num_batches_tracked, so the step is that count ÷ k: exact while every
+    batch splits alike, as the engine's training batches (all full) do. r_max = d_max = inf with
     warmup = 0 renormalizes unclipped from the first batch: BN without its batch noise. The paper keeps a
     moving σ where we keep BatchNorm's running variance (unbiased), so that the buffers and state_dict stay
     BatchNorm's. Always the textbook kernel (`fast` is not used).
@@ -307,10 +314,11 @@ class BatchRenorm(BatchNorm):
             )
         self.r_max, self.d_max = r_max, d_max
         self.warmup, self.r_max_at, self.d_max_at = warmup, r_max_at, d_max_at
+        self.step_clips = self.clips()  # this training step's, for each of its (ghost) batches
 
-    def clips(self) -> tuple[float, float]:
-        """(r_max, d_max) for the next training batch."""
-        step = int(self.num_batches_tracked)
+    def clips(self, batches_per_step: int = 1) -> tuple[float, float]:
+        """(r_max, d_max) for the next training step, which normalizes `batches_per_step` (ghost) batches."""
+        step = int(self.num_batches_tracked) // batches_per_step
         return (
             relaxed(1.0, self.r_max, step, self.warmup, self.r_max_at),
             relaxed(0.0, self.d_max, step, self.warmup, self.d_max_at),
@@ -322,11 +330,16 @@ class BatchRenorm(BatchNorm):
             f"r_max_at={self.r_max_at}, d_max_at={self.d_max_at}"
         )
 
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.track_running_stats:
+            self.step_clips = self.clips(len(self.split(x)))
+        return super().forward(x)
+
     def normalize(self, x: Tensor) -> Tensor:
         # No running statistics, or an empty or one-value batch: BatchNorm's answer.
         if not self.track_running_stats or x.numel() // self.num_features <= 1:
             return super().normalize(x)
-        r_max, d_max = self.clips()
+        r_max, d_max = self.step_clips
         y, mean, var = renormalize(
             x, self.running_mean, self.running_var, self.eps, self.weight, self.bias, r_max, d_max
         )
