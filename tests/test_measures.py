@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from bnexp.config import NormConfig
 from bnexp.engine import stability_limit, train
-from bnexp.measures import gradient_ics, landscape, sharpness
+from bnexp.measures import dominant_eigenvalue, gradient_ics, landscape, sharpness
 from bnexp.models import MLP, build_model, make_norm
 from bnexp.norm import Noise, held_noise
 from bnexp.records import LANDSCAPE_STEPS
@@ -237,6 +237,27 @@ def test_sharpness_is_the_top_eigenvalue_of_the_exact_hessian(norm):
     assert 1 < iterations <= 1000
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # BN's buffers too
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_sharpness_is_the_top_eigenvalue_where_a_negative_one_is_larger_in_magnitude():
+    # At this initialization the BN network's most negative curvature (-1.32) outweighs its top one (0.99):
+    # power iteration alone would return -1.32, the eigenvalue of largest magnitude.
+    torch.manual_seed(1)
+    model = MLP((3,), 3, partial(make_norm, NormConfig(name="bn", fast=False)), depth=2, width=4).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 3, (16,))
+    eigenvalues = torch.linalg.eigvalsh(exact_hessian(model, x, y))
+    assert eigenvalues[0] < -eigenvalues[-1] and eigenvalues[-1] > 0
+    lam, iterations = sharpness(model, x, y, iters=5000, tol=1e-14)
+    assert float(lam) == pytest.approx(float(eigenvalues[-1]), rel=1e-6)
+
+
+def test_power_iteration_finds_the_eigenvalue_of_largest_magnitude():
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    a = q @ torch.diag(torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0], dtype=torch.float64)) @ q.T
+    lam, done = dominant_eigenvalue(lambda v: a @ v, torch.ones(6, dtype=torch.float64), 1000, 1e-14)
+    assert float(lam) == pytest.approx(-3.0, rel=1e-9) and done < 1000
+    lam, done = dominant_eigenvalue(lambda v: a @ v, torch.ones(6, dtype=torch.float64), 3, 1e-14)
+    assert done == 3
 
 
 def test_sharpness_stops_at_its_tolerance_or_its_iterations():

@@ -182,14 +182,16 @@ def landscape(model: Network, x: Tensor, y: Tensor, lr: float) -> dict[str, floa
 def sharpness(model: Network, x: Tensor, y: Tensor, iters: int, tol: float) -> tuple[Tensor, int]:
     """λ_max, the top eigenvalue of the Hessian of the training loss on (x, y) w.r.t. all parameters, and the
     iterations it took (Cohen et al. 2021, "Gradient descent on neural networks typically occurs at the edge
-    of stability", Sec. 2: sharpness).
+    of stability", Sec. 2: sharpness, the Hessian's maximum eigenvalue).
 
     Power iteration on Hessian-vector products Hv = ∇(∇L·v) (double backward through one forward and one
-    backward kept as a graph), from a fixed random start: v ← Hv/‖Hv‖, λ = vᵀHv, at most `iters` times,
-    stopping once λ changes by less than `tol`·|λ|. Power iteration finds the eigenvalue of largest
-    magnitude: in training that is the top positive one (a negative λ would say otherwise). The model runs
-    as `_loss_and_grads` runs it: its current mode, buffers cloned, the RNG rewound; noisy BN draws its
-    noise for this batch (it is not the step's), and its last draw is put back."""
+    backward kept as a graph) from a fixed random start finds λ_m, the eigenvalue of largest magnitude. Where
+    that is negative (near initialization, or at a saddle, the most negative curvature can dominate), the
+    top eigenvalue is found by a second power iteration on H − λ_m·I, whose eigenvalues λ − λ_m are all
+    ≥ 0 and largest at λ_max. Each runs at most `iters` times, stopping once its estimate changes by less
+    than `tol` of itself; the iterations returned are both together. The model runs as `_loss_and_grads`
+    runs it: its current mode, buffers cloned, the RNG rewound; noisy BN draws its noise for this batch (it
+    is not the step's), and its last draw is put back."""
     params = _params(model)
     names = list(params)
     with _measuring(model, x, hold=False) as rewind:
@@ -200,15 +202,30 @@ def sharpness(model: Network, x: Tensor, y: Tensor, iters: int, tol: float) -> t
             loss = F.cross_entropy(functional_call(model, (leaves, buffers), (x,)), y)
             grads = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True)
             g = _flat(grads)
+
+            def hvp(v: Tensor) -> Tensor:
+                return _flat(torch.autograd.grad(g, [leaves[n] for n in names], v, retain_graph=True))
+
             start = torch.Generator().manual_seed(0)  # the same start at every measurement
             v = torch.randn(g.numel(), generator=start, dtype=g.dtype).to(g.device)
-            v = v / torch.linalg.vector_norm(v)
-            lam, done = None, 0
-            while done < iters:
-                done += 1
-                hv = _flat(torch.autograd.grad(g, [leaves[n] for n in names], v, retain_graph=True))
-                previous, lam = lam, torch.dot(v, hv).detach()
-                v = (hv / torch.linalg.vector_norm(hv)).detach()
-                if previous is not None and abs(float(lam - previous)) <= tol * abs(float(lam)):
-                    break
+            lam, done = dominant_eigenvalue(hvp, v, iters, tol)
+            if lam < 0:
+                shifted, more = dominant_eigenvalue(lambda u: hvp(u) - lam * u, v, iters, tol)
+                lam, done = shifted + lam, done + more
+    return lam, done
+
+
+def dominant_eigenvalue(matvec, v: Tensor, iters: int, tol: float) -> tuple[Tensor, int]:
+    """The eigenvalue of largest magnitude of the symmetric map `matvec`, by power iteration from v:
+    v ← Av/‖Av‖, λ = vᵀAv, at most `iters` times, stopping once λ changes by less than `tol`·|λ|; and the
+    iterations it took."""
+    v = v / torch.linalg.vector_norm(v)
+    lam, done = None, 0
+    while done < iters:
+        done += 1
+        av = matvec(v)
+        previous, lam = lam, torch.dot(v, av).detach()
+        v = (av / torch.linalg.vector_norm(av)).detach()
+        if previous is not None and abs(float(lam - previous)) <= tol * abs(float(lam)):
+            break
     return lam, done
