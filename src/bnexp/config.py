@@ -197,7 +197,9 @@ class MeasureConfig:
     # The top eigenvalue of the training loss's Hessian (Cohen et al. 2021, edge of stability) by power
     # iteration on Hessian-vector products, on a fixed batch, the first `sharpness_batch` training examples,
     # in training mode; at most `sharpness_iters` iterations, stopping once λ changes by less than
-    # `sharpness_tol` of itself; at the first step (before any update) and every `sharpness_every` steps.
+    # `sharpness_tol` of itself (twice that where the eigenvalue of largest magnitude is negative: a second,
+    # shifted iteration finds the top one); at the first step (before any update) and every
+    # `sharpness_every` steps.
     # Every run of a vectorized sweep is measured too.
     sharpness_every: int = 0
     sharpness_batch: int = 1000
