@@ -353,7 +353,7 @@ def _train(
         checkpoint.restore_rng(resume[0]["rng"])  # the runs' shared global generators: as they were
     else:  # (a resumed run's events keep the layout it wrote)
         for run in runs:
-            run.monitor.layout(list(stepper.models[0].probes()), sharpness=bool(cfg.measure.sharpness_every))
+            run.monitor.layout(list(stepper.models[0].probes()), sharpness=bool(sharpness_every))
     every = cfg.train.checkpoint_every
     for step in range(done_before + 1, steps + 1):
         observed = schedule.observes(step)

@@ -34,13 +34,13 @@ def _ours(layer):
     return build
 
 
-def _batch_renorm(c, spatial_dims, eps, momentum, affine, r_max, d_max, warmup, r_max_at, d_max_at, **keys):
+def _batch_renorm(
+    c, spatial_dims, eps, momentum, affine, r_max, d_max, warmup, r_max_at, d_max_at, ghost_batch_size, **_
+):
     inf = math.inf  # null: unclipped
     clips = dict(r_max=inf if r_max is None else r_max, d_max=inf if d_max is None else d_max)
     schedule = dict(warmup=warmup, r_max_at=r_max_at, d_max_at=d_max_at)
-    return BatchRenorm(
-        c, eps, momentum, affine, ghost_batch_size=keys["ghost_batch_size"], **schedule, **clips
-    )
+    return BatchRenorm(c, eps, momentum, affine, ghost_batch_size=ghost_batch_size, **schedule, **clips)
 
 
 def _torch_bn(c, spatial_dims, eps, momentum, affine, **_):

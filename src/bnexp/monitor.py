@@ -243,17 +243,19 @@ def write_sweep_hparams(sweep_dir, runs: list) -> None:
     )
     metric_dict = {records.hparam(m): 0.0 for m in metrics}  # names only: values come from each run's scalars
     domains = {k: sorted(set(vs)) for k, vs in values.items()}
-    for i, run in enumerate([None, *done]):
-        folder = Path(sweep_dir) if run is None else run.path
+
+    def rewrite(folder: Path, summaries) -> None:
         for old in folder.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
             old.unlink()
-        session = (
-            {k: vs[i - 1] for k, vs in values.items()} if run else {k: vs[0] for k, vs in values.items()}
-        )
-        experiment, start, end = hparams(session, metric_dict, domains)
         with SummaryWriter(str(folder), filename_suffix=HPARAMS_SUFFIX) as writer:
-            for summary in [experiment] if run is None else [start, end]:
+            for summary in summaries:
                 writer.file_writer.add_summary(summary)
+
+    for i, run in enumerate(done):
+        _, start, end = hparams({k: vs[i] for k, vs in values.items()}, metric_dict, domains)
+        rewrite(run.path, [start, end])
+    experiment, _, _ = hparams({k: vs[0] for k, vs in values.items()}, metric_dict, domains)
+    rewrite(Path(sweep_dir), [experiment])
 
 
 def _is_number(v) -> bool:

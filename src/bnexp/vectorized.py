@@ -98,11 +98,11 @@ IMPLEMENTED_KEYS = frozenset(
         "train.eval_every",
         "train.evals",
         "train.checkpoint_every",
-        "eval.precise_bn_batches",
+        "eval.precise_bn_batches",  # evaluations read each run's own model (Folded.model)
         "measure.sharpness_every",  # measured on each run's own model (Folded.model), on a fixed batch
         "measure.sharpness_batch",
         "measure.sharpness_iters",
-        "measure.sharpness_tol",  # evaluations read each run's own model (Folded.model)
+        "measure.sharpness_tol",
         "train.keep_checkpoint",
         "log.stats_every",
         "log.hist_every",
